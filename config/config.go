@@ -1,0 +1,231 @@
+// Package config is dbproxy's one configuration: the documented Config
+// struct, loading it from YAML, defaults, and validation with file:line:col
+// messages. No other package reads files or the environment for settings;
+// cmd/dbproxy maps Config onto each package's own small option structs.
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole dbproxy configuration file.
+type Config struct {
+	// Vault says where the credential broker lives and how dbproxy logs in.
+	Vault Vault `yaml:"vault"`
+	// Backends are the databases clients may reach, keyed by the name
+	// clients put in their `database` startup parameter.
+	Backends map[string]Backend `yaml:"backends"`
+	// Listeners are the sockets clients connect to.
+	Listeners []Listener `yaml:"listeners"`
+	// Identities name the services that may connect and what they may use.
+	Identities map[string]Identity `yaml:"identities"`
+	// Admin is the HTTP listener for metrics, health and operations.
+	Admin Admin `yaml:"admin"`
+	// ShutdownTimeout bounds how long SIGTERM waits for open sessions.
+	// Default 30s.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+}
+
+// Vault configures the Vault client dbproxy uses to fetch credentials.
+type Vault struct {
+	// Address is the Vault URL, e.g. https://vault.internal:8200.
+	Address string `yaml:"address"`
+	// CAFile verifies Vault's TLS certificate; empty uses system roots.
+	CAFile string `yaml:"ca_file"`
+	// Namespace is the Vault Enterprise namespace, if any.
+	Namespace string `yaml:"namespace"`
+	// RequestTimeout bounds each Vault HTTP request. Default 10s.
+	RequestTimeout Duration `yaml:"request_timeout"`
+	// Auth says how dbproxy obtains its own Vault token.
+	Auth VaultAuth `yaml:"auth"`
+}
+
+// VaultAuth selects a login method. Secrets are read only from files.
+type VaultAuth struct {
+	// Method is token, approle or kubernetes.
+	Method string `yaml:"method"`
+	// TokenFile holds a Vault token (method token).
+	TokenFile string `yaml:"token_file"`
+	// RoleIDFile and SecretIDFile hold AppRole credentials (method approle).
+	RoleIDFile   string `yaml:"role_id_file"`
+	SecretIDFile string `yaml:"secret_id_file"`
+	// JWTFile holds the service account token (method kubernetes).
+	// Default /var/run/secrets/kubernetes.io/serviceaccount/token.
+	JWTFile string `yaml:"jwt_file"`
+	// Role is the Vault auth role (method kubernetes).
+	Role string `yaml:"role"`
+	// Mount is the auth method's mount path. Default: the method name.
+	Mount string `yaml:"mount"`
+}
+
+// Backend is one upstream database server and how to get credentials for it.
+type Backend struct {
+	// Protocol is postgres or mysql.
+	Protocol string `yaml:"protocol"`
+	// Address is host:port of the database server.
+	Address string `yaml:"address"`
+	// Database is the upstream database name. Default: the backend's name.
+	Database string `yaml:"database"`
+	// TLS configures the connection from dbproxy to the database.
+	TLS UpstreamTLS `yaml:"tls"`
+	// VaultMount is the database secrets engine mount. Default "database".
+	VaultMount string `yaml:"vault_mount"`
+	// VaultRole is the default Vault role (database/creds/ROLE) for grants
+	// that name no role of their own.
+	VaultRole string `yaml:"vault_role"`
+	// AllowInsecureAuth permits cleartext and MD5 password exchanges with
+	// the upstream. Off by default: SCRAM (or TLS) is required.
+	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
+	// ConnectTimeout bounds dialing and authenticating upstream. Default 10s.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// Pool sizes the upstream connection pool.
+	Pool Pool `yaml:"pool"`
+	// Lease tunes credential rotation for this backend.
+	Lease Lease `yaml:"lease"`
+}
+
+// UpstreamTLS is how dbproxy verifies the database server.
+type UpstreamTLS struct {
+	// Mode is disable, require or verify-full. Default verify-full when
+	// ca_file is set, else disable.
+	Mode string `yaml:"mode"`
+	// CAFile verifies the server certificate (verify-full).
+	CAFile string `yaml:"ca_file"`
+	// ServerName overrides the name checked in the certificate.
+	ServerName string `yaml:"server_name"`
+}
+
+// Pool sizes a backend's upstream connection pool.
+type Pool struct {
+	// Mode is session or transaction. Default session.
+	Mode string `yaml:"mode"`
+	// MaxConnections caps upstream connections per backend and role.
+	// Default 20.
+	MaxConnections int `yaml:"max_connections"`
+	// MinIdle keeps this many idle upstream connections open. Default 0.
+	MinIdle int `yaml:"min_idle"`
+	// CheckoutTimeout is how long a client waits for a free upstream
+	// connection before getting "too many connections". Default 5s.
+	CheckoutTimeout Duration `yaml:"checkout_timeout"`
+	// IdleTimeout closes upstream connections idle this long. Default 5m.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+}
+
+// Lease tunes how a backend's credentials are rotated before they end.
+type Lease struct {
+	// RotateBefore starts rotation this long before the credential's hard
+	// end. Default: the larger of 30s and 20% of the lease's max TTL.
+	RotateBefore Duration `yaml:"rotate_before"`
+	// DrainTimeout is how long old-generation sessions get to reach a
+	// transaction boundary after rotation. Default 30s.
+	DrainTimeout Duration `yaml:"drain_timeout"`
+	// SafetyMargin closes remaining old-generation sessions this long before
+	// the hard end. Default 5s.
+	SafetyMargin Duration `yaml:"safety_margin"`
+	// RevokeGrace is how long a generation whose lease was revoked outside
+	// dbproxy may keep serving before its sessions are closed. Default 5s.
+	RevokeGrace Duration `yaml:"revoke_grace"`
+	// MaxIssuePerMinute caps new credentials per role per minute. Default 6.
+	MaxIssuePerMinute int `yaml:"max_issue_per_minute"`
+}
+
+// Listener is one socket clients connect to.
+type Listener struct {
+	// Name identifies the listener in logs and metrics.
+	Name string `yaml:"name"`
+	// Protocol is postgres or mysql.
+	Protocol string `yaml:"protocol"`
+	// Address is host:port for TCP. Exactly one of Address and UnixSocket.
+	Address string `yaml:"address"`
+	// UnixSocket is a socket path. For postgres, clients connect with
+	// host=<dir> and the path must end in .s.PGSQL.<port>.
+	UnixSocket string `yaml:"unix_socket"`
+	// SocketMode is the unix socket's permission bits. Default 0660.
+	SocketMode FileMode `yaml:"socket_mode"`
+	// Auth is how clients on this listener are identified: listener (every
+	// client is Identity), peer (unix socket peer uid), or mtls (client
+	// certificate). Default: listener when identity is set, peer on a unix
+	// socket, mtls when tls.require_client_cert is set.
+	Auth string `yaml:"auth"`
+	// Identity is the one identity of every client (auth listener).
+	Identity string `yaml:"identity"`
+	// TLS, when set, lets clients upgrade to TLS.
+	TLS *ListenerTLS `yaml:"tls"`
+}
+
+// ListenerTLS is the server side TLS of a listener.
+type ListenerTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile verifies client certificates (auth mtls).
+	ClientCAFile string `yaml:"client_ca_file"`
+	// RequireClientCert refuses clients without a verified certificate.
+	RequireClientCert bool `yaml:"require_client_cert"`
+	// Required refuses clients that do not upgrade to TLS. Default true
+	// when auth is mtls.
+	Required bool `yaml:"required"`
+}
+
+// Identity is one service that may connect, how it is recognised, and
+// what it may use.
+type Identity struct {
+	Match  Match   `yaml:"match"`
+	Grants []Grant `yaml:"grants"`
+}
+
+// Match says how a client is recognised as this identity. Any one
+// matching field is enough.
+type Match struct {
+	// SpiffeID matches a URI SAN in the client certificate.
+	SpiffeID string `yaml:"spiffe_id"`
+	// CertCN matches the client certificate's subject common name.
+	CertCN string `yaml:"cert_cn"`
+	// UnixUID matches the peer uid on a unix socket.
+	UnixUID *int `yaml:"unix_uid"`
+}
+
+// Grant lets an identity use a backend with credentials of a Vault role.
+type Grant struct {
+	Backend string `yaml:"backend"`
+	// Role is the Vault role; default the backend's vault_role. The
+	// client's user name selects among several grants for one backend.
+	Role string `yaml:"role"`
+}
+
+// Admin is the HTTP listener for /metrics, /healthz, /readyz and /v1.
+type Admin struct {
+	// Address is host:port. Default 127.0.0.1:9187. Empty string after
+	// "disabled: true" turns it off.
+	Address string `yaml:"address"`
+	// Disabled turns the admin listener off.
+	Disabled bool `yaml:"disabled"`
+	// TokenFile holds a bearer token required for /v1 requests; it is
+	// mandatory when Address is not a loopback address.
+	TokenFile string `yaml:"token_file"`
+}
+
+// Duration is a time.Duration written in YAML as "30s", "5m" or "1h30m".
+type Duration time.Duration
+
+// UnmarshalYAML parses Go duration strings.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("want a duration such as 30s or 5m: %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration; write it like 30s, 5m or 1h30m", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// FileMode is a permission mode written as an octal string such as "0660".
+type FileMode uint32
