@@ -1,0 +1,115 @@
+package creds
+
+import (
+	"context"
+	"sort"
+	"sync"
+
+	"go.uber.org/zap"
+)
+
+// SourceKey names one shared credential: all identities granted the same
+// Vault role on the same backend share one lease and one pool.
+type SourceKey struct {
+	Backend string
+	Role    string
+}
+
+// SourceSpec declares one source to run.
+type SourceSpec struct {
+	Backend string
+	Mount   string // database secrets engine mount, e.g. "database"
+	Role    string
+	Lease   LeaseOptions
+}
+
+// Broker owns the Vault client and one Source per (backend, role).
+type Broker struct {
+	client  *Client
+	log     *zap.Logger
+	sources map[SourceKey]*Source
+	wg      sync.WaitGroup
+}
+
+// NewBroker makes a source for each spec. Nothing talks to Vault until Run.
+func NewBroker(c *Client, specs []SourceSpec, log *zap.Logger, m *Metrics) *Broker {
+	b := &Broker{client: c, log: log, sources: make(map[SourceKey]*Source)}
+	for _, sp := range specs {
+		k := SourceKey{sp.Backend, sp.Role}
+		if _, ok := b.sources[k]; ok {
+			continue
+		}
+		b.sources[k] = newSource(c, sp.Backend, sp.Mount, sp.Role, sp.Lease, log, m)
+	}
+	return b
+}
+
+// Run logs in and starts every source; it returns at once. A failed login
+// is not fatal: each source retries (and logs in) with backoff, and
+// readiness reports the backends without a credential.
+func (b *Broker) Run(ctx context.Context) {
+	if err := b.client.Login(ctx); err != nil {
+		b.log.Warn("vault login failed; will retry", zap.Error(err))
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.client.RunTokenKeeper(ctx)
+	}()
+	for _, s := range b.sources {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			s.Run(ctx)
+		}()
+	}
+}
+
+// Wait blocks until every goroutine started by Run has returned.
+func (b *Broker) Wait() { b.wg.Wait() }
+
+// Source returns the source for a backend and role, or nil.
+func (b *Broker) Source(backend, role string) *Source {
+	return b.sources[SourceKey{backend, role}]
+}
+
+// Rotate starts a rotation for every role of backend; false if unknown.
+func (b *Broker) Rotate(backend, reason string) bool {
+	found := false
+	for k, s := range b.sources {
+		if k.Backend == backend {
+			s.Rotate(reason)
+			found = true
+		}
+	}
+	return found
+}
+
+// Leases lists every live generation, ordered by backend, role, number.
+func (b *Broker) Leases() []Info {
+	var out []Info
+	for _, s := range b.sources {
+		out = append(out, s.Generations()...)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, c := out[i], out[j]
+		if a.Backend != c.Backend {
+			return a.Backend < c.Backend
+		}
+		if a.Role != c.Role {
+			return a.Role < c.Role
+		}
+		return a.Generation < c.Generation
+	})
+	return out
+}
+
+// Ready returns an error naming a source that has no usable credential.
+func (b *Broker) Ready() error {
+	for _, s := range b.sources {
+		if err := s.Ready(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
