@@ -49,6 +49,7 @@ type Client struct {
 	metrics *Metrics
 	now     func() time.Time
 
+	loginMu   sync.Mutex
 	mu        sync.Mutex
 	tokenEnd  time.Time // zero: never expires
 	tokenTTL  time.Duration
@@ -184,6 +185,9 @@ func (c *Client) TokenEnd() time.Time {
 // `need` longer. Credentials fetched afterwards then outlive the rotation
 // window instead of dying with an old token.
 func (c *Client) EnsureToken(ctx context.Context, need time.Duration) error {
+	// One login at a time: sources share the token.
+	c.loginMu.Lock()
+	defer c.loginMu.Unlock()
 	if c.api.Token() == "" {
 		return c.Login(ctx)
 	}
