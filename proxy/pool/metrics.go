@@ -1,0 +1,35 @@
+package pool
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the pool's collectors, shared by every pool of a process.
+type Metrics struct {
+	conns        *prometheus.GaugeVec
+	checkoutSecs *prometheus.HistogramVec
+}
+
+// NewMetrics registers the pool collectors on reg (nil: unregistered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dbproxy_upstream_connections", Help: "Open upstream connections (idle and lent).",
+		}, []string{"backend"}),
+		checkoutSecs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "dbproxy_upstream_checkout_seconds",
+			Help:    "Time to obtain an upstream connection, by result (reused, dialed, dial_error, exhausted).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"backend", "result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.conns, m.checkoutSecs)
+	}
+	return m
+}
+
+func (m *Metrics) checkout(backend, result string, d time.Duration) {
+	m.checkoutSecs.WithLabelValues(backend, result).Observe(d.Seconds())
+}

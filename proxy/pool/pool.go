@@ -1,0 +1,292 @@
+// Package pool keeps upstream database connections per (backend, Vault
+// role), each tied to the credential generation it logged in with. It caps
+// how many exist, lends them out, takes them back, and closes those of a
+// superseded generation as soon as they are idle. It knows nothing about
+// wire protocols: it pools anything that can Reset and Close.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dbproxy/dbproxy/creds"
+)
+
+// Conn is an upstream connection as the pool sees it.
+type Conn interface {
+	// Reset makes the connection fit for another client (DISCARD ALL,
+	// COM_RESET_CONNECTION). An error means it must be closed instead.
+	Reset(ctx context.Context) error
+	Close() error
+}
+
+// DialFunc opens an upstream connection with a generation's credential.
+type DialFunc func(ctx context.Context, g *creds.Generation) (Conn, error)
+
+// Credentials is where the pool gets the generation for new connections.
+type Credentials interface {
+	Current(ctx context.Context) (*creds.Generation, error)
+}
+
+// Options sizes a pool.
+type Options struct {
+	Backend, Role   string
+	MaxConnections  int
+	CheckoutTimeout time.Duration
+	IdleTimeout     time.Duration
+	Metrics         *Metrics
+}
+
+// ErrExhausted is returned when no connection frees up in time.
+var ErrExhausted = errors.New("too many connections")
+
+// ExhaustedError carries the limits for a client-facing message.
+type ExhaustedError struct {
+	Backend string
+	Max     int
+	Waited  time.Duration
+}
+
+func (e *ExhaustedError) Error() string {
+	return fmt.Sprintf("too many connections for backend %s: all %d upstream connections stayed busy for %s; retry later or raise pool.max_connections",
+		e.Backend, e.Max, e.Waited.Round(time.Millisecond))
+}
+
+// Is makes errors.Is(err, ErrExhausted) true.
+func (e *ExhaustedError) Is(target error) bool { return target == ErrExhausted }
+
+// Pool lends upstream connections of the current generation.
+type Pool struct {
+	opts  Options
+	creds Credentials
+
+	mu      sync.Mutex
+	open    int // idle + lent
+	idle    []*Lease
+	wake    chan struct{} // closed and replaced when a slot or conn frees
+	closed  bool
+	stopJan chan struct{}
+}
+
+// Lease is one upstream connection lent to a client.
+type Lease struct {
+	Conn Conn
+	Gen  *creds.Generation
+	// Key groups connections that are interchangeable, e.g. the same
+	// startup parameters; only a matching key reuses an idle connection.
+	Key string
+
+	pool     *Pool
+	lastUsed time.Time
+}
+
+// New makes a pool and starts its janitor, which closes idle connections
+// of superseded generations and those idle too long.
+func New(c Credentials, o Options) *Pool {
+	if o.MaxConnections <= 0 {
+		o.MaxConnections = 20
+	}
+	if o.CheckoutTimeout <= 0 {
+		o.CheckoutTimeout = 5 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 5 * time.Minute
+	}
+	p := &Pool{opts: o, creds: c, wake: make(chan struct{}), stopJan: make(chan struct{})}
+	go p.janitor()
+	return p
+}
+
+// Checkout lends a connection of the current generation with the given
+// key, dialing a new one if none is idle and the cap allows.
+func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, p.opts.CheckoutTimeout)
+	defer cancel()
+	gen, err := p.creds.Current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, errors.New("pool closed")
+		}
+		stale := p.takeStaleLocked(time.Now())
+		if l := p.takeIdleLocked(gen, key); l != nil {
+			p.mu.Unlock()
+			closeAll(stale)
+			p.opts.Metrics.checkout(p.opts.Backend, "reused", time.Since(start))
+			return l, nil
+		}
+		if p.open < p.opts.MaxConnections {
+			p.open++
+			p.mu.Unlock()
+			closeAll(stale)
+			return p.dial(ctx, gen, key, dial, start)
+		}
+		wake := p.wake
+		p.mu.Unlock()
+		closeAll(stale)
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				p.opts.Metrics.checkout(p.opts.Backend, "exhausted", time.Since(start))
+				return nil, &ExhaustedError{Backend: p.opts.Backend, Max: p.opts.MaxConnections, Waited: time.Since(start)}
+			}
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (p *Pool) dial(ctx context.Context, gen *creds.Generation, key string, dial DialFunc, start time.Time) (*Lease, error) {
+	if !gen.Acquire() {
+		p.freeSlot()
+		return nil, fmt.Errorf("credential generation %d of backend %s ended before use", gen.N, p.opts.Backend)
+	}
+	c, err := dial(ctx, gen)
+	if err != nil {
+		gen.Release()
+		p.freeSlot()
+		p.opts.Metrics.checkout(p.opts.Backend, "dial_error", time.Since(start))
+		return nil, err
+	}
+	p.opts.Metrics.checkout(p.opts.Backend, "dialed", time.Since(start))
+	p.opts.Metrics.conns.WithLabelValues(p.opts.Backend).Inc()
+	return &Lease{Conn: c, Gen: gen, Key: key, pool: p}, nil
+}
+
+// Return gives the connection back. If reset succeeds and its generation
+// is still current, it waits idle for the next client; otherwise it closes.
+func (l *Lease) Return(ctx context.Context) {
+	p := l.pool
+	if l.Gen.State() != creds.Active {
+		l.Close()
+		return
+	}
+	if err := l.Conn.Reset(ctx); err != nil {
+		l.Close()
+		return
+	}
+	l.lastUsed = time.Now()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		l.Close()
+		return
+	}
+	p.idle = append(p.idle, l)
+	p.signalLocked()
+	p.mu.Unlock()
+}
+
+// Close closes the connection and frees its slot.
+func (l *Lease) Close() {
+	_ = l.Conn.Close()
+	l.Gen.Release()
+	l.pool.opts.Metrics.conns.WithLabelValues(l.pool.opts.Backend).Dec()
+	l.pool.freeSlot()
+}
+
+func (p *Pool) freeSlot() {
+	p.mu.Lock()
+	p.open--
+	p.signalLocked()
+	p.mu.Unlock()
+}
+
+func (p *Pool) signalLocked() {
+	close(p.wake)
+	p.wake = make(chan struct{})
+}
+
+// takeIdleLocked pops the most recently used idle connection for gen+key.
+func (p *Pool) takeIdleLocked(gen *creds.Generation, key string) *Lease {
+	for i := len(p.idle) - 1; i >= 0; i-- {
+		l := p.idle[i]
+		if l.Gen == gen && l.Key == key {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			return l
+		}
+	}
+	return nil
+}
+
+// takeStaleLocked removes idle connections that must close: superseded
+// generation or idle too long. The caller closes them outside the lock.
+func (p *Pool) takeStaleLocked(now time.Time) []*Lease {
+	var stale []*Lease
+	keep := p.idle[:0]
+	for _, l := range p.idle {
+		if l.Gen.State() != creds.Active || now.Sub(l.lastUsed) > p.opts.IdleTimeout {
+			stale = append(stale, l)
+			continue
+		}
+		keep = append(keep, l)
+	}
+	for i := len(keep); i < len(p.idle); i++ {
+		p.idle[i] = nil
+	}
+	p.idle = keep
+	return stale
+}
+
+func closeAll(ls []*Lease) {
+	for _, l := range ls {
+		l.Close()
+	}
+}
+
+func (p *Pool) janitor() {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stopJan:
+			return
+		case now := <-t.C:
+			p.mu.Lock()
+			stale := p.takeStaleLocked(now)
+			p.mu.Unlock()
+			closeAll(stale)
+		}
+	}
+}
+
+// Stats is a snapshot of the pool.
+type Stats struct {
+	Backend string `json:"backend"`
+	Role    string `json:"role"`
+	Open    int    `json:"open"`
+	Idle    int    `json:"idle"`
+	Max     int    `json:"max"`
+}
+
+// Stats returns a snapshot of the pool.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Stats{Backend: p.opts.Backend, Role: p.opts.Role, Open: p.open, Idle: len(p.idle), Max: p.opts.MaxConnections}
+}
+
+// Close closes idle connections and stops lending. Lent connections close
+// when their clients finish.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	close(p.stopJan)
+	p.signalLocked()
+	p.mu.Unlock()
+	closeAll(idle)
+}
