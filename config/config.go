@@ -2,10 +2,32 @@
 // struct, loading it from YAML, defaults, and validation with file:line:col
 // messages. No other package reads files or the environment for settings;
 // cmd/dbproxy maps Config onto each package's own small option structs.
+//
+// Load reads the file, rejects unknown keys (with a "did you mean" hint),
+// applies the defaults documented on each field, and validates the result,
+// reporting every problem at once as Problems ("FILE:LINE:COL: msg").
+//
+// A default applies when a key is absent or empty (`key:`); a value written
+// explicitly, even 0 or "", is validated as written. For a Config built in
+// code (no file), a default applies to zero values.
+//
+// Paths to files (ca_file, token_file, cert_file, unix_socket, ...) may be
+// relative; they are resolved against the directory holding the
+// configuration file, and Config holds the resolved paths.
+//
+// Secrets are never written in the configuration: there is no field for
+// one. Vault credentials are read from files (token_file, role_id_file,
+// secret_id_file, jwt_file), database credentials come from Vault.
+//
+// The only environment variable read is VAULT_ADDR, the default for
+// vault.address when that key is absent.
 package config
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -27,11 +49,16 @@ type Config struct {
 	// ShutdownTimeout bounds how long SIGTERM waits for open sessions.
 	// Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+
+	// src remembers where each setting was written; nil when the Config
+	// was built in code.
+	src *source
 }
 
 // Vault configures the Vault client dbproxy uses to fetch credentials.
 type Vault struct {
 	// Address is the Vault URL, e.g. https://vault.internal:8200.
+	// Default: the environment variable VAULT_ADDR, when the key is absent.
 	Address string `yaml:"address"`
 	// CAFile verifies Vault's TLS certificate; empty uses system roots.
 	CAFile string `yaml:"ca_file"`
@@ -55,7 +82,7 @@ type VaultAuth struct {
 	// JWTFile holds the service account token (method kubernetes).
 	// Default /var/run/secrets/kubernetes.io/serviceaccount/token.
 	JWTFile string `yaml:"jwt_file"`
-	// Role is the Vault auth role (method kubernetes).
+	// Role is the Vault auth role (method kubernetes, required).
 	Role string `yaml:"role"`
 	// Mount is the auth method's mount path. Default: the method name.
 	Mount string `yaml:"mount"`
@@ -143,7 +170,8 @@ type Listener struct {
 	// UnixSocket is a socket path. For postgres, clients connect with
 	// host=<dir> and the path must end in .s.PGSQL.<port>.
 	UnixSocket string `yaml:"unix_socket"`
-	// SocketMode is the unix socket's permission bits. Default 0660.
+	// SocketMode is the unix socket's permission bits, written in octal
+	// ("0660"). Default 0660.
 	SocketMode FileMode `yaml:"socket_mode"`
 	// Auth is how clients on this listener are identified: listener (every
 	// client is Identity), peer (unix socket peer uid), or mtls (client
@@ -163,6 +191,7 @@ type ListenerTLS struct {
 	// ClientCAFile verifies client certificates (auth mtls).
 	ClientCAFile string `yaml:"client_ca_file"`
 	// RequireClientCert refuses clients without a verified certificate.
+	// Default true when auth is mtls; needs ClientCAFile.
 	RequireClientCert bool `yaml:"require_client_cert"`
 	// Required refuses clients that do not upgrade to TLS. Default true
 	// when auth is mtls.
@@ -197,8 +226,7 @@ type Grant struct {
 
 // Admin is the HTTP listener for /metrics, /healthz, /readyz and /v1.
 type Admin struct {
-	// Address is host:port. Default 127.0.0.1:9187. Empty string after
-	// "disabled: true" turns it off.
+	// Address is host:port. Default 127.0.0.1:9187 unless Disabled.
 	Address string `yaml:"address"`
 	// Disabled turns the admin listener off.
 	Disabled bool `yaml:"disabled"`
@@ -227,5 +255,39 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// String formats the duration like time.Duration ("30s", "5m0s").
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalYAML writes the duration as a string such as "30s".
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
 // FileMode is a permission mode written as an octal string such as "0660".
+// Like chmod, the digits are always octal: 0660, "0660", "660" and "0o660"
+// are the same mode.
 type FileMode uint32
+
+// UnmarshalYAML parses octal permission bits.
+func (m *FileMode) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("want an octal mode such as \"0660\"")
+	}
+	s := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || s == "" {
+		return fmt.Errorf("%q is not an octal mode; write it like \"0660\"", n.Value)
+	}
+	if v > 0o777 {
+		return fmt.Errorf("%q has bits beyond 0777; write permission bits only, like \"0660\"", n.Value)
+	}
+	*m = FileMode(v)
+	return nil
+}
+
+// Perm returns the mode as os.FileMode permission bits.
+func (m FileMode) Perm() os.FileMode { return os.FileMode(m) & os.ModePerm }
+
+// String formats the mode in octal with a leading zero, e.g. "0660".
+func (m FileMode) String() string { return fmt.Sprintf("%#04o", uint32(m)) }
+
+// MarshalYAML writes the mode as an octal string such as "0660".
+func (m FileMode) MarshalYAML() (any, error) { return m.String(), nil }
