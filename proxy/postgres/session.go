@@ -1,0 +1,418 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/dbproxy/dbproxy/creds"
+	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/pool"
+)
+
+// session is one client connection from accept to close.
+type session struct {
+	srv     *Server
+	log     *zap.Logger
+	raw     net.Conn // as accepted
+	client  net.Conn // raw, or TLS over raw
+	cbr     *bufio.Reader
+	cbw     *bufio.Writer
+	started time.Time
+
+	id      identity.Identity
+	backend *Backend
+	params  *startupParams
+	role    string
+
+	mu        sync.Mutex
+	lease     *pool.Lease
+	cancelPID uint32
+	killCh    chan killReason
+	killOnce  sync.Once
+
+	txStatus atomic.Uint32 // last ReadyForQuery status byte
+	pending  atomic.Int64  // queries sent and not yet answered by ReadyForQuery
+	bytesIn  atomic.Int64
+	bytesOut atomic.Int64
+}
+
+type killReason int
+
+const (
+	killShutdown killReason = iota
+	killIdleShutdown
+)
+
+func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
+	s := &session{
+		srv: srv, raw: c, client: c, started: time.Now(),
+		cbr: bufio.NewReaderSize(c, 16<<10), killCh: make(chan killReason, 1),
+		log: srv.log.With(zap.String("listener", lo.Name), zap.String("remote", c.RemoteAddr().String())),
+	}
+	s.cbw = bufio.NewWriterSize(c, 32<<10)
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(srv.opts.StartupTimeout))
+	err := s.startup(lo)
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	srv.track(s, true)
+	defer srv.track(s, false)
+	s.run()
+}
+
+func (srv *Server) track(s *session, add bool) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if add {
+		srv.sessions[s] = struct{}{}
+	} else {
+		delete(srv.sessions, s)
+	}
+}
+
+// fail reports a startup error to the client, if it is still listening.
+func (s *session) fail(err error) {
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, errCancelHandled) {
+		return
+	}
+	pe := asClientError(s.backendName(), err)
+	s.srv.metrics.errors.WithLabelValues(pe.Code[:2]).Inc()
+	s.log.Info("client refused", zap.String("sqlstate", pe.Code), zap.String("identity", s.id.Name),
+		zap.String("backend", s.backendName()), zap.Error(err))
+	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_, _ = s.client.Write(pe.encode(nil))
+}
+
+func (s *session) backendName() string {
+	if s.backend != nil {
+		return s.backend.Name
+	}
+	if s.params != nil {
+		return s.params.database
+	}
+	return ""
+}
+
+var errCancelHandled = errors.New("cancel request handled")
+
+// startup runs the startup loop through to ReadyForQuery.
+func (s *session) startup(lo ListenerOptions) error {
+	var tlsState *tls.ConnectionState
+	for {
+		msg, err := readStartup(s.cbr)
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.SSLRequest:
+			if tlsState != nil {
+				return fatal(codeProtocolViolation, "SSLRequest received twice")
+			}
+			if lo.TLS == nil {
+				if _, err := s.raw.Write([]byte{'N'}); err != nil {
+					return err
+				}
+				continue
+			}
+			// Bytes that arrived with the SSLRequest were sent before the
+			// handshake and could be injected by a man in the middle
+			// (CVE-2021-23214): refuse them.
+			if s.cbr.Buffered() > 0 {
+				return fatal(codeProtocolViolation, "received unencrypted data after SSL request: the client must wait for the server's answer before starting TLS")
+			}
+			if _, err := s.raw.Write([]byte{'S'}); err != nil {
+				return err
+			}
+			tc := tls.Server(s.raw, lo.TLS)
+			if err := tc.Handshake(); err != nil {
+				return fmt.Errorf("tls handshake: %w", err)
+			}
+			st := tc.ConnectionState()
+			tlsState = &st
+			s.client = tc
+			s.cbr = bufio.NewReaderSize(tc, 16<<10)
+			s.cbw = bufio.NewWriterSize(tc, 32<<10)
+		case *pgproto3.GSSEncRequest:
+			if _, err := s.raw.Write([]byte{'N'}); err != nil {
+				return err
+			}
+		case *pgproto3.CancelRequest:
+			s.srv.cancel(context.Background(), m.ProcessID, m.SecretKey)
+			return errCancelHandled
+		case *pgproto3.StartupMessage:
+			return s.login(lo, m, tlsState)
+		}
+	}
+}
+
+// login authenticates, authorizes, connects upstream and greets the client.
+func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.ConnectionState) error {
+	if lo.RequireTLS && st == nil {
+		return fatal(codeInvalidAuth, fmt.Sprintf("listener %s requires TLS: connect with sslmode=require or stronger", lo.Name))
+	}
+	p, err := parseStartup(m)
+	if err != nil {
+		return err
+	}
+	s.params = p
+	id, err := lo.Authenticate(s.raw, st)
+	if err != nil {
+		return err
+	}
+	s.id = id
+	b := s.srv.opts.Backends[p.database]
+	if b == nil {
+		return fatal(codeInvalidCatalog, fmt.Sprintf("backend %q does not exist: set database to one of the backends configured in dbproxy", p.database))
+	}
+	s.backend = b
+	g, err := s.srv.opts.Authorizer.Authorize(id, b.Name, p.user)
+	if err != nil {
+		return err
+	}
+	s.role = g.Role
+	pl := s.srv.opts.Pool(b.Name, g.Role)
+	if pl == nil {
+		return fatal(codeInvalidAuth, fmt.Sprintf("no pool for backend %s and role %s: dbproxy configuration is incomplete", b.Name, g.Role))
+	}
+	s.log = s.log.With(zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", g.Role))
+
+	appName := "dbproxy:" + id.Name
+	if p.appName != "" {
+		appName += ":" + p.appName
+	}
+	runtime := map[string]string{"application_name": appName}
+	for k, v := range p.forward {
+		runtime[k] = v
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(s.srv.opts.StartupTimeout))
+	defer cancel()
+	lease, err := pl.Checkout(ctx, p.key(appName), func(ctx context.Context, gen *creds.Generation) (pool.Conn, error) {
+		u, err := dial(ctx, b, gen, runtime)
+		if err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && (pe.Code == "28P01" || pe.Code == "28000") {
+				// The database refused a credential Vault gave us: the
+				// lease was revoked behind our back.
+				gen.AuthFailed()
+			}
+			return nil, err
+		}
+		return u, nil
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.lease = lease
+	s.mu.Unlock()
+	return s.greet(m.ProtocolVersion)
+}
+
+// greet sends what PostgreSQL sends after authentication.
+func (s *session) greet(version uint32) error {
+	up := s.lease.Conn.(*upstream)
+	var buf []byte
+	if version != pgproto3.ProtocolVersion30 {
+		buf, _ = (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0}).Encode(buf)
+	}
+	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
+	for k, v := range up.params {
+		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
+	}
+	pid, secret := s.srv.cancels.issue(s)
+	s.cancelPID = pid
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret[:]}).Encode(buf)
+	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(buf)
+	s.txStatus.Store('I')
+	_, err := s.client.Write(buf)
+	return err
+}
+
+// run relays until the session ends, then returns or closes the upstream.
+func (s *session) run() {
+	m := s.srv.metrics
+	b := s.backend.Name
+	m.connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
+	m.clients.WithLabelValues(b, s.id.Name).Inc()
+	defer m.clients.WithLabelValues(b, s.id.Name).Dec()
+	defer s.srv.cancels.forget(s.cancelPID)
+	gen := s.lease.Gen
+	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
+
+	result, reusable := s.relay(gen)
+
+	s.mu.Lock()
+	lease := s.lease
+	s.lease = nil
+	s.mu.Unlock()
+	if reusable {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		lease.Return(ctx)
+		cancel()
+	} else {
+		lease.Close()
+	}
+	m.sessions.WithLabelValues(b, s.id.Name, result).Inc()
+	m.bytes.WithLabelValues(b, "client_to_server").Add(float64(s.bytesIn.Load()))
+	m.bytes.WithLabelValues(b, "server_to_client").Add(float64(s.bytesOut.Load()))
+	s.log.Info("session end", zap.String("result", result), zap.String("db_user", gen.Username),
+		zap.Uint64("generation", gen.N), zap.Duration("duration", time.Since(s.started)),
+		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))
+}
+
+// relay copies frames both ways until one side ends or the session is
+// killed. It reports how the session ended and whether the upstream is
+// quiescent and idle, and so may serve another client.
+func (s *session) relay(gen *creds.Generation) (string, bool) {
+	up := s.lease.Conn.(*upstream)
+	upDone := make(chan error, 1)
+	cliDone := make(chan error, 1)
+	go func() { upDone <- s.upstreamToClient() }()
+	go func() { cliDone <- s.clientToUpstream() }()
+
+	select {
+	case err := <-cliDone:
+		if errors.Is(err, errTerminate) && s.pending.Load() == 0 && s.txStatus.Load() == 'I' {
+			if uerr := interruptRead(up.conn, upDone); isTimeout(uerr) {
+				return "ok", true
+			}
+			return "ok", false
+		}
+		_ = up.conn.Close()
+		<-upDone
+		if errors.Is(err, errTerminate) {
+			return "ok", false
+		}
+		var pe *Error
+		if errors.As(err, &pe) {
+			s.sendFatal(pe)
+			return "client_error", false
+		}
+		return "client_gone", false
+	case <-upDone:
+		// The server ended the session (its FATAL, if any, was relayed).
+		_ = s.client.Close()
+		<-cliDone
+		return "server_closed", false
+	case <-gen.Expired():
+		s.stopRelay(up, upDone, cliDone)
+		s.sendFatal(&Error{Severity: "FATAL", Code: codeAdminShutdown,
+			Message: fmt.Sprintf("dbproxy closed this session: the database credential for backend %s has reached the end of its lease (%s)", s.backend.Name, reasonText(gen.Reason())),
+			Hint:    "reconnecting is safe: new sessions use a fresh credential"})
+		return "lease_end", false
+	case r := <-s.killCh:
+		s.stopRelay(up, upDone, cliDone)
+		msg := "dbproxy is shutting down"
+		if r == killIdleShutdown {
+			msg = "dbproxy is shutting down; this idle session was closed"
+		}
+		s.sendFatal(&Error{Severity: "FATAL", Code: codeAdminShutdown, Message: msg, Hint: "reconnect to another dbproxy instance or retry shortly"})
+		return "shutdown", false
+	}
+}
+
+func (s *session) stopRelay(up *upstream, upDone, cliDone chan error) {
+	_ = up.conn.Close()
+	<-upDone
+	_ = s.client.SetReadDeadline(time.Unix(1, 0))
+	<-cliDone
+}
+
+func (s *session) sendFatal(e *Error) {
+	s.srv.metrics.errors.WithLabelValues(e.Code[:2]).Inc()
+	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_, _ = s.cbw.Write(e.encode(nil))
+	_ = s.cbw.Flush()
+}
+
+func reasonText(r string) string {
+	switch r {
+	case "max_ttl":
+		return "its max TTL"
+	case "token":
+		return "dbproxy's Vault token expires"
+	case "external_revoke", "auth_failed":
+		return "the lease was revoked in Vault"
+	case "manual":
+		return "an operator rotated it"
+	case "":
+		return "lease expired"
+	}
+	return r
+}
+
+func (s *session) kill(r killReason) {
+	s.killOnce.Do(func() { s.killCh <- r })
+}
+
+func (s *session) closeIfIdle() {
+	if s.pending.Load() == 0 && s.txStatus.Load() == 'I' {
+		s.kill(killIdleShutdown)
+	}
+}
+
+func (s *session) currentUpstream() *upstream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lease == nil {
+		return nil
+	}
+	return s.lease.Conn.(*upstream)
+}
+
+// SessionInfo describes a client session for the admin API.
+type SessionInfo struct {
+	Protocol   string    `json:"protocol"`
+	Identity   string    `json:"identity"`
+	Method     string    `json:"method"`
+	Backend    string    `json:"backend"`
+	Role       string    `json:"role"`
+	DBUser     string    `json:"db_user"`
+	LeaseID    string    `json:"lease_id"`
+	Generation uint64    `json:"generation"`
+	State      string    `json:"state"`
+	Since      time.Time `json:"since"`
+	Remote     string    `json:"remote"`
+}
+
+func (s *session) info() SessionInfo {
+	si := SessionInfo{Protocol: "postgres", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
+		Since: s.started, Remote: s.raw.RemoteAddr().String(), State: txState(byte(s.txStatus.Load()), s.pending.Load())}
+	if s.backend != nil {
+		si.Backend = s.backend.Name
+	}
+	s.mu.Lock()
+	if s.lease != nil {
+		si.DBUser, si.LeaseID, si.Generation = s.lease.Gen.Username, s.lease.Gen.LeaseID, s.lease.Gen.N
+	}
+	s.mu.Unlock()
+	return si
+}
+
+func txState(status byte, pending int64) string {
+	switch {
+	case pending > 0:
+		return "active"
+	case status == 'T':
+		return "idle in transaction"
+	case status == 'E':
+		return "idle in failed transaction"
+	default:
+		return "idle"
+	}
+}

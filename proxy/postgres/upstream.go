@@ -1,0 +1,141 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/dbproxy/dbproxy/creds"
+)
+
+// Backend is one upstream PostgreSQL server as the proxy needs it.
+type Backend struct {
+	Name     string
+	Host     string
+	Port     uint16
+	Database string
+	// TLS is the client TLS config for the upstream; nil disables TLS.
+	TLS *tls.Config
+	// RequireAuth lists acceptable upstream auth methods, as libpq's
+	// require_auth. Default scram-sha-256.
+	RequireAuth    string
+	ConnectTimeout time.Duration
+}
+
+// upstream is one hijacked, authenticated connection to PostgreSQL.
+type upstream struct {
+	conn   net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	pid    uint32
+	key    []byte
+	params map[string]string
+	addr   string
+}
+
+// dial logs in to the backend with g's credential via pgconn, then takes
+// the raw connection over.
+func dial(ctx context.Context, b *Backend, g *creds.Generation, runtime map[string]string) (*upstream, error) {
+	// ParseConfig reads PG* environment variables for anything the string
+	// leaves out; name everything that matters so the environment cannot
+	// add options or fallbacks, then override the rest field by field.
+	cfg, err := pgconn.ParseConfig("host=" + b.Host + " port=" + strconv.Itoa(int(b.Port)) + " sslmode=disable")
+	if err != nil {
+		return nil, fmt.Errorf("upstream config: %w", err)
+	}
+	cfg.User = g.Username
+	cfg.Password = g.Password()
+	cfg.Database = b.Database
+	cfg.TLSConfig = b.TLS
+	cfg.Fallbacks = nil
+	cfg.ConnectTimeout = b.ConnectTimeout
+	cfg.RuntimeParams = runtime
+	cfg.RequireAuth = b.RequireAuth
+	if cfg.RequireAuth == "" {
+		cfg.RequireAuth = "scram-sha-256"
+	}
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	hj, err := pc.Hijack()
+	if err != nil {
+		_ = pc.Close(ctx)
+		return nil, fmt.Errorf("upstream hijack: %w", err)
+	}
+	return &upstream{
+		conn: hj.Conn, br: bufio.NewReaderSize(hj.Conn, 32<<10), bw: bufio.NewWriterSize(hj.Conn, 32<<10),
+		pid: hj.PID, key: hj.SecretKey, params: hj.ParameterStatuses,
+		addr: net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port))),
+	}, nil
+}
+
+// Reset runs DISCARD ALL so the next client starts from session defaults.
+func (u *upstream) Reset(ctx context.Context) error {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(5 * time.Second)
+	}
+	_ = u.conn.SetDeadline(dl)
+	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
+	buf, _ := (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
+	if _, err := u.bw.Write(buf); err != nil {
+		return err
+	}
+	if err := u.bw.Flush(); err != nil {
+		return err
+	}
+	var failed error
+	for {
+		typ, body, err := readFrame(u.br, 1<<20)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'E':
+			failed = fmt.Errorf("DISCARD ALL failed")
+		case 'Z':
+			if failed == nil && (len(body) != 1 || body[0] != 'I') {
+				failed = fmt.Errorf("connection not idle after DISCARD ALL")
+			}
+			return failed
+		}
+	}
+}
+
+func (u *upstream) Close() error {
+	// Say goodbye so the server logs a clean disconnect, not an EOF.
+	_ = u.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = u.conn.Write([]byte{'X', 0, 0, 0, 4})
+	return u.conn.Close()
+}
+
+// cancel asks the upstream to cancel what it is running, with its own key.
+func (u *upstream) cancel(ctx context.Context, timeout time.Duration) error {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", u.addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	buf, err := (&pgproto3.CancelRequest{ProcessID: u.pid, SecretKey: u.key}).Encode(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Write(buf); err != nil {
+		return err
+	}
+	// The server closes the connection when done; wait for that so the
+	// cancel has been processed before we report success.
+	var one [1]byte
+	_, _ = c.Read(one[:])
+	return nil
+}
