@@ -1,0 +1,68 @@
+# dbproxy: build, lint and test. CI runs `make lint` and `make test` (.ci/run).
+#
+#   make build             bin/dbproxy
+#   make lint              gofmt, go vet, staticcheck
+#   make deps              Debian packages for the integration tests (root installs)
+#   make vault             Vault + database plugins, cached (scripts/build-vault.sh)
+#   make test-unit         every package but test/integration
+#   make test-integration  real PostgreSQL, MariaDB and Vault (slow)
+#   make test              all of the above but build and lint
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+GO ?= go
+# staticcheck 2026.2.2; go run pkg@version builds it outside our go.mod.
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The race detector needs cgo; use it when cgo works here.
+RACE ?= $(shell [ "$$($(GO) env CGO_ENABLED 2>/dev/null)" = 1 ] && echo -race)
+UNIT_FLAGS ?= -count=1 $(RACE)
+INTEGRATION_FLAGS ?= -count=1 -timeout 20m -v
+LOGDIR ?= .cache
+
+.PHONY: build lint deps vault test-unit test-integration test clean
+
+build:
+	$(GO) build -o bin/dbproxy ./cmd/dbproxy
+
+lint:
+	@echo '>> gofmt -l'
+	@files="$$(find . -path './.*' -prune -o -path ./bin -prune -o -name '*.go' -print)"; \
+	out="$$(gofmt -l $$files)"; \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	@echo '>> go vet ./...'
+	$(GO) vet ./...
+	@echo '>> staticcheck ./...'
+	$(GO) run $(STATICCHECK) ./...
+
+deps:
+	scripts/install-deps.sh
+
+vault:
+	scripts/build-vault.sh
+
+test-unit:
+	pkgs="$$($(GO) list ./... | grep -v /test/integration)"; \
+	$(GO) test $(UNIT_FLAGS) $$pkgs
+
+# The full log stays in $(LOGDIR)/test-integration.log; the summary follows.
+test-integration:
+	@mkdir -p $(LOGDIR)
+	@st=0; \
+	$(GO) test $(INTEGRATION_FLAGS) ./test/integration/... 2>&1 | tee $(LOGDIR)/test-integration.log || st=$$?; \
+	echo; echo '>> integration summary (full log: $(LOGDIR)/test-integration.log)'; \
+	grep -E '^(--- (PASS|FAIL|SKIP)|FAIL|ok|PASS|panic:)' $(LOGDIR)/test-integration.log || true; \
+	exit $$st
+
+# deps (apt, mostly I/O) and the Vault build (CPU) overlap; the tests run
+# one after the other, and integration runs even when unit tests failed.
+test:
+	$(MAKE) -j2 --output-sync=target deps vault
+	@st=0; \
+	$(MAKE) test-unit || st=1; \
+	$(MAKE) test-integration || st=1; \
+	exit $$st
+
+clean:
+	rm -rf bin
