@@ -1,0 +1,36 @@
+package admin
+
+import (
+	"net/http"
+)
+
+// Operations is what the /v1 API shows and does. cmd/dbproxy implements it
+// over the running proxies, so this package imports none of them.
+type Operations interface {
+	// Sessions lists open client sessions.
+	Sessions() any
+	// Pools lists upstream pools.
+	Pools() any
+	// Leases lists live credential generations.
+	Leases() any
+	// Rotate starts a credential rotation for a backend; false if unknown.
+	Rotate(backend string) bool
+}
+
+// MountV1 adds the /v1 endpoints over ops.
+func (s *Server) MountV1(ops Operations) {
+	list := func(f func() any) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, f()) }
+	}
+	s.Handle("GET /v1/sessions", list(ops.Sessions))
+	s.Handle("GET /v1/pools", list(ops.Pools))
+	s.Handle("GET /v1/leases", list(ops.Leases))
+	s.Handle("POST /v1/backends/{name}/rotate", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if !ops.Rotate(name) {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no backend " + name + " with credentials; see GET /v1/leases"})
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"status": "rotation started", "backend": name})
+	}))
+}
