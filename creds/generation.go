@@ -52,6 +52,7 @@ type Generation struct {
 	hardEnd   time.Time // zero while unknown
 	renewable bool
 	renewals  int
+	fails     int // consecutive failed renewals or revocations, for backoff
 	nextRenew time.Time
 	state     State
 	reason    string

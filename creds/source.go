@@ -86,10 +86,13 @@ type Source struct {
 	lastErr      error
 	failingSince time.Time
 	issued       []time.Time
-	changed      chan struct{} // closed and replaced when cur changes
+	changed      chan struct{} // closed and replaced when cur changes or a fetch fails
 }
 
 func newSource(c *Client, backend, mount, role string, o LeaseOptions, log *zap.Logger, m *Metrics) *Source {
+	if m == nil {
+		m = NewMetrics(nil)
+	}
 	return &Source{
 		backend: backend, mount: mount, role: role, opts: o.withDefaults(),
 		client: c, log: log.With(zap.String("backend", backend), zap.String("role", role)),
@@ -118,6 +121,9 @@ func (s *Source) Current(ctx context.Context) (*Generation, error) {
 		}
 		select {
 		case <-ctx.Done():
+			s.mu.Lock()
+			err = s.unavailableLocked()
+			s.mu.Unlock()
 			return nil, err
 		case <-ch:
 		}
@@ -208,15 +214,21 @@ func (s *Source) step(ctx context.Context) time.Time {
 		}
 	}
 
+	var waiting time.Time // a due rotation waits until then
 	if reason := s.rotationDue(now); reason != "" {
-		soonest(s.tryFetch(ctx, reason))
+		waiting = s.tryFetch(ctx, reason)
+		soonest(waiting)
 	}
 	s.mu.Lock()
 	gens := append([]*Generation(nil), s.gens...)
 	cur := s.cur
 	s.mu.Unlock()
 	if cur != nil {
-		soonest(s.rotateAt(cur))
+		// A rotateAt already past while the rotation waits out a backoff
+		// or the issuance cap would wake the loop every 10ms.
+		if at := s.rotateAt(cur); waiting.IsZero() || at.After(now) {
+			soonest(at)
+		}
 	}
 	for _, g := range gens {
 		soonest(s.tend(ctx, g))
@@ -306,6 +318,9 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 		s.lastErr = err
 		s.retryAt = s.now().Add(Backoff(s.fetchFails))
 		at := s.retryAt
+		// Wake Current's waiters: they report the failure now.
+		close(s.changed)
+		s.changed = make(chan struct{})
 		s.mu.Unlock()
 		s.log.Warn("fetching credential failed", zap.String("reason", reason), zap.Error(err), zap.Time("retry_at", at))
 		return at
@@ -366,6 +381,9 @@ func (s *Source) fetch(ctx context.Context) (*Generation, error) {
 		return nil, fmt.Errorf("vault login: %w", err)
 	}
 	path := s.mount + "/creds/" + s.role
+	// The lease starts when Vault handles the read, before the answer
+	// arrives: times counted from the request err on the early side.
+	now := s.now()
 	sec, err := s.client.api.Logical().ReadWithContext(ctx, path)
 	s.m.request("creds_read", err)
 	if err != nil {
@@ -379,7 +397,6 @@ func (s *Source) fetch(ctx context.Context) (*Generation, error) {
 	if user == "" || pass == "" {
 		return nil, fmt.Errorf("read %s: response has no username or password", path)
 	}
-	now := s.now()
 	s.mu.Lock()
 	s.lastN++
 	n := s.lastN
@@ -483,6 +500,11 @@ func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 	if state != Active && refs == 0 {
 		return s.revoke(ctx, g)
 	}
+	if state >= Expired {
+		// Past its end but still held: nothing to do until the last
+		// Release pokes the source. Its past deadline would spin the loop.
+		return time.Time{}
+	}
 	if state < Expired && canRenew {
 		if !now.Before(nextRenew) {
 			s.renew(ctx, g)
@@ -509,6 +531,7 @@ func earliest(ts ...time.Time) time.Time {
 // asked means the max TTL (or the token's life) caps it: the hard end.
 func (s *Source) renew(ctx context.Context, g *Generation) {
 	inc := max(int(g.ttl.Seconds()), 1)
+	sent := s.now() // the granted TTL counts from about here, not from the answer
 	sec, err := s.client.api.Sys().RenewWithContext(ctx, g.LeaseID, inc)
 	s.m.request("lease_renew", err)
 	now := s.now()
@@ -524,7 +547,8 @@ func (s *Source) renew(ctx context.Context, g *Generation) {
 		}
 		s.m.renewals.WithLabelValues(s.backend, s.role, "error").Inc()
 		g.mu.Lock()
-		g.nextRenew = now.Add(min(Backoff(g.renewals+1), max(g.leaseEnd.Sub(now)/3, time.Second)))
+		g.fails++
+		g.nextRenew = now.Add(min(Backoff(g.fails), max(g.leaseEnd.Sub(now)/3, time.Second)))
 		g.mu.Unlock()
 		s.log.Warn("lease renewal failed; will retry", zap.Uint64("generation", g.N), zap.Error(err))
 		return
@@ -533,7 +557,8 @@ func (s *Source) renew(ctx context.Context, g *Generation) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.renewals++
-	g.leaseEnd = now.Add(granted)
+	g.fails = 0
+	g.leaseEnd = sent.Add(granted)
 	result := "ok"
 	if granted < time.Duration(inc)*time.Second-time.Second || granted == 0 {
 		// Capped: this is as long as the credential will live.
@@ -574,8 +599,12 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 			result = "gone"
 		default:
 			s.m.revocations.WithLabelValues(s.backend, s.role, "error").Inc()
+			g.mu.Lock()
+			g.fails++
+			n := g.fails
+			g.mu.Unlock()
 			s.log.Warn("revoking superseded lease failed; will retry", zap.Uint64("generation", g.N), zap.Error(err))
-			return now.Add(Backoff(2))
+			return now.Add(Backoff(n))
 		}
 	}
 	g.mu.Lock()

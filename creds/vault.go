@@ -44,6 +44,7 @@ type ClientOptions struct {
 // needed. It is safe for concurrent use.
 type Client struct {
 	api     *vault.Client
+	login   *vault.Client // never holds a token; see loginWrite
 	auth    AuthOptions
 	log     *zap.Logger
 	metrics *Metrics
@@ -54,10 +55,28 @@ type Client struct {
 	tokenEnd  time.Time // zero: never expires
 	tokenTTL  time.Duration
 	renewable bool
+	stale     bool // the token's lookup failed: its life is unknown
 }
 
 // NewClient builds a Vault client. It does not log in; call Login.
 func NewClient(opts ClientOptions, log *zap.Logger, m *Metrics) (*Client, error) {
+	api, err := newAPIClient(opts)
+	if err != nil {
+		return nil, err
+	}
+	// Logins go through a second client that never holds a token, so that
+	// logging in never strips the token from requests in flight elsewhere.
+	login, err := newAPIClient(opts)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Auth.Mount == "" {
+		opts.Auth.Mount = opts.Auth.Method
+	}
+	return &Client{api: api, login: login, auth: opts.Auth, log: log, metrics: m, now: time.Now}, nil
+}
+
+func newAPIClient(opts ClientOptions) (*vault.Client, error) {
 	cfg := vault.DefaultConfig()
 	cfg.Address = opts.Address
 	// One retry source: ours, with jittered backoff. The client's own
@@ -81,10 +100,7 @@ func NewClient(opts ClientOptions, log *zap.Logger, m *Metrics) (*Client, error)
 	if opts.Namespace != "" {
 		c.SetNamespace(opts.Namespace)
 	}
-	if opts.Auth.Mount == "" {
-		opts.Auth.Mount = opts.Auth.Method
-	}
-	return &Client{api: c, auth: opts.Auth, log: log, metrics: m, now: time.Now}, nil
+	return c, nil
 }
 
 // Login obtains a fresh token with the configured method.
@@ -102,22 +118,25 @@ func (c *Client) Login(ctx context.Context) error {
 		secret, err = c.api.Auth().Token().LookupSelfWithContext(ctx)
 		c.metrics.request("token_lookup", err)
 		if err != nil {
+			// Look it up again before relying on it: its life is unknown.
+			c.mu.Lock()
+			c.stale = true
+			c.mu.Unlock()
 			return fmt.Errorf("vault token from %s: %w", c.auth.TokenFile, err)
 		}
 		return c.setTokenFromLookup(secret)
 	case "approle":
-		roleID, err := readSecretFile(c.auth.RoleIDFile)
-		if err != nil {
+		var roleID, secretID string
+		if roleID, err = readSecretFile(c.auth.RoleIDFile); err != nil {
 			return err
 		}
-		secretID, err := readSecretFile(c.auth.SecretIDFile)
-		if err != nil {
+		if secretID, err = readSecretFile(c.auth.SecretIDFile); err != nil {
 			return err
 		}
 		secret, err = c.loginWrite(ctx, map[string]any{"role_id": roleID, "secret_id": secretID})
 	case "kubernetes":
-		jwt, err := readSecretFile(c.auth.JWTFile)
-		if err != nil {
+		var jwt string
+		if jwt, err = readSecretFile(c.auth.JWTFile); err != nil {
 			return err
 		}
 		secret, err = c.loginWrite(ctx, map[string]any{"role": c.auth.Role, "jwt": jwt})
@@ -135,6 +154,7 @@ func (c *Client) Login(ctx context.Context) error {
 	c.mu.Lock()
 	c.tokenTTL = ttl
 	c.renewable = secret.Auth.Renewable
+	c.stale = false
 	c.tokenEnd = time.Time{}
 	if ttl > 0 {
 		c.tokenEnd = c.now().Add(ttl)
@@ -146,9 +166,10 @@ func (c *Client) Login(ctx context.Context) error {
 
 func (c *Client) loginWrite(ctx context.Context, data map[string]any) (*vault.Secret, error) {
 	path := "auth/" + strings.Trim(c.auth.Mount, "/") + "/login"
-	// Login must not carry a stale token.
-	c.api.ClearToken()
-	s, err := c.api.Logical().WriteWithContext(ctx, path, data)
+	// Login must not carry a stale token: c.login never has one. Clearing
+	// c.api's instead would send other goroutines' renewals without a
+	// token, and their 403s would read as revoked leases.
+	s, err := c.login.Logical().WriteWithContext(ctx, path, data)
 	c.metrics.request("login", err)
 	if err != nil {
 		return nil, fmt.Errorf("vault %s login at %s: %w", c.auth.Method, path, err)
@@ -166,6 +187,7 @@ func (c *Client) setTokenFromLookup(s *vault.Secret) error {
 	defer c.mu.Unlock()
 	c.tokenTTL = ttl
 	c.renewable = renewable
+	c.stale = false
 	c.tokenEnd = time.Time{}
 	if ttl > 0 {
 		c.tokenEnd = c.now().Add(ttl)
@@ -188,12 +210,12 @@ func (c *Client) EnsureToken(ctx context.Context, need time.Duration) error {
 	// One login at a time: sources share the token.
 	c.loginMu.Lock()
 	defer c.loginMu.Unlock()
-	if c.api.Token() == "" {
+	c.mu.Lock()
+	end, ttl, renewable, stale := c.tokenEnd, c.tokenTTL, c.renewable, c.stale
+	c.mu.Unlock()
+	if c.api.Token() == "" || stale {
 		return c.Login(ctx)
 	}
-	c.mu.Lock()
-	end, ttl, renewable := c.tokenEnd, c.tokenTTL, c.renewable
-	c.mu.Unlock()
 	if end.IsZero() || end.Sub(c.now()) > need {
 		return nil
 	}
