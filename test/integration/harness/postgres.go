@@ -47,9 +47,16 @@ const PostgresBinDir = "/usr/lib/postgresql/15/bin"
 // superuser "vaultadmin" (random password) and a database "appdb". When the
 // test runs as root, the server runs as the "postgres" (else "nobody") user.
 func StartPostgres(ctx context.Context, dir string) (*Postgres, error) {
-	initdb, err := findBinary("initdb", filepath.Join(os.Getenv("DBPROXY_PG_BINDIR"), "initdb"), PostgresBinDir+"/initdb", "initdb")
+	var envInitdb string
+	if d := os.Getenv("DBPROXY_PG_BINDIR"); d != "" {
+		envInitdb = filepath.Join(d, "initdb")
+	}
+	initdb, err := findBinary("initdb", envInitdb, PostgresBinDir+"/initdb", "initdb")
 	if err != nil {
 		return nil, err
+	}
+	if real, err := filepath.EvalSymlinks(initdb); err == nil {
+		initdb = real // postgres lives next to the real initdb, not its symlink
 	}
 	bin := filepath.Dir(initdb)
 	pg := &Postgres{
