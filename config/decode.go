@@ -25,10 +25,27 @@ type source struct {
 	val  map[string]pos  // position of the value node
 	key  map[string]pos  // position of the key (or of the "- " list item)
 	null map[string]bool // written but empty (`key:` or `key: null`)
+	bad  map[string]bool // could not be decoded; Validate stays quiet about them
+}
+
+// suppressed reports whether path or a setting enclosing it could not be
+// decoded, so that validating its (zero) value would only repeat that.
+func (s *source) suppressed(path string) bool {
+	if s == nil {
+		return false
+	}
+	for q := path; ; q = parent(q) {
+		if s.bad[q] {
+			return true
+		}
+		if q == "" {
+			return false
+		}
+	}
 }
 
 func newSource(file string) *source {
-	return &source{file: file, val: map[string]pos{}, key: map[string]pos{}, null: map[string]bool{}}
+	return &source{file: file, val: map[string]pos{}, key: map[string]pos{}, null: map[string]bool{}, bad: map[string]bool{}}
 }
 
 // decoder walks a yaml.Node tree into a Go value, collecting every problem
@@ -36,6 +53,12 @@ func newSource(file string) *source {
 type decoder struct {
 	src   *source
 	probs Problems
+}
+
+// fail reports a problem with the setting at path, written at n.
+func (d *decoder) fail(path string, n *yaml.Node, format string, args ...any) {
+	d.src.bad[path] = true
+	d.errorf(n, format, args...)
 }
 
 func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
@@ -125,11 +148,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	}
 	if v.CanAddr() && v.Addr().Type().Implements(unmarshalerType) {
 		if n.Kind != yaml.ScalarNode {
-			d.errorf(n, "%s: want a single value, got %s", path, describe(n))
+			d.fail(path, n, "%s: want a single value, got %s", path, describe(n))
 			return
 		}
 		if err := n.Decode(v.Addr().Interface()); err != nil {
-			d.errorf(n, "%s: %v", path, err)
+			d.fail(path, n, "%s: %v", path, err)
 		}
 		return
 	}
@@ -144,7 +167,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		d.decodeMap(n, v, path)
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			d.errorf(n, "%s: want a list (lines starting with \"- \"), got %s", path, describe(n))
+			d.fail(path, n, "%s: want a list (lines starting with \"- \"), got %s", path, describe(n))
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -156,26 +179,26 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		v.Set(s)
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
-			d.errorf(n, "%s: want a single value, got %s", path, describe(n))
+			d.fail(path, n, "%s: want a single value, got %s", path, describe(n))
 			return
 		}
 		v.SetString(n.Value)
 	case reflect.Int:
 		var i int
 		if n.Kind != yaml.ScalarNode || n.Decode(&i) != nil {
-			d.errorf(n, "%s: want a whole number, got %s", path, describe(n))
+			d.fail(path, n, "%s: want a whole number, got %s", path, describe(n))
 			return
 		}
 		v.SetInt(int64(i))
 	case reflect.Bool:
 		var b bool
 		if n.Kind != yaml.ScalarNode || n.Decode(&b) != nil {
-			d.errorf(n, "%s: want true or false, got %s", path, describe(n))
+			d.fail(path, n, "%s: want true or false, got %s", path, describe(n))
 			return
 		}
 		v.SetBool(b)
 	default:
-		d.errorf(n, "%s: cannot decode into %s (a bug in dbproxy)", path, v.Type())
+		d.fail(path, n, "%s: cannot decode into %s (a bug in dbproxy)", path, v.Type())
 	}
 }
 
@@ -230,7 +253,7 @@ func mergeSources(v *yaml.Node) []*yaml.Node {
 
 func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
 	if n.Kind != yaml.MappingNode {
-		d.errorf(n, "%s: want a mapping of names to settings, got %s", path, describe(n))
+		d.fail(path, n, "%s: want a mapping of names to settings, got %s", path, describe(n))
 		return
 	}
 	m := reflect.MakeMap(v.Type())
@@ -254,14 +277,18 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		if path != "" {
 			what = path
 		}
-		d.errorf(n, "%s: want a mapping (key: value lines), got %s", what, describe(n))
+		d.fail(path, n, "%s: want a mapping (key: value lines), got %s", what, describe(n))
 		return
 	}
 	fields := yamlFields(v.Type())
 	for _, p := range d.pairs(n, path) {
 		idx, ok := fields[p.k.Value]
 		if !ok {
-			d.errorf(p.k, "%s", unknownKey(p.k.Value, path, fields))
+			msg, meant := unknownKey(p.k.Value, path, fields)
+			d.fail(join(path, p.k.Value), p.k, "%s", msg)
+			if meant != "" {
+				d.src.bad[join(path, meant)] = true
+			}
 			continue
 		}
 		child := join(path, p.k.Value)
@@ -298,35 +325,37 @@ var secretKeys = map[string]bool{
 	"client_secret": true, "vault_token": true, "credentials": true, "username": true, "user": true,
 }
 
-// unknownKey explains an unknown key and suggests the closest valid one.
-func unknownKey(key, path string, fields map[string]int) string {
+// unknownKey explains an unknown key and suggests the closest valid one,
+// which it also returns ("" when it has no suggestion).
+func unknownKey(key, path string, fields map[string]int) (msg, meant string) {
 	where := path
 	if where == "" {
 		where = "the top level"
 	}
-	msg := fmt.Sprintf("unknown key %q in %s", key, where)
+	msg = fmt.Sprintf("unknown key %q in %s", key, where)
 	norm := normalize(key)
-	if secretKeys[norm] || secretKeys[key] {
+	if secretKeys[norm] {
 		if _, ok := fields[norm+"_file"]; ok {
 			if path == "vault.auth" {
-				return fmt.Sprintf("%s: did you mean %q? secrets are read from files: use token_file / secret_id_file (role_id_file, jwt_file), never the secret itself", msg, norm+"_file")
+				return fmt.Sprintf("%s: did you mean %q? secrets are read from files: use token_file / secret_id_file (role_id_file, jwt_file), never the secret itself", msg, norm+"_file"), norm + "_file"
 			}
-			return fmt.Sprintf("%s: did you mean %q? secrets are read from files: give the path of the file that holds it", msg, norm+"_file")
+			return fmt.Sprintf("%s: did you mean %q? secrets are read from files: give the path of the file that holds it", msg, norm+"_file"), norm + "_file"
 		}
-		if norm == "user" || norm == "username" || norm == "password" || norm == "passwd" || norm == "pass" || norm == "pwd" {
-			return msg + ": database credentials are never written in the config; dbproxy fetches them from Vault (set the backend's vault_role or a grant's role). secrets are read from files: use token_file / secret_id_file"
+		switch norm {
+		case "user", "username", "password", "passwd", "pass", "pwd", "credentials":
+			return msg + ": database credentials are never written in the config; dbproxy fetches them from Vault (set the backend's vault_role or a grant's role). secrets are read from files: use token_file / secret_id_file", ""
 		}
-		return msg + ": secrets are read from files: use token_file / secret_id_file (under vault.auth), never the secret itself"
+		return msg + ": secrets are read from files: use token_file / secret_id_file (under vault.auth), never the secret itself", ""
 	}
 	if best := closest(key, fields); best != "" {
-		return fmt.Sprintf("%s: did you mean %q?", msg, best)
+		return fmt.Sprintf("%s: did you mean %q?", msg, best), best
 	}
 	names := make([]string, 0, len(fields))
 	for k := range fields {
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	return fmt.Sprintf("%s; valid keys are: %s", msg, strings.Join(names, ", "))
+	return fmt.Sprintf("%s; valid keys are: %s", msg, strings.Join(names, ", ")), ""
 }
 
 func normalize(s string) string {

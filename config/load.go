@@ -44,14 +44,30 @@ func Parse(file string, data []byte) (*Config, error) {
 	c := &Config{}
 	src, probs := parse(file, data, c)
 	c.src = src
-	if len(probs) > 0 {
-		sortProblems(probs)
-		return nil, probs
+	if len(probs) > 0 && len(src.val) == 0 {
+		return nil, probs // nothing decoded: syntax error or empty file
 	}
 	c.resolvePaths(filepath.Dir(file))
 	c.SetDefaults()
+	// Validate even when decoding found problems, so that one run reports
+	// everything; skip what a decoding problem already reports at the same
+	// place (a bad value decodes as zero and would fail validation too).
+	var vps Problems
 	if err := c.Validate(); err != nil {
-		return nil, err
+		vps = err.(Problems)
+	}
+	at := map[pos]bool{}
+	for _, p := range probs {
+		at[pos{p.Line, p.Col}] = true
+	}
+	for _, p := range vps {
+		if !at[pos{p.Line, p.Col}] {
+			probs = append(probs, p)
+		}
+	}
+	if len(probs) > 0 {
+		sortProblems(probs)
+		return nil, probs
 	}
 	return c, nil
 }

@@ -85,6 +85,9 @@ func (v *validator) locate(path string, preferKey bool) Problem {
 
 // at reports a problem with the value at path.
 func (v *validator) at(path, format string, args ...any) {
+	if v.c.src.suppressed(path) {
+		return
+	}
 	p := v.locate(path, false)
 	p.Msg = fmt.Sprintf(format, args...)
 	v.probs = append(v.probs, p)
@@ -92,6 +95,9 @@ func (v *validator) at(path, format string, args ...any) {
 
 // atKey reports a problem at the key of path (or where it belongs).
 func (v *validator) atKey(path, format string, args ...any) {
+	if v.c.src.suppressed(path) {
+		return
+	}
 	p := v.locate(path, true)
 	p.Msg = fmt.Sprintf(format, args...)
 	v.probs = append(v.probs, p)
