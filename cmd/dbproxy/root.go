@@ -76,6 +76,7 @@ func (g *globalFlags) newLogger(w io.Writer) *zap.Logger {
 	} else {
 		ec := zap.NewProductionEncoderConfig()
 		ec.EncodeTime = zapcore.ISO8601TimeEncoder
+		ec.EncodeDuration = zapcore.StringDurationEncoder
 		enc = zapcore.NewJSONEncoder(ec)
 	}
 	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level), zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w))))
