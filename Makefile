@@ -7,6 +7,8 @@
 #   make test-unit         every package but test/integration
 #   make test-integration  real PostgreSQL, MariaDB and Vault (slow)
 #   make test              all of the above but build and lint
+#   make demo              dbproxy + PostgreSQL + Vault left running in ./demo (scripts/demo.sh)
+#   make demo-stop         stop the demo (pid files in ./demo)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -66,3 +68,11 @@ test:
 
 clean:
 	rm -rf bin
+
+.PHONY: demo demo-stop
+
+demo:
+	scripts/demo.sh start
+
+demo-stop:
+	scripts/demo.sh stop
