@@ -1,0 +1,438 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/dbproxy/dbproxy/test/integration/harness"
+)
+
+// Short leases so that rotations happen inside a test: rotation starts at
+// half the max TTL (the default cap), sessions close 3s before the end.
+const (
+	shortTTL    = 5 * time.Second
+	shortMaxTTL = 15 * time.Second
+)
+
+// leaseStack is a dbproxy in front of PostgreSQL using a short-lived role.
+type leaseStack struct {
+	proxy   *proxyProc
+	port    int
+	role    string
+	dir     string
+	auditTo string
+}
+
+func startLeaseStack(t *testing.T, role string, extraVault string) *leaseStack {
+	return startLeaseStackTTL(t, role, extraVault, shortTTL, shortMaxTTL)
+}
+
+func startLeaseStackTTL(t *testing.T, role, extraVault string, ttl, maxTTL time.Duration) *leaseStack {
+	t.Helper()
+	ctx := context.Background()
+	if err := Vault.ConfigurePostgres(ctx, PG, harness.RoleOptions{Mount: Mount, Role: role, DefaultTTL: ttl, MaxTTL: maxTTL}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	s := &leaseStack{port: freePort(t), role: role, dir: dir, auditTo: filepath.Join(dir, "audit.log")}
+	// Vault's own audit log counts what dbproxy asked of it.
+	auditPath := "dbproxy-" + role
+	if err := Vault.Client.Sys().EnableAuditWithOptions(auditPath, &api.EnableAuditOptions{
+		Type: "file", Options: map[string]string{"file_path": s.auditTo},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = Vault.Client.Sys().DisableAudit(auditPath) })
+	auth := fmt.Sprintf("{ method: token, token_file: %q }", vaultTokenFile(t, dir))
+	if extraVault != "" {
+		auth = extraVault
+	}
+	cfg := fmt.Sprintf(`
+vault:
+  address: %s
+  request_timeout: 1s
+  auth: %s
+backends:
+  appdb:
+    protocol: postgres
+    address: %s
+    vault_role: %s
+    pool: { max_connections: 20 }
+    lease: { safety_margin: 3s, revoke_grace: 2s, max_issue_per_minute: 20 }
+listeners:
+  - { name: sidecar, protocol: postgres, address: "127.0.0.1:%d", identity: app }
+identities:
+  app:
+    grants: [ { backend: appdb } ]
+admin: { address: "{{ADMIN}}" }
+`, Vault.Addr, auth, PG.Addr(), role, s.port)
+	s.proxy = startProxy(t, dir, cfg, true)
+	return s
+}
+
+// load runs clients that open a session per transaction until stop.
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	users      map[string]bool
+	wg         sync.WaitGroup
+	stop       chan struct{}
+}
+
+func startLoad(t *testing.T, port, clients int) *load {
+	l := &load{users: map[string]bool{}, stop: make(chan struct{})}
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable connect_timeout=10", port)
+	for c := range clients {
+		l.wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				user, err := oneTransaction(dsn, c*1_000_000+i)
+				if err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					l.errs = append(l.errs, err.Error())
+					l.mu.Unlock()
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				l.ok.Add(1)
+				l.mu.Lock()
+				l.users[user] = true
+				l.mu.Unlock()
+			}
+		})
+	}
+	return l
+}
+
+func (l *load) finish() { close(l.stop); l.wg.Wait() }
+
+func oneTransaction(dsn string, i int) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close(ctx)
+	var user string
+	var n int
+	if err := c.QueryRow(ctx, "select current_user, $1::int + 1", i).Scan(&user, &n); err != nil {
+		return "", err
+	}
+	if n != i+1 {
+		return "", fmt.Errorf("wrong result %d for %d", n, i)
+	}
+	return user, nil
+}
+
+type leaseInfo struct {
+	Generation uint64    `json:"generation"`
+	LeaseID    string    `json:"lease_id"`
+	Username   string    `json:"username"`
+	State      string    `json:"state"`
+	Renewals   int       `json:"renewals"`
+	LeaseEnd   time.Time `json:"lease_end"`
+	HardEnd    time.Time `json:"hard_end"`
+}
+
+func (p *proxyProc) leases(t *testing.T) []leaseInfo {
+	t.Helper()
+	resp, err := http.Get(p.admin + "/v1/leases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []leaseInfo
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// vaultRoles lists the PostgreSQL roles Vault made for role.
+func vaultRoles(t *testing.T, role string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, PG.SuperDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	// Vault's default username template truncates the role name to 8.
+	rows, err := c.Query(ctx, "select rolname from pg_roles where rolname like $1 order by 1", "v-%-"+role[:min(8, len(role))]+"-%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// auditCount counts requests in Vault's audit log whose path is path.
+func auditCount(t *testing.T, file, path string) int {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var e struct {
+			Type    string `json:"type"`
+			Request struct {
+				Path string `json:"path"`
+			} `json:"request"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Type == "request" && e.Request.Path == path {
+			n++
+		}
+	}
+	return n
+}
+
+func TestLeaseRotationUnderLoad(t *testing.T) {
+	s := startLeaseStack(t, "pg-rotate", "")
+	start := time.Now()
+	l := startLoad(t, s.port, 8)
+	// Three rotations at half of a 15s max TTL take about 23s; run 27s.
+	time.Sleep(27 * time.Second)
+	l.finish()
+	t.Logf("%d transactions in %v, %d failed, %d distinct database users", l.ok.Load(), time.Since(start).Round(time.Second), l.failed.Load(), len(l.users))
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d client errors, first: %v", l.failed.Load(), l.errs[:min(3, len(l.errs))])
+	}
+	if len(l.users) < 4 {
+		t.Fatalf("saw %d database users; want at least 4 (3 rotations)", len(l.users))
+	}
+	creds := auditCount(t, s.auditTo, Mount+"/creds/"+s.role)
+	if creds != len(l.users) && creds != len(l.users)+1 {
+		t.Fatalf("Vault saw %d creds reads for %d generations used by 8 clients; want one per generation", creds, len(l.users))
+	}
+	// Superseded generations are revoked once drained: only the live
+	// generation's user (two during a rotation) remains in PostgreSQL.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		live := s.proxy.leases(t)
+		roles := vaultRoles(t, s.role)
+		liveUsers := map[string]bool{}
+		for _, g := range live {
+			liveUsers[g.Username] = true
+		}
+		orphans := 0
+		for _, r := range roles {
+			if !liveUsers[r] {
+				orphans++
+			}
+		}
+		if len(roles) == 0 {
+			t.Fatal("no Vault-made role found in pg_roles: the pattern does not match Vault's user names")
+		}
+		if orphans == 0 && len(live) <= 2 {
+			t.Logf("pg roles left: %v; live generations: %d", roles, len(live))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("roles %v still exist with live generations %+v", roles, live)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if revokes := auditCount(t, s.auditTo, "sys/leases/revoke"); revokes < 3 {
+		t.Fatalf("dbproxy revoked %d leases; want every superseded one (>= 3)", revokes)
+	}
+}
+
+func TestIdleSessionClosedBeforeHardEnd(t *testing.T) {
+	s := startLeaseStack(t, "pg-idle", "")
+	conn := rawStartup(t, s.port)
+	defer conn.Close()
+	gens := s.proxy.leases(t)
+	if len(gens) == 0 || gens[len(gens)-1].HardEnd.IsZero() {
+		t.Fatalf("want a generation with a known hard end, got %+v", gens)
+	}
+	hardEnd := gens[len(gens)-1].HardEnd
+	_ = conn.SetReadDeadline(time.Now().Add(shortMaxTTL + 5*time.Second))
+	typ, body := readMsg(t, bufio.NewReader(conn))
+	got := time.Now()
+	if typ != 'E' || !strings.Contains(string(body), "57P01") || !strings.Contains(string(body), "end of its lease") ||
+		!strings.Contains(string(body), "reconnecting is safe") {
+		t.Fatalf("want FATAL 57P01 about the lease end, got %q %q", typ, body)
+	}
+	if !got.Before(hardEnd) {
+		t.Fatalf("closed at %v, after the credential's hard end %v", got, hardEnd)
+	}
+	// A new session simply works, on a newer credential.
+	if _, err := oneTransaction(fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable", s.port), 1); err != nil {
+		t.Fatalf("reconnect failed: %v", err)
+	}
+}
+
+func TestExternalRevoke(t *testing.T) {
+	s := startLeaseStack(t, "pg-revoke", "")
+	l := startLoad(t, s.port, 4)
+	time.Sleep(2 * time.Second)
+	before := s.proxy.leases(t)
+	if err := Vault.Client.Sys().RevokePrefix(Mount + "/creds/" + s.role); err != nil {
+		t.Fatal(err)
+	}
+	revokedAt := time.Now()
+	// Within the renew interval plus revoke grace the proxy has a new
+	// generation and the old one is gone.
+	deadline := revokedAt.Add(12 * time.Second)
+	for {
+		after := s.proxy.leases(t)
+		if len(after) >= 1 && after[0].Generation > before[len(before)-1].Generation {
+			t.Logf("new generation %d after %v", after[0].Generation, time.Since(revokedAt).Round(time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("old generation still live 12s after external revoke: before %+v after %+v", before, after)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	okBefore := l.ok.Load()
+	time.Sleep(3 * time.Second)
+	l.finish()
+	if l.ok.Load() <= okBefore {
+		t.Fatalf("no successful transactions after recovery")
+	}
+	t.Logf("%d ok, %d failed during external revoke", l.ok.Load(), l.failed.Load())
+	if _, err := oneTransaction(fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable", s.port), 1); err != nil {
+		t.Fatalf("reconnect after revoke failed: %v", err)
+	}
+}
+
+func TestVaultOutage(t *testing.T) {
+	s := startLeaseStack(t, "pg-outage", "")
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable connect_timeout=10", s.port)
+
+	t.Run("shorter than the lease: no client error and no hot loop", func(t *testing.T) {
+		// A 10s lease renews at 60-70% of its life. Pause Vault right after
+		// a renewal and keep it paused past the next renewal attempt but
+		// not past the lease end.
+		ls := startLeaseStackTTL(t, "pg-outage-long", "", 10*time.Second, time.Minute)
+		var renewedAt time.Time
+		for first := ls.proxy.leases(t); ; time.Sleep(50 * time.Millisecond) {
+			now := ls.proxy.leases(t)
+			if len(now) > 0 && len(first) > 0 && now[0].Renewals > first[0].Renewals {
+				renewedAt = time.Now()
+				break
+			}
+			if time.Since(renewedAt) > 20*time.Second && !renewedAt.IsZero() {
+				t.Fatal("no renewal seen")
+			}
+		}
+		if err := Vault.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		before := vaultRequests(t, ls.proxy)
+		errorsBefore := metricSum(t, ls.proxy, `dbproxy_lease_renewals_total{`, `result="error"`)
+		l := startLoad(t, ls.port, 4)
+		time.Sleep(time.Until(renewedAt.Add(8500 * time.Millisecond)))
+		during := vaultRequests(t, ls.proxy) - before
+		if err := Vault.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		l.finish()
+		failedRenewals := metricSum(t, ls.proxy, `dbproxy_lease_renewals_total{`, `result="error"`) - errorsBefore
+		if l.failed.Load() != 0 || l.ok.Load() == 0 {
+			t.Fatalf("during a short Vault outage: %d ok, %d failed: %v", l.ok.Load(), l.failed.Load(), l.errs[:min(3, len(l.errs))])
+		}
+		if failedRenewals < 1 {
+			t.Fatalf("no renewal attempt failed: the outage did not cover a renewal")
+		}
+		if during > 10 {
+			t.Fatalf("%v Vault requests in 8s of outage: a hot loop", during)
+		}
+		t.Logf("%d transactions; %v Vault requests and %v failed renewals during an 8s outage", l.ok.Load(), during, failedRenewals)
+	})
+
+	t.Run("past the hard end: 08006 naming Vault and then recovery", func(t *testing.T) {
+		if err := Vault.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		paused := true
+		defer func() {
+			if paused {
+				_ = Vault.Resume()
+			}
+		}()
+		time.Sleep(shortMaxTTL + time.Second)
+		_, err := oneTransaction(dsn, 1)
+		if sqlstate(err) != "08006" || !strings.Contains(err.Error(), "Vault unreachable since") {
+			t.Fatalf("want 08006 'no valid credential ... Vault unreachable since', got %v", err)
+		}
+		resp, rerr := http.Get(s.proxy.admin + "/readyz")
+		if rerr != nil || resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("readyz during outage: %v %v", resp, rerr)
+		}
+		resp.Body.Close()
+		if err := Vault.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		paused = false
+		deadline := time.Now().Add(45 * time.Second)
+		for {
+			if _, err = oneTransaction(dsn, 2); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no recovery 45s after Vault came back: %v", err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
+}
+
+// vaultRequests sums dbproxy_vault_requests_total from /metrics.
+func vaultRequests(t *testing.T, p *proxyProc) float64 {
+	t.Helper()
+	return metricSum(t, p, "dbproxy_vault_requests_total{", "")
+}
+
+// metricSum adds the samples whose line starts with prefix and contains
+// label.
+func metricSum(t *testing.T, p *proxyProc, prefix, label string) float64 {
+	t.Helper()
+	resp, err := http.Get(p.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, prefix) && strings.Contains(line, label) {
+			var v float64
+			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
+			sum += v
+		}
+	}
+	return sum
+}
