@@ -44,7 +44,6 @@ type proxyProc struct {
 	logPath string
 	admin   string // http://127.0.0.1:PORT
 	done    chan error
-	exitErr error
 }
 
 // freePort returns a free loopback port or fails the test.
