@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -128,6 +129,16 @@ func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease,
 			p.mu.Unlock()
 			closeAll(stale)
 			return p.dial(ctx, gen, key, dial, start)
+		}
+		if len(p.idle) > 0 {
+			// At the cap, but only other keys' connections are idle: close
+			// the least recently used one to make room rather than wait
+			// for a busy connection that may never come.
+			lru := p.idle[0]
+			p.idle = slices.Delete(p.idle, 0, 1)
+			p.mu.Unlock()
+			closeAll(append(stale, lru))
+			continue
 		}
 		wake := p.wake
 		p.mu.Unlock()

@@ -79,14 +79,26 @@ type startupParams struct {
 
 func parseStartup(m *pgproto3.StartupMessage) (*startupParams, error) {
 	p := &startupParams{forward: map[string]string{}}
-	for k, v := range m.Parameters {
+	// Sorted, so that a packet with several bad parameters always gets
+	// the same error (map order would pick one at random).
+	names := make([]string, 0, len(m.Parameters))
+	for k := range m.Parameters {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		v := m.Parameters[k]
 		switch k {
 		case "user":
 			p.user = v
 		case "database":
 			p.database = v
 		case "application_name":
-			p.appName = v
+			// An empty application_name is unset (as in libpq): it
+			// must not clear fallback_application_name.
+			if v != "" {
+				p.appName = v
+			}
 		case "fallback_application_name":
 			if p.appName == "" {
 				p.appName = v
@@ -117,7 +129,7 @@ func parseStartup(m *pgproto3.StartupMessage) (*startupParams, error) {
 }
 
 func allowedList() string {
-	names := []string{"user", "database", "application_name"}
+	names := []string{"user", "database"} // application_name is in forwardedParams
 	for k := range forwardedParams {
 		names = append(names, k)
 	}
