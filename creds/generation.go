@@ -46,20 +46,22 @@ type Generation struct {
 	password string
 	src      *Source
 
-	mu        sync.Mutex
-	ttl       time.Duration // lease duration at issue; each renewal asks for it again
-	leaseEnd  time.Time
-	hardEnd   time.Time // zero while unknown
-	renewable bool
-	renewals  int
-	fails     int // consecutive failed renewals or revocations, for backoff
-	nextRenew time.Time
-	state     State
-	reason    string
-	deadline  time.Time // drain deadline, set when draining starts
-	refs      int
-	drainCh   chan struct{}
-	expireCh  chan struct{}
+	mu       sync.Mutex
+	ttl      time.Duration // lease duration at issue; each renewal asks for it again
+	leaseEnd time.Time
+	hardEnd  time.Time // zero while unknown
+	// endsWithToken: the hard end is dbproxy's token expiry, not max_ttl.
+	endsWithToken bool
+	renewable     bool
+	renewals      int
+	fails         int // consecutive failed renewals or revocations, for backoff
+	nextRenew     time.Time
+	state         State
+	reason        string
+	deadline      time.Time // drain deadline, set when draining starts
+	refs          int
+	drainCh       chan struct{}
+	expireCh      chan struct{}
 }
 
 func newGeneration(src *Source, n uint64) *Generation {

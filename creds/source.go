@@ -259,7 +259,7 @@ func (s *Source) rotationDue(now time.Time) string {
 func (s *Source) endReason(g *Generation) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if te := s.client.TokenEnd(); !te.IsZero() && !g.hardEnd.After(te) {
+	if g.endsWithToken {
 		return "token"
 	}
 	return "max_ttl"
@@ -412,6 +412,7 @@ func (s *Source) fetch(ctx context.Context) (*Generation, error) {
 	}
 	if te := s.client.TokenEnd(); !te.IsZero() && (g.hardEnd.IsZero() || te.Before(g.hardEnd)) {
 		g.hardEnd = te
+		g.endsWithToken = true
 	}
 	if !g.hardEnd.IsZero() && g.leaseEnd.After(g.hardEnd) {
 		g.leaseEnd = g.hardEnd

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/dbproxy/dbproxy/test/integration/harness"
 )
@@ -435,4 +436,112 @@ func metricSum(t *testing.T, p *proxyProc, prefix, label string) float64 {
 		}
 	}
 	return sum
+}
+
+// dbproxyPolicy is what dbproxy's own Vault token needs (see README).
+const dbproxyPolicy = `
+path "database/creds/*" { capabilities = ["read"] }
+path "database/roles/*" { capabilities = ["read"] }
+path "sys/leases/renew" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+path "auth/token/renew-self" { capabilities = ["update"] }
+path "auth/token/lookup-self" { capabilities = ["read"] }
+`
+
+// approleFiles sets up AppRole login for dbproxy with a short token max
+// TTL and writes the role_id and secret_id files.
+func approleFiles(t *testing.T, dir string, tokenTTL, tokenMaxTTL time.Duration) string {
+	t.Helper()
+	c := Vault.Client
+	if err := c.Sys().EnableAuthWithOptions("approle", &api.EnableAuthOptions{Type: "approle"}); err != nil &&
+		!strings.Contains(err.Error(), "path is already in use") {
+		t.Fatal(err)
+	}
+	if err := c.Sys().PutPolicy("dbproxy", dbproxyPolicy); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Logical().Write("auth/approle/role/dbproxy", map[string]any{
+		"token_policies": "dbproxy", "token_ttl": int(tokenTTL.Seconds()), "token_max_ttl": int(tokenMaxTTL.Seconds()),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rid, err := c.Logical().Read("auth/approle/role/dbproxy/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := c.Logical().Write("auth/approle/role/dbproxy/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ridPath, sidPath := filepath.Join(dir, "role-id"), filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(ridPath, []byte(rid.Data["role_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sidPath, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("{ method: approle, role_id_file: %q, secret_id_file: %q }", ridPath, sidPath)
+}
+
+func TestAppRoleTokenPastMaxTTL(t *testing.T) {
+	auth := approleFiles(t, t.TempDir(), 20*time.Second, 40*time.Second)
+	s := startLeaseStack(t, "pg-approle", auth)
+	l := startLoad(t, s.port, 8)
+	time.Sleep(50 * time.Second)
+	l.finish()
+	logins := auditCount(t, s.auditTo, "auth/approle/login")
+	t.Logf("%d transactions, %d failed, %d database users, %d AppRole logins", l.ok.Load(), l.failed.Load(), len(l.users), logins)
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d client errors across the token's max TTL, first: %v", l.failed.Load(), l.errs[:min(3, len(l.errs))])
+	}
+	if logins < 2 {
+		t.Fatalf("dbproxy logged in %d times in 50s with a 40s token max TTL; want a re-login", logins)
+	}
+}
+
+func TestManualRotate(t *testing.T) {
+	s := startLeaseStackTTL(t, "pg-manual", "", time.Minute, 10*time.Minute)
+	conn := rawStartup(t, s.port)
+	defer conn.Close()
+	before := s.proxy.leases(t)
+	resp, err := http.Post(s.proxy.admin+"/v1/backends/appdb/rotate", "application/json", nil)
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("rotate: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Post(s.proxy.admin+"/v1/backends/nosuch/rotate", "application/json", nil)
+	if err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("rotate unknown backend: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after := s.proxy.leases(t)
+		if len(after) == 2 && after[0].State == "draining" && after[1].State == "active" && after[1].Generation == before[0].Generation+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after manual rotate: %+v", after)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// New sessions use the new generation while the old session lives on.
+	user, err := oneTransaction(fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable", s.port), 1)
+	if err != nil || user == before[0].Username {
+		t.Fatalf("new session after rotate used %q (old %q): %v", user, before[0].Username, err)
+	}
+	q, _ := (&pgproto3.Query{String: "select 1"}).Encode(nil)
+	if _, err := conn.Write(q); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	for {
+		typ, body := readMsg(t, r)
+		if typ == 'E' {
+			t.Fatalf("old-generation session failed after rotate: %q", body)
+		}
+		if typ == 'Z' {
+			break
+		}
+	}
 }

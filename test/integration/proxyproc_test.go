@@ -83,7 +83,10 @@ func startProxy(t *testing.T, dir, cfg string, waitReady bool) *proxyProc {
 	t.Cleanup(func() {
 		p.stop(t)
 		if t.Failed() {
-			t.Logf("dbproxy log (%s):\n%s", p.logPath, tail(p.log(), 6000))
+			// Keep the whole log where the run's logs are kept.
+			keep := filepath.Join(WorkDir, "dbproxy-"+strings.ReplaceAll(t.Name(), "/", "_")+".log")
+			_ = os.WriteFile(keep, []byte(p.log()), 0o644)
+			t.Logf("dbproxy log (whole log in %s):\n%s", keep, tail(p.log(), 6000))
 		}
 	})
 	if waitReady {
