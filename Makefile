@@ -9,6 +9,7 @@
 #   make test              all of the above but build and lint
 #   make demo              dbproxy + PostgreSQL + Vault left running in ./demo (scripts/demo.sh)
 #   make demo-stop         stop the demo (pid files in ./demo)
+#   make bench             pgbench: direct vs PgBouncer vs dbproxy -> bench/RESULTS.md
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -69,10 +70,13 @@ test:
 clean:
 	rm -rf bin
 
-.PHONY: demo demo-stop
+.PHONY: demo demo-stop bench
 
 demo:
 	scripts/demo.sh start
 
 demo-stop:
 	scripts/demo.sh stop
+
+bench:
+	scripts/bench.sh
