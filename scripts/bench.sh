@@ -1,0 +1,437 @@
+#!/usr/bin/env bash
+# bench.sh (make bench) runs pgbench against one PostgreSQL three ways and
+# writes bench/RESULTS.md:
+#
+#   direct     PostgreSQL itself (test/devstack, 127.0.0.1)
+#   pgbouncer  /usr/sbin/pgbouncer, pool_mode=session, in front of it
+#   dbproxy    bin/dbproxy, session pool, sidecar listener, Vault credentials
+#
+# Workloads (pgbench builtin select-only, -T BENCH_TIME seconds each):
+#   pgbench -S at 1 client and at 16 clients (-j 2), and pgbench -S -C (a
+#   new connection per transaction) at 4 clients.
+#
+# All traffic stays on 127.0.0.1. State goes to a temporary directory that is
+# removed at the end (kept on failure or with BENCH_KEEP=1); the raw pgbench
+# output goes to bench/bench.log (not committed).
+#
+#   BENCH_TIME   seconds per run (default 15; 9 runs)
+#   BENCH_SCALE  pgbench -i scale (default 10)
+#   BENCH_OUT    results file (default bench/RESULTS.md)
+#   BENCH_KEEP   keep the temporary directory
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+GO="${GO:-go}"
+T="${BENCH_TIME:-15}"
+scale="${BENCH_SCALE:-10}"
+out="${BENCH_OUT:-$root/bench/RESULTS.md}"
+rawlog="$root/bench/bench.log"
+pgbouncer_bin=/usr/sbin/pgbouncer
+t_start=$SECONDS
+
+log() { printf '>> %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+for c in pgbench psql "$pgbouncer_bin" awk; do
+	command -v "$c" >/dev/null || die "$c not found (make deps installs PostgreSQL clients and PgBouncer)"
+done
+
+work="$(mktemp -d /tmp/dbproxy-bench.XXXXXX)"
+chmod 755 "$work" # PostgreSQL and PgBouncer run as another user when we are root
+devstack_pid='' proxy_pid='' bouncer_pid=''
+
+# stop PID NAME: SIGTERM, wait up to 30s, SIGKILL.
+stop() {
+	local pid=$1 i
+	[[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 300; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "$2 (pid $pid) did not stop in 30s; SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local st=$?
+	stop "$proxy_pid" dbproxy
+	stop "$bouncer_pid" pgbouncer
+	stop "$devstack_pid" devstack
+	if ((st != 0)) || [[ -n "${BENCH_KEEP:-}" ]]; then
+		log "state and logs kept in $work"
+	else
+		rm -rf "$work"
+	fi
+	exit "$st"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# free_port: a port that is free now, below the kernel's ephemeral range (so
+# no outgoing connection takes it before the server binds it).
+free_port() {
+	local lo p i
+	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range || lo=32768
+	((lo > 12000)) || lo=32768
+	for ((i = 0; i < 100; i++)); do
+		p=$((10000 + RANDOM % (lo - 10000)))
+		in_use "$p" || { echo "$p"; return 0; }
+	done
+	die "no free port found"
+}
+
+# wait_ready PID SECONDS CMD...: run CMD every 0.1s until it succeeds (0);
+# 1 when PID exits first, 2 when time runs out.
+wait_ready() {
+	local pid=$1 limit=$(($2 * 10)) i
+	shift 2
+	for ((i = 0; i < limit; i++)); do
+		"$@" >/dev/null 2>&1 && return 0
+		kill -0 "$pid" 2>/dev/null || return 1
+		sleep 0.1
+	done
+	return 2
+}
+
+# wait_for WHAT PID SECONDS CMD...: wait_ready or die.
+wait_for() {
+	local what=$1 st=0
+	shift
+	wait_ready "$@" || st=$?
+	case $st in
+	0) return 0 ;;
+	1) die "$what exited (logs in $work)" ;;
+	*) die "$what not ready after ${2}s (logs in $work)" ;;
+	esac
+}
+
+# cpu_ticks PID: user+system CPU time of PID in clock ticks.
+cpu_ticks() {
+	local s f
+	s="$(<"/proc/$1/stat")"
+	read -ra f <<<"${s##*) }"
+	echo $((f[11] + f[12]))
+}
+
+# machine_ticks: "busy total" jiffies summed over all CPUs.
+machine_ticks() {
+	awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+
+upstream_logins() { grep -c 'connection authorized' "$PG_LOG" || true; }
+
+# --- build and start the stack ---------------------------------------------
+
+log "building bin/dbproxy and bin/devstack"
+"$GO" build -o bin/dbproxy ./cmd/dbproxy
+"$GO" build -o bin/devstack ./test/devstack
+
+log "starting devstack (PostgreSQL + Vault) in $work/stack"
+bin/devstack --dir "$work/stack" --ttl 1h --max-ttl 24h >"$work/devstack.log" 2>&1 </dev/null &
+devstack_pid=$!
+wait_for devstack "$devstack_pid" 900 test -f "$work/stack/stack.env"
+# shellcheck source=/dev/null
+. "$work/stack/stack.env"
+
+bench_pw="bench-$RANDOM$RANDOM$RANDOM"
+export PGPASSFILE="$work/pgpass" PGCONNECT_TIMEOUT=10
+unset PGUSER PGPASSWORD PGSSLMODE PGOPTIONS PGAPPNAME
+printf '127.0.0.1:%s:*:bench:%s\n' "$PGPORT" "$bench_pw" >"$PGPASSFILE"
+chmod 600 "$PGPASSFILE"
+
+log "pgbench -i -s $scale on the direct server"
+pgbench -i -s "$scale" -q "$PG_SUPER_DSN" >"$work/init.log" 2>&1 || { cat "$work/init.log" >&2; die "pgbench -i failed"; }
+psql -X -q -v ON_ERROR_STOP=1 "$PG_SUPER_DSN" >/dev/null <<EOF
+CREATE ROLE bench LOGIN PASSWORD '$bench_pw';
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC;
+VACUUM ANALYZE;
+EOF
+
+# PgBouncer refuses to run as root: run it as the user PostgreSQL runs as.
+bdir="$work/pgbouncer"
+mkdir -p "$bdir"
+printf '"bench" "%s"\n' "$bench_pw" >"$bdir/userlist.txt"
+chmod 600 "$bdir/userlist.txt"
+run_as=()
+if ((EUID == 0)); then
+	chown -R postgres: "$bdir"
+	run_as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+fi
+
+# start_pgbouncer: sets bport and bouncer_pid; retries on a port lost to a race.
+start_pgbouncer() {
+	local attempt st
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		bport="$(free_port)"
+		cat >"$bdir/pgbouncer.ini" <<EOF
+[databases]
+appdb = host=127.0.0.1 port=$PGPORT dbname=appdb
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+unix_socket_dir =
+pool_mode = session
+; clients are not authenticated (like dbproxy's sidecar listener); the
+; password in the userlist is for logging in to PostgreSQL (SCRAM).
+auth_type = trust
+auth_file = $bdir/userlist.txt
+max_client_conn = 200
+default_pool_size = 32
+logfile = $bdir/pgbouncer.log
+pidfile = $bdir/pgbouncer.pid
+EOF
+		log "starting PgBouncer on 127.0.0.1:$bport (pool_mode=session)"
+		"${run_as[@]}" "$pgbouncer_bin" "$bdir/pgbouncer.ini" >"$bdir/stdout.log" 2>&1 </dev/null &
+		bouncer_pid=$!
+		st=0
+		wait_ready "$bouncer_pid" 30 psql -X -At "host=127.0.0.1 port=$bport dbname=appdb user=bench sslmode=disable" -c 'select 1' || st=$?
+		((st == 0)) && return 0
+		((st == 1)) && grep -qi 'address already in use' "$bdir/pgbouncer.log" "$bdir/stdout.log" 2>/dev/null && continue
+		die "pgbouncer did not start (logs in $bdir)"
+	done
+	die "pgbouncer: no free port after 3 attempts"
+}
+
+# start_dbproxy: sets pport, aport and proxy_pid; retries on a port lost to a race.
+start_dbproxy() {
+	local attempt st
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		pport="$(free_port)"
+		aport="$(free_port)"
+		cat >"$work/dbproxy.yaml" <<EOF
+vault:
+  address: $VAULT_ADDR
+  auth: { method: token, token_file: $VAULT_TOKEN_FILE }
+backends:
+  appdb:
+    protocol: postgres
+    address: $PG_ADDR
+    database: appdb
+    vault_mount: $VAULT_MOUNT
+    vault_role: $VAULT_PG_ROLE
+    pool: { mode: session, max_connections: 32 }
+listeners:
+  - { name: bench, protocol: postgres, address: "127.0.0.1:$pport", identity: bench }
+identities:
+  bench:
+    grants: [ { backend: appdb } ]
+admin: { address: "127.0.0.1:$aport" }
+EOF
+		log "starting dbproxy on 127.0.0.1:$pport (session pool)"
+		bin/dbproxy run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
+		proxy_pid=$!
+		st=0
+		wait_ready "$proxy_pid" 30 curl -fsS "http://127.0.0.1:$aport/readyz" || st=$?
+		((st == 0)) && return 0
+		((st == 1)) && grep -q 'address already in use' "$work/dbproxy.log" && continue
+		die "dbproxy did not start (logs in $work)"
+	done
+	die "dbproxy: no free port after 3 attempts"
+}
+
+start_pgbouncer
+start_dbproxy
+
+declare -A dsn=(
+	[direct]="host=127.0.0.1 port=$PGPORT dbname=appdb user=bench sslmode=disable"
+	[pgbouncer]="host=127.0.0.1 port=$bport dbname=appdb user=bench sslmode=disable"
+	[dbproxy]="host=127.0.0.1 port=$pport dbname=appdb user=bench sslmode=disable"
+)
+declare -A ppid=([pgbouncer]=$bouncer_pid [dbproxy]=$proxy_pid)
+for t in direct pgbouncer dbproxy; do
+	[[ "$(psql -X -At "${dsn[$t]}" -c 'select count(*) from pgbench_branches' </dev/null)" == "$scale" ]] ||
+		die "$t: cannot read pgbench_branches"
+done
+
+# --- runs --------------------------------------------------------------------
+
+targets=(direct pgbouncer dbproxy)
+wl_names=("select-only, 1 client" "select-only, 16 clients" "select-only, new connection per txn (-C), 4 clients")
+wl_flags=("-S -c 1 -j 1" "-S -c 16 -j 2" "-S -C -c 4 -j 2")
+declare -A tps lat fails logins cpu busy ntx
+hz="$(getconf CLK_TCK)"
+: >"$rawlog"
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+if awk -v l="${load_before%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+	log "warning: load average $load_before on $(nproc) CPUs: other work will skew the figures"
+fi
+
+log "warm-up: 3s select-only direct"
+pgbench -n -S -c 2 -j 2 -T 3 "${dsn[direct]}" >>"$rawlog" 2>&1
+
+for i in "${!wl_names[@]}"; do
+	for t in "${targets[@]}"; do
+		# shellcheck disable=SC2206 # word splitting of the flags is intended
+		args=(-n ${wl_flags[$i]} -T "$T")
+		log "$t: pgbench ${args[*]}"
+		l0="$(upstream_logins)"
+		read -r b0 m0 < <(machine_ticks)
+		c0=0
+		[[ -n "${ppid[$t]:-}" ]] && c0="$(cpu_ticks "${ppid[$t]}")"
+		res="$(timeout $((T + 60)) pgbench "${args[@]}" "${dsn[$t]}" 2>&1)" || {
+			printf '%s\n' "$res" >&2
+			die "$t: pgbench failed"
+		}
+		c1=0
+		[[ -n "${ppid[$t]:-}" ]] && c1="$(cpu_ticks "${ppid[$t]}")"
+		read -r b1 m1 < <(machine_ticks)
+		l1="$(upstream_logins)"
+		printf '### %s %s: pgbench %s "%s"\n%s\n\n' "$t" "${wl_names[$i]}" "${args[*]}" "${dsn[$t]}" "$res" >>"$rawlog"
+		k="$i,$t"
+		tps[$k]="$(awk '/^tps = / { print $3; exit }' <<<"$res")"
+		lat[$k]="$(awk '/^latency average = / { print $4; exit }' <<<"$res")"
+		fails[$k]="$(awk -F'[:(]' '/^number of failed transactions/ { gsub(/ /, "", $2); print $2; exit }' <<<"$res")"
+		processed="$(awk -F': ' '/^number of transactions actually processed/ { print $2; exit }' <<<"$res")"
+		[[ -n "${tps[$k]}" && -n "${lat[$k]}" ]] || { printf '%s\n' "$res" >&2; die "$t: cannot parse pgbench output"; }
+		ntx[$k]="${processed:-0}"
+		logins[$k]=$((l1 - l0))
+		busy[$k]="$(awk -v b=$((b1 - b0)) -v m=$((m1 - m0)) 'BEGIN { printf "%.0f", m ? 100 * b / m : 0 }')"
+		# proxy CPU per transaction, in microseconds
+		cpu[$k]="$(awk -v c=$((c1 - c0)) -v hz="$hz" -v n="${processed:-0}" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "-" }')"
+		[[ -n "${ppid[$t]:-}" ]] || cpu[$k]="-"
+		log "$t: tps ${tps[$k]}, latency ${lat[$k]} ms, failed ${fails[$k]:-?}, upstream logins ${logins[$k]}, proxy CPU ${cpu[$k]} us/txn, machine busy ${busy[$k]}%"
+	done
+done
+
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- report --------------------------------------------------------------------
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+fmt_tps() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+
+table() {
+	echo "| Workload | Direct TPS | PgBouncer TPS | dbproxy TPS | dbproxy / direct | dbproxy / PgBouncer | Direct latency ms | PgBouncer latency ms | dbproxy latency ms |"
+	echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+	for i in "${!wl_names[@]}"; do
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${wl_names[$i]}" \
+			"$(fmt_tps "${tps[$i,direct]}")" "$(fmt_tps "${tps[$i,pgbouncer]}")" "$(fmt_tps "${tps[$i,dbproxy]}")" \
+			"$(ratio "${tps[$i,dbproxy]}" "${tps[$i,direct]}")" "$(ratio "${tps[$i,dbproxy]}" "${tps[$i,pgbouncer]}")" \
+			"${lat[$i,direct]}" "${lat[$i,pgbouncer]}" "${lat[$i,dbproxy]}"
+	done
+}
+
+cost_table() {
+	echo "| Workload | Target | Proxy CPU µs/txn | Upstream logins | Failed txns | Machine CPU busy |"
+	echo "|---|---|--:|--:|--:|--:|"
+	for i in "${!wl_names[@]}"; do
+		for t in "${targets[@]}"; do
+			printf '| %s | %s | %s | %s | %s | %s%% |\n' "${wl_names[$i]}" "$t" "${cpu[$i,$t]}" "${logins[$i,$t]}" "${fails[$i,$t]:-?}" "${busy[$i,$t]}"
+		done
+	done
+}
+
+# us_delta A B: (A - B) ms as microseconds.
+us_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (a - b) * 1000 }'; }
+
+# where: the "Where the time goes" notes, from this run's figures.
+where() {
+	local p1 name
+	echo "- **One client**: a transaction is one query round trip (${lat[0,direct]} ms direct). PgBouncer adds $(us_delta "${lat[0,pgbouncer]}" "${lat[0,direct]}") µs and dbproxy $(us_delta "${lat[0,dbproxy]}" "${lat[0,direct]}") µs to it: two more loopback hops and a proxy wake-up each way. Relaying costs dbproxy ${cpu[0,dbproxy]} µs of CPU per transaction, PgBouncer ${cpu[0,pgbouncer]} µs."
+	if ((busy[1,direct] >= 90)); then
+		echo "- **16 clients**: the machine is ${busy[1,direct]}% busy already direct, so throughput is bounded by CPU, and a proxy's CPU per transaction (dbproxy ${cpu[1,dbproxy]} µs, PgBouncer ${cpu[1,pgbouncer]} µs) is taken from pgbench and PostgreSQL: dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"), PgBouncer/direct = $(ratio "${tps[1,pgbouncer]}" "${tps[1,direct]}")."
+	else
+		echo "- **16 clients**: the machine is ${busy[1,direct]}% busy direct; dbproxy spends ${cpu[1,dbproxy]} µs of CPU per transaction, PgBouncer ${cpu[1,pgbouncer]} µs: dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"), PgBouncer/direct = $(ratio "${tps[1,pgbouncer]}" "${tps[1,direct]}")."
+	fi
+	echo "- **New connection per transaction**: direct, each of the ${ntx[2,direct]} transactions is a PostgreSQL login (${logins[2,direct]} logins seen: fork a backend, SCRAM, load the catalog caches). That is what a pool saves:"
+	for p1 in pgbouncer dbproxy; do
+		name=PgBouncer
+		[[ $p1 == dbproxy ]] && name=dbproxy
+		if ((logins[2,$p1] * 10 < ntx[2,$p1])); then
+			echo "  - $name logged in upstream ${logins[2,$p1]} times for ${ntx[2,$p1]} client connections: each new client gets an idle pooled upstream connection (reset with DISCARD ALL when the previous client left), so it costs only its startup handshake with the proxy. $name spends ${cpu[2,$p1]} µs of CPU per client connection and transaction."
+		else
+			echo "  - $name logged in upstream ${logins[2,$p1]} times for ${ntx[2,$p1]} client connections: most client connections cost a PostgreSQL login as well. $name spends ${cpu[2,$p1]} µs of CPU per client connection and transaction."
+		fi
+	done
+	echo "- **Noise**: the load average was $load_before (1, 5, 15 min) before the runs and $load_after after them, on $(nproc) CPUs. Whatever else runs on the machine shows in \"Machine CPU busy\" and makes single runs noisy; compare ratios from one run, not figures across runs."
+}
+
+cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- . 2>/dev/null || commit="$commit (with uncommitted changes)"
+
+mkdir -p "$(dirname "$out")"
+{
+	cat <<EOF
+# dbproxy benchmark: direct vs PgBouncer vs dbproxy
+
+Written by \`make bench\` (scripts/bench.sh) on $(date -u '+%Y-%m-%d %H:%M UTC'). Rerun it to refresh;
+the raw pgbench output of the run is in bench/bench.log (not committed).
+
+## Machine and versions
+
+- CPUs (\`nproc\`): $(nproc); CPU model: ${cpu_model:-unknown}; kernel $(uname -r)
+- Go: $("$GO" version)
+- dbproxy: $(bin/dbproxy version) at commit $commit
+- PostgreSQL: $PG_VERSION
+- PgBouncer: $("$pgbouncer_bin" --version | head -n1)
+- pgbench: $(pgbench --version)
+
+## Setup
+
+Everything runs on this one machine over 127.0.0.1 TCP: pgbench, PostgreSQL, PgBouncer, dbproxy and
+Vault share $(nproc) CPUs, so a proxy's CPU is taken from the client and the server.
+
+- **PostgreSQL**: one server from \`test/devstack\` (fsync=off, shared_buffers=32MB, max_connections=200,
+  log_connections=on). pgbench data: \`pgbench -i -s $scale\` as the superuser, then
+  \`GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC\` and a role \`bench\` with a fixed password.
+- **direct**: pgbench logs in as \`bench\` (scram-sha-256, the server's pg_hba for TCP).
+- **PgBouncer**: \`pool_mode = session\`, \`default_pool_size = 32\`, \`auth_type = trust\` for clients (like
+  dbproxy's sidecar listener, which does no client authentication), logs in to PostgreSQL as \`bench\` with
+  the password from its userlist (SCRAM). Run as the \`postgres\` user because it refuses to run as root.
+- **dbproxy**: a sidecar listener bound to identity \`bench\`, backend pool \`mode: session\`,
+  \`max_connections: 32\`, logs in to PostgreSQL with a Vault-issued user (\`$VAULT_MOUNT/creds/$VAULT_PG_ROLE\`,
+  ttl 1h, so no rotation happens during the run), default (info) logging.
+- Every run uses \`sslmode=disable\` and \`-n\` (no vacuum); a 3 s select-only warm-up runs first. Runs go
+  workload by workload, the three targets back to back.
+
+## Commands
+
+\`\`\`sh
+pgbench -i -s $scale -q "\$SUPERUSER_DSN"
+EOF
+	for i in "${!wl_names[@]}"; do
+		echo "pgbench -n ${wl_flags[$i]} -T $T \"\$DSN\"    # ${wl_names[$i]}"
+	done
+	cat <<EOF
+
+# DSN, one per target:
+direct:    ${dsn[direct]/port=$PGPORT/port=\$PG_PORT}
+pgbouncer: ${dsn[pgbouncer]/port=$bport/port=\$PGBOUNCER_PORT}
+dbproxy:   ${dsn[dbproxy]/port=$pport/port=\$DBPROXY_PORT}
+\`\`\`
+
+## Results
+
+TPS as reported by pgbench (without initial connection time; with \`-C\` including reconnection times),
+latency average in ms. Ratios are dbproxy's TPS over the other's (1.00 = as fast).
+
+EOF
+	table
+	cat <<EOF
+
+What each run cost: CPU of the proxy process per transaction (utime+stime from /proc/PID/stat over
+the run), logins PostgreSQL saw during the run (\`connection authorized\` lines in its log), and how busy
+the whole machine was (/proc/stat).
+
+EOF
+	cost_table
+	cat <<EOF
+
+## Where the time goes
+
+EOF
+	where
+} >"$out"
+
+echo
+table
+echo
+cost_table
+echo
+log "wrote $out in $((SECONDS - t_start))s (raw pgbench output: $rawlog)"
