@@ -65,6 +65,13 @@ func dial(ctx context.Context, b *Backend, g *creds.Generation, runtime map[stri
 	if err != nil {
 		return nil, err
 	}
+	// pgconn may still have a background read pending on the socket from
+	// the handshake; hijacking then would lose the server's next reply to
+	// that reader (a session hangs on its first query). SyncConn waits it out.
+	if err := pc.SyncConn(ctx); err != nil {
+		_ = pc.Close(ctx)
+		return nil, fmt.Errorf("upstream sync: %w", err)
+	}
 	hj, err := pc.Hijack()
 	if err != nil {
 		_ = pc.Close(ctx)
