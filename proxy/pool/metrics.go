@@ -16,8 +16,8 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "dbproxy_upstream_connections", Help: "Open upstream connections (idle and lent).",
-		}, []string{"backend"}),
+			Name: "dbproxy_upstream_connections", Help: "Open upstream connections by credential generation and state (idle, busy).",
+		}, []string{"backend", "role", "generation", "state"}),
 		checkoutSecs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "dbproxy_upstream_checkout_seconds",
 			Help:    "Time to obtain an upstream connection, by result (reused, dialed, dial_error, exhausted).",

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -82,6 +83,7 @@ type Lease struct {
 
 	pool     *Pool
 	lastUsed time.Time
+	idle     bool // in the idle list (for the state label)
 }
 
 // New makes a pool and starts its janitor, which closes idle connections
@@ -119,6 +121,7 @@ func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease,
 		}
 		stale := p.takeStaleLocked(time.Now())
 		if l := p.takeIdleLocked(gen, key); l != nil {
+			l.setIdle(false)
 			p.mu.Unlock()
 			closeAll(stale)
 			p.opts.Metrics.checkout(p.opts.Backend, "reused", time.Since(start))
@@ -168,8 +171,9 @@ func (p *Pool) dial(ctx context.Context, gen *creds.Generation, key string, dial
 		return nil, err
 	}
 	p.opts.Metrics.checkout(p.opts.Backend, "dialed", time.Since(start))
-	p.opts.Metrics.conns.WithLabelValues(p.opts.Backend).Inc()
-	return &Lease{Conn: c, Gen: gen, Key: key, pool: p}, nil
+	l := &Lease{Conn: c, Gen: gen, Key: key, pool: p}
+	l.gauge(+1)
+	return l, nil
 }
 
 // Return gives the connection back. If reset succeeds and its generation
@@ -191,16 +195,32 @@ func (l *Lease) Return(ctx context.Context) {
 		l.Close()
 		return
 	}
+	l.setIdle(true)
 	p.idle = append(p.idle, l)
 	p.signalLocked()
 	p.mu.Unlock()
+}
+
+// gauge moves this connection's count in dbproxy_upstream_connections.
+func (l *Lease) gauge(delta float64) {
+	state := "busy"
+	if l.idle {
+		state = "idle"
+	}
+	l.pool.opts.Metrics.conns.WithLabelValues(l.pool.opts.Backend, l.pool.opts.Role, strconv.FormatUint(l.Gen.N, 10), state).Add(delta)
+}
+
+func (l *Lease) setIdle(idle bool) {
+	l.gauge(-1)
+	l.idle = idle
+	l.gauge(+1)
 }
 
 // Close closes the connection and frees its slot.
 func (l *Lease) Close() {
 	_ = l.Conn.Close()
 	l.Gen.Release()
-	l.pool.opts.Metrics.conns.WithLabelValues(l.pool.opts.Backend).Dec()
+	l.gauge(-1)
 	l.pool.freeSlot()
 }
 
