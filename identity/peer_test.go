@@ -1,3 +1,5 @@
+//go:build linux
+
 package identity
 
 import (
@@ -6,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -46,9 +47,6 @@ func unixPair(t *testing.T) (server, client *net.UnixConn) {
 }
 
 func TestFromPeer(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("SO_PEERCRED is Linux only")
-	}
 	uid := os.Getuid()
 	tests := []struct {
 		name       string
@@ -96,9 +94,6 @@ func TestFromPeer(t *testing.T) {
 }
 
 func TestFromPeerClosedConn(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("SO_PEERCRED is Linux only")
-	}
 	p, err := NewPolicy(map[string]Spec{"me": {UnixUID: intp(os.Getuid())}})
 	if err != nil {
 		t.Fatal(err)
