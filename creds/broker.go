@@ -113,3 +113,14 @@ func (b *Broker) Ready() error {
 	}
 	return nil
 }
+
+// RevokeAll revokes every live lease and stops all renewals and fetches.
+// It is the last step of a graceful shutdown, after every connection that
+// used the credentials is closed.
+func (b *Broker) RevokeAll(ctx context.Context) {
+	n := 0
+	for _, s := range b.sources {
+		n += s.revokeAll(ctx)
+	}
+	b.log.Info("leases revoked at shutdown", zap.Int("revoked", n))
+}

@@ -81,6 +81,7 @@ type Source struct {
 	gens         []*Generation
 	lastN        uint64
 	wantRotate   string // pending rotation reason
+	stopped      bool   // RevokeAll ran: no more fetches or renewals
 	fetchFails   int
 	retryAt      time.Time
 	lastErr      error
@@ -208,6 +209,12 @@ func (s *Source) Run(ctx context.Context) {
 func (s *Source) step(ctx context.Context) time.Time {
 	now := s.now()
 	next := now.Add(time.Minute)
+	s.mu.Lock()
+	stopped := s.stopped
+	s.mu.Unlock()
+	if stopped {
+		return next
+	}
 	soonest := func(t time.Time) {
 		if !t.IsZero() && t.Before(next) {
 			next = t
@@ -629,4 +636,29 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 	s.m.hardLeft.DeleteLabelValues(s.backend, s.role, strconv.FormatUint(g.N, 10))
 	s.log.Info("credential generation revoked", zap.Uint64("generation", g.N), zap.String("result", result), zap.String("db_user", g.Username))
 	return time.Time{}
+}
+
+// revokeAll stops the source and revokes every lease it still holds, so a
+// stopped dbproxy leaves no database user behind for Vault to expire later.
+// Callers close every connection first.
+func (s *Source) revokeAll(ctx context.Context) int {
+	s.mu.Lock()
+	s.stopped = true
+	gens := append([]*Generation(nil), s.gens...)
+	s.mu.Unlock()
+	n := 0
+	for _, g := range gens {
+		if g.LeaseID == "" {
+			continue
+		}
+		err := s.client.api.Sys().RevokeWithContext(ctx, g.LeaseID)
+		s.m.request("lease_revoke", err)
+		if err != nil && !isLeaseGone(err) {
+			s.log.Warn("revoking lease at shutdown failed; Vault will expire it", zap.Uint64("generation", g.N), zap.Error(err))
+			continue
+		}
+		g.expire()
+		n++
+	}
+	return n
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"time"
 
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
@@ -20,18 +21,23 @@ func startProxies(ctx context.Context, cfg *config.Config, deps Deps) ([]Service
 		deps.Admin.AddReadinessCheck("credentials", st.broker.Ready)
 		deps.Admin.MountV1(st)
 	}
-	return []Service{st.postgres, &poolsService{st}}, nil
+	return []Service{st}, nil
 }
 
-// poolsService closes idle upstream connections after the front ends have
-// stopped, so every drained lease can be revoked before exit.
-type poolsService struct{ st *stack }
+// Name implements Service.
+func (st *stack) Name() string { return "proxies" }
 
-func (p *poolsService) Name() string { return "pools" }
-
-func (p *poolsService) Shutdown(ctx context.Context) (int, error) {
-	p.st.close()
-	return 0, nil
+// Shutdown stops the front ends (their sessions finish or are closed at
+// ctx's deadline), then closes the pools' idle upstream connections, then
+// revokes every lease: nothing is left for Vault to expire later. The
+// order matters: revoking earlier would drop users under live sessions.
+func (st *stack) Shutdown(ctx context.Context) (int, error) {
+	open, err := st.postgres.Shutdown(ctx)
+	st.close()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	st.broker.RevokeAll(rctx)
+	return open, err
 }
 
 // Sessions implements admin.Operations.

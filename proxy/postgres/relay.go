@@ -44,7 +44,7 @@ func copyFrame(r *bufio.Reader, w *bufio.Writer, maxLen int) (typ byte, body []b
 	if size < 4 || size-4 > maxLen {
 		return typ, nil, 0, &Error{Severity: "FATAL", Code: codeProgramLimit,
 			Message: fmt.Sprintf("message %q of %d bytes is over dbproxy's limit of %d bytes", typ, size-4, maxLen),
-			Hint:    "send smaller messages (e.g. COPY in chunks) or raise max_message_bytes"}
+			Hint:    "send smaller messages, e.g. COPY in chunks or large values as several parameters"}
 	}
 	if 1+size <= r.Size() {
 		frame, err := r.Peek(1 + size)

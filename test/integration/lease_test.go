@@ -547,3 +547,20 @@ func TestManualRotate(t *testing.T) {
 		}
 	}
 }
+
+func TestShutdownRevokesLeases(t *testing.T) {
+	s := startLeaseStackTTL(t, "pg-shutdown", "", time.Hour, 2*time.Hour)
+	if _, err := oneTransaction(fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable", s.port), 1); err != nil {
+		t.Fatal(err)
+	}
+	live := s.proxy.leases(t)
+	if len(live) != 1 || len(vaultRoles(t, s.role)) != 1 {
+		t.Fatalf("want one live generation and its role, got %+v and %v", live, vaultRoles(t, s.role))
+	}
+	if err := s.proxy.stop(t); err != nil {
+		t.Fatalf("dbproxy exit: %v", err)
+	}
+	if roles := vaultRoles(t, s.role); len(roles) != 0 {
+		t.Fatalf("roles left after a graceful stop: %v (lease should be revoked)", roles)
+	}
+}
