@@ -10,6 +10,10 @@
 #   pgbench -S at 1 client and at 16 clients (-j 2), and pgbench -S -C (a
 #   new connection per transaction) at 4 clients.
 #
+# Then, where strace and perf are installed and may attach, one short extra
+# 1-client run per proxy under each, for the "where the time goes" notes
+# (syscalls per transaction, kernel share of CPU samples).
+#
 # All traffic stays on 127.0.0.1. State goes to a temporary directory that is
 # removed at the end (kept on failure or with BENCH_KEEP=1); the raw pgbench
 # output goes to bench/bench.log (not committed).
@@ -300,6 +304,55 @@ done
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
+# --- where the time goes: syscalls and kernel/user split at 1 client ----------
+# One extra short 1-client run per proxy under `strace -c -f` (syscalls per
+# transaction) and one under `perf record` (share of samples in the kernel),
+# when those tools are here and allowed to attach. The figures of the main
+# runs above are taken without either.
+
+# probe_run TARGET SECONDS: a 1-client select-only run; prints transactions.
+probe_run() {
+	timeout $(($2 + 30)) pgbench -n -S -c 1 -j 1 -T "$2" "${dsn[$1]}" 2>&1 |
+		awk -F': ' '/^number of transactions actually processed/ { print $2; exit }'
+}
+
+declare -A sys_per_txn kernel_share
+for t in pgbouncer dbproxy; do
+	if command -v strace >/dev/null; then
+		strace -f -c -o "$work/strace.$t" -p "${ppid[$t]}" 2>/dev/null &
+		spid=$!
+		sleep 0.5
+		n="$(probe_run "$t" 3)"
+		kill -INT "$spid" 2>/dev/null || true
+		wait "$spid" 2>/dev/null || true
+		if [[ -s "$work/strace.$t" && "${n:-0}" -gt 0 ]]; then
+			# Rows: % time, seconds, usecs/call, calls, [errors], syscall.
+			sys_per_txn[$t]="$(awk -v n="$n" '
+				$1 ~ /^[0-9.]+$/ && $NF != "total" && NF >= 5 {
+					calls = $4 / n; errs = (NF == 6) ? $5 / n : 0; tot += calls
+					if (calls >= 0.05) {
+						s = sprintf("%s %.1f", $NF, calls)
+						if (errs >= 0.05) s = s sprintf(" (%.1f failed)", errs)
+						out = out (out ? ", " : "") s
+					}
+				}
+				END { if (tot > 0) printf "%.1f syscalls per transaction (%s)", tot, out }' "$work/strace.$t")"
+		fi
+	fi
+	if command -v perf >/dev/null; then
+		perf record -q -F 999 -p "${ppid[$t]}" -o "$work/perf.$t" -- sleep 3 >/dev/null 2>&1 &
+		spid=$!
+		probe_run "$t" 4 >/dev/null
+		wait "$spid" 2>/dev/null || true
+		if [[ -s "$work/perf.$t" ]]; then
+			kernel_share[$t]="$(perf report -i "$work/perf.$t" --no-children --sort=dso --stdio 2>/dev/null |
+				awk '$1 ~ /%$/ && $2 ~ /^\[kernel/ { sub(/%/, "", $1); k += $1 } END { if (k > 0) printf "%.0f%%", k }')"
+		fi
+	fi
+	log "$t at 1 client: syscalls ${sys_per_txn[$t]:-n/a}; kernel share of CPU samples ${kernel_share[$t]:-n/a}"
+done
+
+
 # --- report --------------------------------------------------------------------
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -334,7 +387,20 @@ where() {
 	local p1 name
 	echo "- **One client**: a transaction is one query round trip (${lat[0,direct]} ms direct). PgBouncer adds $(us_delta "${lat[0,pgbouncer]}" "${lat[0,direct]}") µs and dbproxy $(us_delta "${lat[0,dbproxy]}" "${lat[0,direct]}") µs to it: two more loopback hops and a proxy wake-up each way. Relaying costs dbproxy ${cpu[0,dbproxy]} µs of CPU per transaction, PgBouncer ${cpu[0,pgbouncer]} µs."
 	if ((busy[1,direct] >= 90)); then
-		echo "- **16 clients**: the machine is ${busy[1,direct]}% busy already direct, so throughput is bounded by CPU, and a proxy's CPU per transaction (dbproxy ${cpu[1,dbproxy]} µs, PgBouncer ${cpu[1,pgbouncer]} µs) is taken from pgbench and PostgreSQL: dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"), PgBouncer/direct = $(ratio "${tps[1,pgbouncer]}" "${tps[1,direct]}")."
+		if [[ -n "${sys_per_txn[dbproxy]:-}${kernel_share[dbproxy]:-}" ]]; then
+		echo "- **Per transaction, at 1 client** (separate 3 s runs, one under \`strace -c -f\`, one under \`perf record\`; not part of the figures above):"
+		echo "  - PgBouncer: ${sys_per_txn[pgbouncer]:-syscalls not measured}; ${kernel_share[pgbouncer]:-n/a} of its CPU samples in the kernel."
+		echo "  - dbproxy: ${sys_per_txn[dbproxy]:-syscalls not measured}; ${kernel_share[dbproxy]:-n/a} of its CPU samples in the kernel."
+		printf '  - PgBouncer is one thread in an event loop: per query it waits, reads and writes on each side. dbproxy relays each direction in its own goroutine; Go reads a socket until it would block (the failed reads) and then parks the goroutine, so every query also costs goroutine wake-ups across OS threads (futex, epoll, and nanosleep from the runtime'"'"'s spinning threads).'
+		local k1=0 k2=0
+		[[ "${kernel_share[dbproxy]:-}" =~ ^([0-9]+)%$ ]] && k1=${BASH_REMATCH[1]}
+		[[ "${kernel_share[pgbouncer]:-}" =~ ^([0-9]+)%$ ]] && k2=${BASH_REMATCH[1]}
+		if ((k1 >= 70 && k2 >= 70)); then
+			printf ' Both proxies spend most of their CPU in the kernel (sockets, wake-ups), so the gap comes from the extra syscalls and thread wake-ups per query, not from work in dbproxy'"'"'s own code.'
+		fi
+		echo
+	fi
+	echo "- **16 clients**: the machine is ${busy[1,direct]}% busy already direct, so throughput is bounded by CPU, and a proxy's CPU per transaction (dbproxy ${cpu[1,dbproxy]} µs, PgBouncer ${cpu[1,pgbouncer]} µs) is taken from pgbench and PostgreSQL: dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"), PgBouncer/direct = $(ratio "${tps[1,pgbouncer]}" "${tps[1,direct]}")."
 	else
 		echo "- **16 clients**: the machine is ${busy[1,direct]}% busy direct; dbproxy spends ${cpu[1,dbproxy]} µs of CPU per transaction, PgBouncer ${cpu[1,pgbouncer]} µs: dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"), PgBouncer/direct = $(ratio "${tps[1,pgbouncer]}" "${tps[1,direct]}")."
 	fi
