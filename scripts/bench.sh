@@ -22,6 +22,8 @@
 #   BENCH_SCALE  pgbench -i scale (default 10)
 #   BENCH_OUT    results file (default bench/RESULTS.md)
 #   BENCH_KEEP   keep the temporary directory
+#   BENCH_REV    build dbproxy and devstack from this commit instead of the
+#                working tree (e.g. HEAD while others edit the tree)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -130,12 +132,27 @@ upstream_logins() { grep -c 'connection authorized' "$PG_LOG" || true; }
 
 # --- build and start the stack ---------------------------------------------
 
-log "building bin/dbproxy and bin/devstack"
-"$GO" build -o bin/dbproxy ./cmd/dbproxy
-"$GO" build -o bin/devstack ./test/devstack
+# The binaries: from the working tree into bin/, or with BENCH_REV from that
+# commit (git archive into the temporary directory).
+if [[ -n "${BENCH_REV:-}" ]]; then
+	rev="$(git rev-parse --verify "$BENCH_REV^{commit}")" || die "BENCH_REV=$BENCH_REV is not a commit"
+	commit="$(git rev-parse --short "$rev")"
+	bindir="$work/bin"
+	log "building dbproxy and devstack at commit $commit"
+	mkdir -p "$work/src"
+	git archive "$rev" | tar -x -C "$work/src"
+	(cd "$work/src" && "$GO" build -o "$bindir/dbproxy" ./cmd/dbproxy && "$GO" build -o "$bindir/devstack" ./test/devstack)
+else
+	commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	git diff --quiet HEAD -- . 2>/dev/null || commit="$commit with uncommitted changes"
+	bindir="$root/bin"
+	log "building bin/dbproxy and bin/devstack"
+	"$GO" build -o bin/dbproxy ./cmd/dbproxy
+	"$GO" build -o bin/devstack ./test/devstack
+fi
 
 log "starting devstack (PostgreSQL + Vault) in $work/stack"
-bin/devstack --dir "$work/stack" --ttl 1h --max-ttl 24h >"$work/devstack.log" 2>&1 </dev/null &
+"$bindir/devstack" --dir "$work/stack" --ttl 1h --max-ttl 24h >"$work/devstack.log" 2>&1 </dev/null &
 devstack_pid=$!
 wait_for devstack "$devstack_pid" 900 test -f "$work/stack/stack.env"
 # shellcheck source=/dev/null
@@ -227,7 +244,7 @@ identities:
 admin: { address: "127.0.0.1:$aport" }
 EOF
 		log "starting dbproxy on 127.0.0.1:$pport (session pool)"
-		bin/dbproxy run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
+		"$bindir/dbproxy" run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
 		proxy_pid=$!
 		st=0
 		wait_ready "$proxy_pid" 30 curl -fsS "http://127.0.0.1:$aport/readyz" || st=$?
@@ -414,12 +431,10 @@ where() {
 			echo "  - $name logged in upstream ${logins[2,$p1]} times for ${ntx[2,$p1]} client connections: most client connections cost a PostgreSQL login as well. $name spends ${cpu[2,$p1]} µs of CPU per client connection and transaction."
 		fi
 	done
-	echo "- **Noise**: the load average was $load_before (1, 5, 15 min) before the runs and $load_after after them, on $(nproc) CPUs. Whatever else runs on the machine shows in \"Machine CPU busy\" and makes single runs noisy; compare ratios from one run, not figures across runs."
+	echo "- **Noise**: before the runs the load average was $load_before (1, 5, 15 min) on $(nproc) CPUs: that is other work on the machine (after them it was $load_after, mostly this benchmark's own pgbench clients and backends). Other work shows in \"Machine CPU busy\" and makes single runs noisy (the 1-client figures vary most between runs); compare ratios from one run, not figures across runs."
 }
 
 cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git diff --quiet HEAD -- . 2>/dev/null || commit="$commit (with uncommitted changes)"
 
 mkdir -p "$(dirname "$out")"
 {
@@ -433,7 +448,7 @@ the raw pgbench output of the run is in bench/bench.log (not committed).
 
 - CPUs (\`nproc\`): $(nproc); CPU model: ${cpu_model:-unknown}; kernel $(uname -r)
 - Go: $("$GO" version)
-- dbproxy: $(bin/dbproxy version) at commit $commit
+- dbproxy: $("$bindir/dbproxy" version) at commit $commit
 - PostgreSQL: $PG_VERSION
 - PgBouncer: $("$pgbouncer_bin" --version | head -n1)
 - pgbench: $(pgbench --version)
