@@ -15,6 +15,7 @@ import (
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/mysql"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 	"github.com/dbproxy/dbproxy/proxy/postgres"
 )
@@ -24,6 +25,7 @@ type stack struct {
 	broker   *creds.Broker
 	pools    map[creds.SourceKey]*pool.Pool
 	postgres *postgres.Server
+	mysql    *mysql.Server
 }
 
 // buildProxies maps the configuration onto the packages and starts them:
@@ -79,17 +81,21 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		Metrics:    postgres.NewMetrics(deps.Registry),
 	})
 
+	if st.mysql, err = newMySQLServer(cfg, st, policy, log, deps); err != nil {
+		return nil, err
+	}
+
 	for _, l := range cfg.Listeners {
-		if l.Protocol != "postgres" {
-			log.Warn("listener skipped: only postgres listeners are served by this build", zap.String("listener", l.Name), zap.String("protocol", l.Protocol))
-			continue
-		}
 		ln, lo, err := openListener(l, policy)
 		if err != nil {
 			st.close()
 			return nil, err
 		}
-		st.postgres.Serve(ln, lo)
+		if l.Protocol == "mysql" {
+			st.mysql.Serve(ln, mysqlListener(lo))
+		} else {
+			st.postgres.Serve(ln, lo)
+		}
 		log.Info("listening", zap.String("listener", l.Name), zap.String("protocol", l.Protocol), zap.String("address", ln.Addr().String()), zap.String("auth", l.Auth))
 	}
 	st.broker.Run(ctx)
@@ -165,7 +171,7 @@ func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
 		requireAuth = "scram-sha-256,md5,password"
 	}
 	return &postgres.Backend{Name: name, Host: host, Port: uint16(port), Database: b.Database,
-		TLS: tc, RequireAuth: requireAuth, ConnectTimeout: b.ConnectTimeout.D()}, nil
+		TLS: tc, RequireAuth: requireAuth, ConnectTimeout: b.ConnectTimeout.D(), Mode: b.Pool.Mode}, nil
 }
 
 func upstreamTLS(host string, t config.UpstreamTLS) (*tls.Config, error) {

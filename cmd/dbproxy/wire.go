@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"time"
 
 	"github.com/dbproxy/dbproxy/config"
@@ -32,7 +34,15 @@ func (st *stack) Name() string { return "proxies" }
 // revokes every lease: nothing is left for Vault to expire later. The
 // order matters: revoking earlier would drop users under live sessions.
 func (st *stack) Shutdown(ctx context.Context) (int, error) {
-	open, err := st.postgres.Shutdown(ctx)
+	var (
+		wg             sync.WaitGroup
+		pgOpen, myOpen int
+		pgErr, myErr   error
+	)
+	wg.Go(func() { pgOpen, pgErr = st.postgres.Shutdown(ctx) })
+	wg.Go(func() { myOpen, myErr = st.mysql.Shutdown(ctx) })
+	wg.Wait()
+	open, err := pgOpen+myOpen, errors.Join(pgErr, myErr)
 	st.close()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -40,8 +50,17 @@ func (st *stack) Shutdown(ctx context.Context) (int, error) {
 	return open, err
 }
 
-// Sessions implements admin.Operations.
-func (st *stack) Sessions() any { return st.postgres.Sessions() }
+// Sessions implements admin.Operations: the sessions of both front ends.
+func (st *stack) Sessions() any {
+	out := []any{}
+	for _, s := range st.postgres.Sessions() {
+		out = append(out, s)
+	}
+	for _, s := range st.mysql.Sessions() {
+		out = append(out, s)
+	}
+	return out
+}
 
 // Pools implements admin.Operations.
 func (st *stack) Pools() any {

@@ -1,0 +1,228 @@
+// Package mysql is dbproxy's MySQL/MariaDB front end. It mirrors
+// proxy/postgres: go-mysql's server package runs the handshake with the
+// client (identity, TLS, grant), go-mysql's client package logs in
+// upstream with a Vault credential, and after both handshakes packets are
+// relayed as bytes, decoding only what the relay must know: command bytes,
+// the shape of each answer and the status flags that carry the
+// transaction state.
+//
+// During both handshakes go-mysql reads and writes through a gate (see
+// handshake.go) that frames packets, does TLS itself and validates what
+// go-mysql would parse, so that go-mysql's buffered reader never holds a
+// byte beyond the last handshake packet and the relay can take over the
+// raw connection with nothing lost.
+package mysql
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/server"
+	"go.uber.org/zap"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/pool"
+)
+
+// Authorizer decides which grant, if any, an identity uses on a backend.
+type Authorizer interface {
+	Authorize(id identity.Identity, backend, user string) (identity.Grant, error)
+}
+
+// Authenticator identifies the client of one listener. raw is the accepted
+// connection (a *net.UnixConn on unix sockets); st is set after TLS.
+type Authenticator func(raw net.Conn, st *tls.ConnectionState) (identity.Identity, error)
+
+// Options configures a Server.
+type Options struct {
+	Backends map[string]*Backend
+	// Pool returns the pool for a backend and Vault role, or nil.
+	Pool       func(backend, role string) *pool.Pool
+	Authorizer Authorizer
+	Log        *zap.Logger
+	Metrics    *Metrics
+	// StartupTimeout bounds everything before the OK that ends the
+	// client's handshake, upstream login included.
+	StartupTimeout time.Duration
+	// MaxMessageBytes caps one client packet (all its 16 MiB parts
+	// together). Default 128 MiB.
+	MaxMessageBytes int
+	// ServerVersion is what the greeting tells clients before dbproxy
+	// knows their backend. Default "8.0.11-dbproxy"; SELECT VERSION()
+	// answers with the backend's own.
+	ServerVersion string
+}
+
+// ListenerOptions configures one listening socket.
+type ListenerOptions struct {
+	Name string
+	// TLS, when set, is offered to clients (CLIENT_SSL); RequireTLS
+	// refuses clients that do not take it.
+	TLS          *tls.Config
+	RequireTLS   bool
+	Authenticate Authenticator
+	// AuthPlugin is the plugin the greeting names:
+	// mysql_native_password (default) or caching_sha2_password. Clients
+	// may answer with either; the proxy checks no password.
+	AuthPlugin string
+}
+
+// Server accepts MySQL clients on any number of listeners.
+type Server struct {
+	opts    Options
+	log     *zap.Logger
+	metrics *Metrics
+	nextID  atomic.Uint32
+
+	gmMu sync.Mutex
+	gm   map[string]*server.Server // by greeting auth plugin
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	sessions  map[*session]struct{}
+	byID      map[uint32]*session
+	closing   chan struct{}
+	wg        sync.WaitGroup
+}
+
+// NewServer makes a server; call Serve for each listener.
+func NewServer(o Options) *Server {
+	if o.StartupTimeout <= 0 {
+		o.StartupTimeout = 15 * time.Second
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 128 << 20
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.ServerVersion == "" {
+		o.ServerVersion = "8.0.11-dbproxy"
+	}
+	return &Server{
+		opts: o, log: o.Log, metrics: o.Metrics, gm: map[string]*server.Server{},
+		sessions: make(map[*session]struct{}), byID: make(map[uint32]*session), closing: make(chan struct{}),
+	}
+}
+
+// handshakeServer is the go-mysql server configuration for a greeting
+// plugin. It has no TLS of its own: the gate does TLS (handshake.go).
+func (srv *Server) handshakeServer(plugin string) *server.Server {
+	if plugin != gomysql.AUTH_CACHING_SHA2_PASSWORD {
+		plugin = gomysql.AUTH_NATIVE_PASSWORD
+	}
+	srv.gmMu.Lock()
+	defer srv.gmMu.Unlock()
+	if s := srv.gm[plugin]; s != nil {
+		return s
+	}
+	// caching_sha2_password wants an RSA key for full authentication;
+	// dbproxy never does full authentication (it checks no password), so
+	// a throwaway key satisfies the constructor.
+	s := server.NewServerWithAuth(srv.opts.ServerVersion, collationUTF8MB4GeneralCI, plugin, throwawayKey(plugin), nil, acceptIdentity{})
+	srv.gm[plugin] = s
+	return s
+}
+
+// Serve accepts clients on ln until Shutdown. It returns at once.
+func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {
+	srv.mu.Lock()
+	srv.listeners = append(srv.listeners, ln)
+	srv.mu.Unlock()
+	srv.wg.Add(1)
+	go func() {
+		defer srv.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				select {
+				case <-srv.closing:
+					return
+				default:
+				}
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					continue
+				}
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				srv.log.Warn("accept failed", zap.String("listener", lo.Name), zap.Error(err))
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			srv.wg.Add(1)
+			go func() {
+				defer srv.wg.Done()
+				srv.handle(c, lo)
+			}()
+		}
+	}()
+}
+
+// Name implements the service interface of cmd/dbproxy.
+func (srv *Server) Name() string { return "mysql" }
+
+// Shutdown stops accepting, lets sessions finish until ctx ends, then
+// closes the rest with ER_SERVER_SHUTDOWN and reports how many were still
+// open.
+func (srv *Server) Shutdown(ctx context.Context) (int, error) {
+	srv.mu.Lock()
+	select {
+	case <-srv.closing:
+	default:
+		close(srv.closing)
+	}
+	for _, ln := range srv.listeners {
+		_ = ln.Close()
+	}
+	srv.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { srv.wg.Wait(); close(done) }()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return 0, nil
+		case <-tick.C:
+			// Idle sessions can go now: nothing of theirs is in flight.
+			srv.forEachSession(func(s *session) { s.closeIfIdle() })
+		case <-ctx.Done():
+			open := 0
+			srv.forEachSession(func(s *session) { open++; s.kill(killShutdown) })
+			<-done
+			return open, nil
+		}
+	}
+}
+
+func (srv *Server) forEachSession(f func(*session)) {
+	srv.mu.Lock()
+	ss := make([]*session, 0, len(srv.sessions))
+	for s := range srv.sessions {
+		ss = append(ss, s)
+	}
+	srv.mu.Unlock()
+	for _, s := range ss {
+		f(s)
+	}
+}
+
+// Sessions lists the open client sessions for the admin API.
+func (srv *Server) Sessions() []SessionInfo {
+	out := []SessionInfo{}
+	srv.forEachSession(func(s *session) { out = append(out, s.info()) })
+	return out
+}

@@ -1,0 +1,431 @@
+package mysql
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/pingcap/tidb/pkg/parser/charset"
+	"go.uber.org/zap"
+
+	"github.com/dbproxy/dbproxy/creds"
+	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/pool"
+)
+
+// session is one client connection from accept to close.
+type session struct {
+	srv     *Server
+	log     *zap.Logger
+	raw     net.Conn // as accepted
+	client  net.Conn // raw, or TLS over raw
+	cbr     *bufio.Reader
+	wmu     sync.Mutex // cbw: the relay and dbproxy's own answers write it
+	cbw     *bufio.Writer
+	started time.Time
+	connID  uint32 // the connection id the greeting gave the client
+
+	id      identity.Identity
+	backend *Backend
+	dbName  string // as the client sent it
+	role    string
+	caps    uint32 // negotiated with the client
+	track   *tracker
+
+	mu       sync.Mutex
+	lease    *pool.Lease
+	killCh   chan killReason
+	killOnce sync.Once
+
+	status   atomic.Uint32 // server status flags of the last OK/EOF
+	nextSeq  atomic.Uint32 // sequence number an ERR from dbproxy should carry
+	dirty    atomic.Bool   // session state a reset may not undo
+	torn     atomic.Bool   // a server packet reached the client in part
+	bytesIn  atomic.Int64
+	bytesOut atomic.Int64
+}
+
+type killReason int
+
+const (
+	killShutdown killReason = iota
+	killIdleShutdown
+	killByClient // KILL CONNECTION from a session of the same identity
+)
+
+func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
+	s := &session{
+		srv: srv, raw: c, client: c, started: time.Now(), killCh: make(chan killReason, 1),
+		connID: srv.issueID(),
+		log:    srv.log.With(zap.String("listener", lo.Name), zap.String("remote", c.RemoteAddr().String())),
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(srv.opts.StartupTimeout))
+	g := newServerGate(c, lo.TLS, s.connID)
+	a := &clientAuth{s: s, g: g, lo: lo}
+	err := clientHandshake(srv.handshakeServer(lo.AuthPlugin), g, a)
+	if err == nil && !g.consumed() {
+		err = errors.New("handshake ended inside a packet")
+	}
+	if err != nil {
+		s.refused(err, a.loginErr, g.err)
+		if s.lease != nil {
+			// Logged in upstream, but the client is gone.
+			s.lease.Close()
+		}
+		return
+	}
+	// The gate read no byte beyond the handshake, so the client's first
+	// command, even if it came early, is still in the socket or in the
+	// TLS connection's buffer.
+	s.client = g.conn
+	s.cbr = bufio.NewReaderSize(s.client, 64<<10)
+	s.cbw = bufio.NewWriterSize(s.client, 64<<10)
+	_ = c.SetDeadline(time.Time{})
+	srv.track(s, true)
+	defer srv.track(s, false)
+	s.run()
+}
+
+// issueID gives each client a connection id of its own for the greeting.
+// They start at 2^30 so that they do not collide with the small thread ids
+// of the servers behind the proxy (KILL accepts both, see cancel.go).
+func (srv *Server) issueID() uint32 {
+	return 1<<30 | srv.nextID.Add(1)&(1<<30-1)
+}
+
+func (srv *Server) track(s *session, add bool) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if add {
+		srv.sessions[s] = struct{}{}
+		srv.byID[s.connID] = s
+	} else {
+		delete(srv.sessions, s)
+		delete(srv.byID, s.connID)
+	}
+}
+
+// refused logs and counts a failed handshake. The client has been told
+// already: by go-mysql (login errors) or by the gate (malformed packets).
+func (s *session) refused(err, loginErr, gateErr error) {
+	cause := err
+	switch {
+	case gateErr != nil:
+		cause = gateErr
+	case loginErr != nil:
+		cause = loginErr
+	}
+	if errors.Is(cause, io.EOF) || errors.Is(cause, io.ErrUnexpectedEOF) || errors.Is(cause, net.ErrClosed) {
+		s.log.Debug("client left during the handshake", zap.Error(err))
+		return
+	}
+	ce := asClientError(s.backendName(), cause)
+	var told *Error
+	if errors.As(cause, &told) || loginErr != nil {
+		s.srv.metrics.errors.WithLabelValues(ce.class()).Inc()
+	}
+	s.log.Info("client refused", zap.Uint16("code", ce.Code), zap.String("sqlstate", ce.State),
+		zap.String("identity", s.id.Name), zap.String("backend", s.backendName()), zap.Error(cause))
+}
+
+func (s *session) backendName() string {
+	if s.backend != nil {
+		return s.backend.Name
+	}
+	return s.dbName
+}
+
+// login authenticates, authorizes and connects upstream. go-mysql calls it
+// (through clientAuth.OnAuthSuccess) after the client's auth exchange and
+// before it sends OK; an error goes to the client as an ERR packet.
+func (s *session) login(lo ListenerOptions, g *serverGate) error {
+	r := g.resp
+	s.dbName = r.db
+	if lo.RequireTLS && g.tlsState == nil {
+		return &Error{Code: erSecureTransportRequired, State: "08004",
+			Message: fmt.Sprintf("Connections using insecure transport are prohibited: dbproxy listener %s requires TLS; connect with --ssl (mariadb) or tls=true (Go driver)", lo.Name)}
+	}
+	id, err := lo.Authenticate(s.raw, g.tlsState)
+	if err != nil {
+		return &Error{Code: erAccessDenied, State: "28000",
+			Message: fmt.Sprintf("Access denied to backend %q: %v", r.db, err), Err: err}
+	}
+	s.id = id
+	if r.db == "" {
+		return &Error{Code: erNoDB, State: "3D000",
+			Message: fmt.Sprintf("No database selected: identity %q must name the dbproxy backend to use as the database (e.g. mariadb -D <backend>)", id.Name)}
+	}
+	b := s.srv.opts.Backends[r.db]
+	if b == nil {
+		return &Error{Code: erDBAccessDenied, State: "42000",
+			Message: fmt.Sprintf("identity %q: backend %q does not exist: set the database to one of the backends configured in dbproxy", id.Name, r.db)}
+	}
+	s.backend = b
+	grant, err := s.srv.opts.Authorizer.Authorize(id, b.Name, r.user)
+	if err != nil {
+		return err
+	}
+	s.role = grant.Role
+	pl := s.srv.opts.Pool(b.Name, grant.Role)
+	if pl == nil {
+		return &Error{Code: erUnknownError, State: "HY000",
+			Message: fmt.Sprintf("no pool for backend %s and role %s: dbproxy configuration is incomplete", b.Name, grant.Role)}
+	}
+	coll, err := charset.GetCollationByID(int(r.collation))
+	if err != nil {
+		return &Error{Code: erUnknownCollation, State: "HY000",
+			Message: fmt.Sprintf("Unknown collation id %d: dbproxy must name it to the backend; connect with a MySQL collation such as utf8mb4_general_ci", r.collation), Err: err}
+	}
+	s.caps = r.caps & g.caps &^ gomysql.CLIENT_SSL
+	s.log = s.log.With(zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", grant.Role))
+
+	program := "dbproxy:" + id.Name
+	if p := r.attrs["program_name"]; p != "" {
+		program += ":" + p
+	}
+	params := dialParams{caps: s.caps & upstreamCaps, collation: coll.Name, charset: coll.CharsetName,
+		attrs: map[string]string{"program_name": program}}
+	ctx, cancel := context.WithDeadline(context.Background(), s.started.Add(s.srv.opts.StartupTimeout))
+	defer cancel()
+	lease, err := pl.Checkout(ctx, params.key(), func(ctx context.Context, gen *creds.Generation) (pool.Conn, error) {
+		u, err := dial(ctx, b, gen, params)
+		if err != nil {
+			var me *gomysql.MyError
+			if errors.As(err, &me) && me.Code == erAccessDenied {
+				// The database refused a credential Vault gave us: the
+				// lease was revoked behind our back.
+				gen.AuthFailed()
+			}
+			return nil, err
+		}
+		return u, nil
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.lease = lease
+	s.mu.Unlock()
+	up := lease.Conn.(*upstream)
+	s.status.Store(uint32(up.status))
+	s.nextSeq.Store(1)
+	s.track = newTracker(s.caps&gomysql.CLIENT_DEPRECATE_EOF != 0)
+	return nil
+}
+
+// run relays until the session ends, then returns or closes the upstream.
+func (s *session) run() {
+	m := s.srv.metrics
+	b := s.backend.Name
+	m.connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
+	m.clients.WithLabelValues(b, s.id.Name).Inc()
+	defer m.clients.WithLabelValues(b, s.id.Name).Dec()
+	gen := s.lease.Gen
+	up := s.currentUpstream()
+	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N),
+		zap.Uint32("connection_id", s.connID), zap.Uint32("thread_id", up.threadID))
+
+	result, reusable := s.relay(gen)
+
+	s.mu.Lock()
+	lease := s.lease
+	s.lease = nil
+	s.mu.Unlock()
+	if reusable {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		lease.Return(ctx)
+		cancel()
+	} else {
+		lease.Close()
+	}
+	m.sessions.WithLabelValues(b, s.id.Name, result).Inc()
+	m.bytes.WithLabelValues(b, "client_to_server").Add(float64(s.bytesIn.Load()))
+	m.bytes.WithLabelValues(b, "server_to_client").Add(float64(s.bytesOut.Load()))
+	s.log.Info("session end", zap.String("result", result), zap.String("db_user", gen.Username),
+		zap.Uint64("generation", gen.N), zap.Duration("duration", time.Since(s.started)),
+		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))
+}
+
+// relay copies packets both ways until one side ends or the session is
+// killed. It reports how the session ended and whether the upstream is
+// quiescent, outside a transaction, and so may serve another client.
+func (s *session) relay(gen *creds.Generation) (string, bool) {
+	up := s.currentUpstream()
+	upDone := make(chan error, 1)
+	cliDone := make(chan error, 1)
+	go func() { upDone <- s.upstreamToClient() }()
+	go func() { cliDone <- s.clientToUpstream() }()
+
+	select {
+	case err := <-cliDone:
+		if errors.Is(err, errQuit) && s.track.idle() && !s.inTransaction() && !s.dirty.Load() {
+			if uerr := interruptRead(up.conn, upDone); isTimeout(uerr) {
+				return "ok", true
+			}
+			return "ok", false
+		}
+		_ = up.conn.Close()
+		<-upDone
+		if errors.Is(err, errQuit) {
+			return "ok", false
+		}
+		var pe *Error
+		if errors.As(err, &pe) {
+			s.log.Info("client protocol error", zap.Error(err))
+			s.sendError(pe)
+			return "client_error", false
+		}
+		return "client_gone", false
+	case err := <-upDone:
+		var pe *Error
+		if errors.As(err, &pe) {
+			// The server broke the protocol (or asked for a local file):
+			// nothing it sends can be trusted any more.
+			s.log.Warn("upstream protocol error", zap.Error(err))
+			_ = up.conn.Close()
+			_ = s.client.SetReadDeadline(time.Unix(1, 0))
+			<-cliDone
+			s.sendError(pe)
+			return "server_error", false
+		}
+		// The server ended the session (its ERR, if any, was relayed).
+		_ = s.client.Close()
+		<-cliDone
+		return "server_closed", false
+	case <-gen.Expired():
+		s.stopRelay(up, upDone, cliDone)
+		s.sendError(&Error{Code: erConnectionKilled, State: "70100",
+			Message: fmt.Sprintf("Connection was killed: dbproxy closed this session because the database credential for backend %s has reached the end of its lease (%s); reconnecting is safe: new sessions use a fresh credential", s.backend.Name, reasonText(gen.Reason()))})
+		return "lease_end", false
+	case r := <-s.killCh:
+		s.stopRelay(up, upDone, cliDone)
+		switch r {
+		case killByClient:
+			s.sendError(&Error{Code: erConnectionKilled, State: "70100", Message: "Connection was killed (KILL CONNECTION through dbproxy)"})
+			return "killed", false
+		case killIdleShutdown:
+			s.sendError(&Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; this idle session was closed, reconnect to another dbproxy instance or retry shortly"})
+		default:
+			s.sendError(&Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; reconnect to another dbproxy instance or retry shortly"})
+		}
+		return "shutdown", false
+	}
+}
+
+func (s *session) stopRelay(up *upstream, upDone, cliDone chan error) {
+	_ = up.conn.Close()
+	<-upDone
+	_ = s.client.SetReadDeadline(time.Unix(1, 0))
+	<-cliDone
+}
+
+// sendError tells the client e. After a server packet reached it in part
+// nothing more can be said: the client sees the connection close.
+func (s *session) sendError(e *Error) {
+	s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
+	if s.torn.Load() {
+		return
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_, _ = s.cbw.Write(e.packet(byte(s.nextSeq.Load())))
+	_ = s.cbw.Flush()
+}
+
+// reply writes dbproxy's own answer to a command (KILL, see cancel.go).
+func (s *session) reply(pkt []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.bytesOut.Add(int64(len(pkt)))
+	if _, err := s.cbw.Write(pkt); err != nil {
+		return err
+	}
+	return s.cbw.Flush()
+}
+
+func reasonText(r string) string {
+	switch r {
+	case "max_ttl":
+		return "its max TTL"
+	case "token":
+		return "dbproxy's Vault token expires"
+	case "external_revoke", "auth_failed":
+		return "the lease was revoked in Vault"
+	case "manual":
+		return "an operator rotated it"
+	case "":
+		return "lease expired"
+	}
+	return r
+}
+
+func (s *session) kill(r killReason) {
+	s.killOnce.Do(func() { s.killCh <- r })
+}
+
+func (s *session) inTransaction() bool {
+	return uint16(s.status.Load())&gomysql.SERVER_STATUS_IN_TRANS != 0
+}
+
+func (s *session) closeIfIdle() {
+	if s.track != nil && s.track.idle() && !s.inTransaction() {
+		s.kill(killIdleShutdown)
+	}
+}
+
+func (s *session) currentUpstream() *upstream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lease == nil {
+		return nil
+	}
+	return s.lease.Conn.(*upstream)
+}
+
+// SessionInfo describes a client session for the admin API. Its fields
+// are those of the PostgreSQL front end's, plus the ids KILL accepts.
+type SessionInfo struct {
+	Protocol     string    `json:"protocol"`
+	Identity     string    `json:"identity"`
+	Method       string    `json:"method"`
+	Backend      string    `json:"backend"`
+	Role         string    `json:"role"`
+	DBUser       string    `json:"db_user"`
+	LeaseID      string    `json:"lease_id"`
+	Generation   uint64    `json:"generation"`
+	State        string    `json:"state"`
+	Since        time.Time `json:"since"`
+	Remote       string    `json:"remote"`
+	ConnectionID uint32    `json:"connection_id"`
+	ThreadID     uint32    `json:"thread_id,omitempty"`
+}
+
+func (s *session) info() SessionInfo {
+	si := SessionInfo{Protocol: "mysql", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
+		Since: s.started, Remote: s.raw.RemoteAddr().String(), ConnectionID: s.connID, State: "idle"}
+	if s.backend != nil {
+		si.Backend = s.backend.Name
+	}
+	switch {
+	case s.track != nil && !s.track.idle():
+		si.State = "active"
+	case s.inTransaction():
+		si.State = "idle in transaction"
+	}
+	s.mu.Lock()
+	if s.lease != nil {
+		si.DBUser, si.LeaseID, si.Generation = s.lease.Gen.Username, s.lease.Gen.LeaseID, s.lease.Gen.N
+		si.ThreadID = s.lease.Conn.(*upstream).threadID
+	}
+	s.mu.Unlock()
+	return si
+}
