@@ -408,13 +408,34 @@ func emptyPassword(b []byte) bool { return len(b) == 0 || (len(b) == 1 && b[0] =
 // acceptIdentity is go-mysql's AuthenticationProvider for dbproxy: the
 // client is who its listener, peer uid or certificate says, so any
 // password (normally none) is accepted, and clear text is never asked for.
-type acceptIdentity struct{}
+type acceptIdentity struct {
+	greeting string // the plugin the greeting names
+}
 
 func (acceptIdentity) Validate(plugin string) bool {
 	return plugin == gomysql.AUTH_NATIVE_PASSWORD || plugin == gomysql.AUTH_CACHING_SHA2_PASSWORD
 }
 
-func (acceptIdentity) Authenticate(c *server.Conn, plugin string, authData []byte) error {
+func (a acceptIdentity) Authenticate(c *server.Conn, plugin string, authData []byte) error {
+	if plugin != a.greeting {
+		// The client chose another plugin than the greeting's. Some
+		// clients (libmariadb) then send no auth data and wait for an
+		// AuthSwitchRequest with a scramble for their plugin, as a server
+		// would send; clients that did answer accept one too.
+		sw := make([]byte, 4, 4+1+len(plugin)+1+21)
+		sw = append(sw, gomysql.EOF_HEADER)
+		sw = append(sw, plugin...)
+		sw = append(sw, 0)
+		sw = append(sw, gomysql.RandomBuf(20)...)
+		sw = append(sw, 0)
+		if err := c.WritePacket(sw); err != nil {
+			return err
+		}
+		var err error
+		if authData, err = c.ReadPacket(); err != nil {
+			return err
+		}
+	}
 	if plugin == gomysql.AUTH_CACHING_SHA2_PASSWORD && !emptyPassword(authData) {
 		// A client that sent a scramble waits for "fast auth success"
 		// before the OK; one without a password expects the OK at once.

@@ -129,7 +129,7 @@ func (srv *Server) handshakeServer(plugin string) *server.Server {
 	// caching_sha2_password wants an RSA key for full authentication;
 	// dbproxy never does full authentication (it checks no password), so
 	// a throwaway key satisfies the constructor.
-	s := server.NewServerWithAuth(srv.opts.ServerVersion, collationUTF8MB4GeneralCI, plugin, throwawayKey(plugin), nil, acceptIdentity{})
+	s := server.NewServerWithAuth(srv.opts.ServerVersion, collationUTF8MB4GeneralCI, plugin, throwawayKey(plugin), nil, acceptIdentity{greeting: plugin})
 	srv.gm[plugin] = s
 	return s
 }
