@@ -296,9 +296,15 @@ func (s *session) relay(gen *creds.Generation) (string, bool) {
 			s.sendError(pe)
 			return "server_error", false
 		}
-		// The server ended the session (its ERR, if any, was relayed).
-		_ = s.client.Close()
+		// The server ended the session. Its ERR, if it sent one, was
+		// relayed; if a command is still unanswered, say what happened
+		// instead of leaving the client with a bare close.
+		_ = s.client.SetReadDeadline(time.Unix(1, 0))
 		<-cliDone
+		if !s.track.idle() {
+			s.sendError(&Error{Code: erUnknownError, State: "08S01",
+				Message: fmt.Sprintf("Lost connection to backend %s during a command (%v): the database closed the connection; see its log", s.backend.Name, err)})
+		}
 		return "server_closed", false
 	case <-gen.Expired():
 		s.stopRelay(up, upDone, cliDone)

@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"database/sql"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +20,9 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/hashicorp/vault/api"
+
+	"github.com/dbproxy/dbproxy/test/integration/harness"
 )
 
 // myStack is one dbproxy in front of the shared MariaDB, with a sidecar
@@ -526,4 +531,299 @@ func tlsConfigFor(t *testing.T, name string, ca *testCA, cert, key string) strin
 		t.Fatal(err)
 	}
 	return name
+}
+
+// closedWith reads from m until the proxy closes the connection and
+// returns the error code of an ERR packet it sent before (0 if none). It
+// fails if the connection is still open after 10 seconds.
+func closedWith(t *testing.T, m *rawMy) uint16 {
+	t.Helper()
+	_ = m.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var code uint16
+	for {
+		_, b, err := m.tryRead()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("connection still open 10s after a malformed packet")
+			}
+			return code
+		}
+		if len(b) >= 3 && b[0] == 0xff && code == 0 {
+			code = binary.LittleEndian.Uint16(b[1:])
+		}
+	}
+}
+
+func TestMySQLMalformedPackets(t *testing.T) {
+	s := startMyStack(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", s.sidecar)
+	hdr := func(n int, seq byte) []byte { return []byte{byte(n), byte(n >> 8), byte(n >> 16), seq} }
+	rssBefore := proxyRSS(t, s.proxy)
+
+	for _, phase := range []string{"handshake", "command"} {
+		open := func(t *testing.T) *rawMy {
+			if phase == "handshake" {
+				return rawMyDial(t, addr)
+			}
+			return rawMyLogin(t, s.sidecar, "app", "appdb")
+		}
+		seq := byte(1) // the handshake response's sequence number
+		if phase == "command" {
+			seq = 0
+		}
+		t.Run(phase+": truncated header", func(t *testing.T) {
+			m := open(t)
+			_, _ = m.c.Write([]byte{5, 0})
+			_ = m.c.(*net.TCPConn).CloseWrite()
+			closedWith(t, m)
+		})
+		t.Run(phase+": length beyond the packet", func(t *testing.T) {
+			m := open(t)
+			_, _ = m.c.Write(append(hdr(1000, seq), "0123456789"...))
+			_ = m.c.(*net.TCPConn).CloseWrite()
+			closedWith(t, m)
+		})
+		t.Run(phase+": zero length", func(t *testing.T) {
+			m := open(t)
+			_, _ = m.c.Write(hdr(0, seq))
+			want := uint16(1043) // bad handshake
+			if phase == "command" {
+				want = 1835 // malformed packet
+			}
+			if code := closedWith(t, m); code != want {
+				t.Fatalf("want ERR %d, got %d", want, code)
+			}
+		})
+		t.Run(phase+": sequence out of order", func(t *testing.T) {
+			m := open(t)
+			payload := myHandshakeResponse("app", "appdb")
+			if phase == "command" {
+				payload = append([]byte{3}, "select 1"...)
+			}
+			m.write(t, seq+4, payload)
+			if code := closedWith(t, m); code != 1156 {
+				t.Fatalf("want ERR 1156 packets out of order, got %d", code)
+			}
+		})
+		t.Run(phase+": 16 MB+ multi-packet payload", func(t *testing.T) {
+			m := open(t)
+			// A COM_QUERY of 17 MB: one full 16 MB packet and the rest.
+			body := make([]byte, 17<<20)
+			copy(body, "\x03select '")
+			for i := 9; i < len(body)-1; i++ {
+				body[i] = 'a'
+			}
+			body[len(body)-1] = '\''
+			go func() {
+				_, _ = m.c.Write(append(hdr(0xffffff, seq), body[:0xffffff]...))
+				_, _ = m.c.Write(append(hdr(len(body)-0xffffff, seq+1), body[0xffffff:]...))
+			}()
+			code := closedWith(t, m)
+			if code == 0 {
+				t.Fatal("closed without an ERR packet")
+			}
+			t.Logf("ERR %d", code)
+		})
+	}
+	if grew := proxyRSS(t, s.proxy) - rssBefore; grew > 64<<20 {
+		t.Fatalf("proxy RSS grew by %d bytes", grew)
+	}
+	var n int
+	if err := openMy(t, s.dsn(s.sidecar, "")).QueryRow("select 1").Scan(&n); err != nil {
+		t.Fatalf("proxy no longer serves: %v", err)
+	}
+	if !strings.Contains(s.proxy.log(), `"result":"client_error"`) {
+		t.Fatal("no session ended with result client_error")
+	}
+}
+
+// myLeaseStack is a dbproxy in front of MariaDB with a short-lived role.
+type myLeaseStack struct {
+	proxy   *proxyProc
+	port    int
+	role    string
+	auditTo string
+}
+
+func startMyLeaseStack(t *testing.T, role string, ttl, maxTTL time.Duration) *myLeaseStack {
+	t.Helper()
+	ctx := context.Background()
+	if err := Vault.ConfigureMySQL(ctx, Maria, harness.RoleOptions{Mount: Mount, Role: role, DefaultTTL: ttl, MaxTTL: maxTTL}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	s := &myLeaseStack{port: freePort(t), role: role, auditTo: filepath.Join(dir, "audit.log")}
+	auditPath := "dbproxy-" + role
+	if err := Vault.Client.Sys().EnableAuditWithOptions(auditPath, &api.EnableAuditOptions{
+		Type: "file", Options: map[string]string{"file_path": s.auditTo},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = Vault.Client.Sys().DisableAudit(auditPath) })
+	cfg := fmt.Sprintf(`
+vault:
+  address: %s
+  request_timeout: 1s
+  auth: { method: token, token_file: %q }
+backends:
+  appdb:
+    protocol: mysql
+    address: %s
+    vault_role: %s
+    pool: { max_connections: 20 }
+    lease: { safety_margin: 3s, revoke_grace: 2s, max_issue_per_minute: 20 }
+listeners:
+  - { name: sidecar, protocol: mysql, address: "127.0.0.1:%d", identity: app }
+identities:
+  app:
+    grants: [ { backend: appdb } ]
+admin: { address: "{{ADMIN}}" }
+`, Vault.Addr, vaultTokenFile(t, dir), Maria.Addr(), role, s.port)
+	s.proxy = startProxy(t, dir, cfg, true)
+	return s
+}
+
+// myTransaction opens a session, runs one binary prepared statement and
+// returns the Vault user it ran as.
+func myTransaction(dsn string, i int) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	var user string
+	var n int
+	if err := db.QueryRowContext(ctx, "select current_user(), ? + 1", i).Scan(&user, &n); err != nil {
+		return "", err
+	}
+	if n != i+1 {
+		return "", fmt.Errorf("wrong result %d for %d", n, i)
+	}
+	return strings.SplitN(user, "@", 2)[0], nil
+}
+
+// mysqlVaultUsers lists the MariaDB users Vault made for role.
+func mysqlVaultUsers(t *testing.T, role string) []string {
+	t.Helper()
+	db, err := sql.Open("mysql", Maria.AdminDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// Vault's default username template truncates the role name to 10.
+	rows, err := db.Query("select user from mysql.user where user like ? order by 1", "v-%-"+role[:min(10, len(role))]+"-%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
+func TestMySQLRotationUnderLoad(t *testing.T) {
+	s := startMyLeaseStack(t, "mysql-rot", shortTTL, shortMaxTTL)
+	dsn := fmt.Sprintf("app@tcp(127.0.0.1:%d)/appdb?timeout=10s", s.port)
+	start := time.Now()
+	l := &load{users: map[string]bool{}, stop: make(chan struct{})}
+	for c := range 8 {
+		l.wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				user, err := myTransaction(dsn, c*1_000_000+i)
+				l.mu.Lock()
+				if err != nil {
+					l.failed.Add(1)
+					l.errs = append(l.errs, err.Error())
+				} else {
+					l.ok.Add(1)
+					l.users[user] = true
+				}
+				l.mu.Unlock()
+				if err != nil {
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+		})
+	}
+	// Three rotations at half of a 15s max TTL take about 23s; run 27s.
+	time.Sleep(27 * time.Second)
+	l.finish()
+	t.Logf("%d transactions in %v, %d failed, %d distinct database users", l.ok.Load(), time.Since(start).Round(time.Second), l.failed.Load(), len(l.users))
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d client errors, first: %v", l.failed.Load(), l.errs[:min(3, len(l.errs))])
+	}
+	if len(l.users) < 4 {
+		t.Fatalf("saw %d database users; want at least 4 (3 rotations)", len(l.users))
+	}
+	if creds := auditCount(t, s.auditTo, Mount+"/creds/"+s.role); creds != len(l.users) && creds != len(l.users)+1 {
+		t.Fatalf("Vault saw %d creds reads for %d generations used by 8 clients; want one per generation", creds, len(l.users))
+	}
+	// Superseded generations are revoked once drained: only the live
+	// generation's user (two during a rotation) remains in mysql.user.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		live := s.proxy.leases(t)
+		users := mysqlVaultUsers(t, s.role)
+		liveUsers := map[string]bool{}
+		for _, g := range live {
+			liveUsers[g.Username] = true
+		}
+		orphans := 0
+		for _, u := range users {
+			if !liveUsers[u] {
+				orphans++
+			}
+		}
+		if len(users) == 0 {
+			t.Fatal("no Vault-made user found in mysql.user: the pattern does not match Vault's user names")
+		}
+		if orphans == 0 && len(live) <= 2 {
+			t.Logf("users left: %v; live generations: %d", users, len(live))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("users %v still exist with live generations %+v", users, live)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if revokes := auditCount(t, s.auditTo, "sys/leases/revoke"); revokes < 3 {
+		t.Fatalf("dbproxy revoked %d leases; want every superseded one (>= 3)", revokes)
+	}
+}
+
+func TestMySQLIdleSessionClosedBeforeHardEnd(t *testing.T) {
+	s := startMyLeaseStack(t, "mysql-idle", shortTTL, shortMaxTTL)
+	m := rawMyLogin(t, s.port, "app", "appdb")
+	defer m.c.Close()
+	gens := s.proxy.leases(t)
+	if len(gens) == 0 || gens[len(gens)-1].HardEnd.IsZero() {
+		t.Fatalf("want a generation with a known hard end, got %+v", gens)
+	}
+	hardEnd := gens[len(gens)-1].HardEnd
+	_ = m.c.SetReadDeadline(time.Now().Add(shortMaxTTL + 5*time.Second))
+	code, msg := m.errPacket(t)
+	got := time.Now()
+	if code != 1927 || !strings.Contains(msg, "end of its lease") || !strings.Contains(msg, "reconnecting is safe") {
+		t.Fatalf("want ERR 1927 about the lease end, got %d %q", code, msg)
+	}
+	if !got.Before(hardEnd) {
+		t.Fatalf("closed at %v, after the credential's hard end %v", got, hardEnd)
+	}
+	if _, err := myTransaction(fmt.Sprintf("app@tcp(127.0.0.1:%d)/appdb?timeout=10s", s.port), 1); err != nil {
+		t.Fatalf("reconnect failed: %v", err)
+	}
 }
