@@ -386,6 +386,16 @@ func TestMySQLProxy(t *testing.T) {
 		if sess := s.sessionsJSON(t); !strings.Contains(sess, `"identity":"orders"`) || !strings.Contains(sess, `"method":"mtls"`) {
 			t.Fatalf("admin sessions: %s", sess)
 		}
+		// What a DBA sees: the upstream session's program_name.
+		var tid int
+		if err := db.QueryRowContext(ctx, "select connection_id()").Scan(&tid); err != nil {
+			t.Fatal(err)
+		}
+		var prog string
+		err := openMy(t, Maria.AdminDSN()).QueryRowContext(ctx, "select attr_value from performance_schema.session_connect_attrs where processlist_id = ? and attr_name = 'program_name'", tid).Scan(&prog)
+		if err != nil || prog != "dbproxy:orders:myapp" {
+			t.Fatalf("program_name %q, %v", prog, err)
+		}
 	})
 
 	t.Run("mTLS with a certificate from another CA is rejected", func(t *testing.T) {

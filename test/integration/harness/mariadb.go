@@ -142,6 +142,9 @@ func (m *MariaDB) start(ctx context.Context, mariadbd string) error {
 		"--innodb-doublewrite=0",
 		"--character-set-server=utf8mb4",
 		"--collation-server=utf8mb4_general_ci",
+		// DBAs see dbproxy's connection attributes (program_name) in
+		// performance_schema.session_connect_attrs; tests check them.
+		"--performance-schema=ON",
 	}
 	if os.Geteuid() == 0 {
 		args = append(args, "--user=root")
