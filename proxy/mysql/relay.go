@@ -545,6 +545,17 @@ func (s *session) upstreamToClient() error {
 				return err
 			}
 		}
+		// Bookkeeping first: once the client has the packet it may act
+		// on it (and ask the admin API, or quit).
+		if ev.hasStatus {
+			s.status.Store(uint32(ev.status))
+		}
+		s.nextSeq.Store(uint32(seq + 1))
+		if ev.done && s.track.idle() {
+			// The client's next command starts at 0; an error we send
+			// in between is the answer to it.
+			s.nextSeq.Store(1)
+		}
 		s.wmu.Lock()
 		m, err := copyPacket(up.br, s.cbw, n)
 		s.bytesOut.Add(int64(m))
@@ -559,15 +570,6 @@ func (s *session) upstreamToClient() error {
 			return err
 		}
 		cont = n == maxPayload
-		if ev.hasStatus {
-			s.status.Store(uint32(ev.status))
-		}
-		s.nextSeq.Store(uint32(seq + 1))
-		if ev.done && s.track.idle() {
-			// The client's next command starts at 0; an error we send
-			// in between is the answer to it.
-			s.nextSeq.Store(1)
-		}
 	}
 }
 
