@@ -161,6 +161,7 @@ func (p *pipeClient) write(payload []byte) error {
 	copy(b[4:], payload)
 	_ = p.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, err := p.c.Write(b)
+	p.seq++
 	return err
 }
 

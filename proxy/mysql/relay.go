@@ -123,7 +123,7 @@ func peekPacket(r *bufio.Reader) (n int, seq byte, head []byte, err error) {
 	n, seq = payloadLen(hdr), hdr[3]
 	want := n
 	if 4+want > r.Size() {
-		want = headPeek
+		want = min(headPeek, r.Size()-4)
 	}
 	b, err := r.Peek(4 + want)
 	if err != nil {
