@@ -1,12 +1,14 @@
 package mysql
 
 import (
+	"context"
 	"errors"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"go.uber.org/zap"
 )
@@ -104,6 +106,77 @@ func FuzzClientHandshake(f *testing.F) {
 			if !errors.As(a.loginErr, &le) || (le.Code != erDBAccessDenied && le.Code != erNoDB) {
 				t.Fatalf("well-formed response %+v did not reach the login: %v (login %v)", r, err, a.loginErr)
 			}
+		}
+	})
+}
+
+// FuzzUpstreamHandshake plays a server that answers dbproxy's upstream
+// login with arbitrary bytes: a greeting, then one more packet (OK, ERR,
+// an auth switch...). Whatever it sends, the login fails or succeeds
+// without a panic, and never sends the password in clear text on a
+// connection without TLS.
+func FuzzUpstreamHandshake(f *testing.F) {
+	greet := func(caps uint32, plugin string) []byte {
+		g := []byte{10}
+		g = append(g, "10.11.9-MariaDB\x00"...)
+		g = append(g, 7, 0, 0, 0, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 0, byte(caps), byte(caps>>8), 45, 2, 0, byte(caps>>16), byte(caps>>24), 21)
+		g = append(g, make([]byte, 10)...)
+		g = append(g, "ijklmnopqrst\x00"...)
+		return append(append(g, plugin...), 0)
+	}
+	f.Add(greet(fakeCaps, "mysql_native_password"), []byte{0, 0, 0, 2, 0, 0, 0})
+	f.Add(greet(fakeCaps, "caching_sha2_password"), []byte{1, 3})
+	f.Add(greet(fakeCaps, "mysql_native_password"), append([]byte{0xfe}, "mysql_clear_password\x00"...))
+	f.Add(greet(fakeCaps, "mysql_native_password"), append([]byte{0xfe}, "client_ed25519\x00abcdefghijklmnopqrstuvwxyz012345\x00"...))
+	f.Add(greet(fakeCaps, "mysql_native_password"), append([]byte{0xff, 0x15, 0x04}, "#28000denied"...))
+	f.Add(greet(proxyCaps&^gomysql.CLIENT_PLUGIN_AUTH, ""), []byte{0, 0, 0, 2, 0, 0, 0})
+	f.Add([]byte{10, 'x'}, []byte{})
+	f.Add([]byte{0xff, 0x10, 0x04, 'T', 'o', 'o'}, []byte{})
+
+	f.Fuzz(func(t *testing.T, greeting, answer []byte) {
+		if len(greeting) > maxHandshakePacket || len(answer) > maxHandshakePacket {
+			return
+		}
+		c, sc := net.Pipe()
+		// The fake says one thing and then waits: a login that wants
+		// more ends at this deadline.
+		deadline := time.Now().Add(500 * time.Millisecond)
+		_ = c.SetDeadline(deadline)
+		_ = sc.SetDeadline(deadline)
+		var gate *clientGate
+		dialer := func(context.Context, string, string) (net.Conn, error) {
+			gate = newClientGate(c, nil, false, gomysql.CLIENT_DEPRECATE_EOF)
+			return gate, nil
+		}
+		const password = "s3cr3t-pass"
+		server := make(chan []byte, 1)
+		go func() {
+			defer sc.Close()
+			var got []byte
+			defer func() { server <- got }()
+			p := &pipeClient{c: sc}
+			if p.write(greeting) != nil {
+				return
+			}
+			for i := 0; i < 3; i++ {
+				_, b, err := p.read(t)
+				if err != nil {
+					return
+				}
+				got = append(got, b...)
+				if i == 0 && p.write(answer) != nil {
+					return
+				}
+			}
+		}()
+		_, err := connect(context.Background(), "tcp", "fake:3306", "v-user", password, "appdb", dialer, func(*client.Conn) error { return nil })
+		c.Close()
+		sent := <-server
+		if err != nil && strings.Contains(err.Error(), "panicked") {
+			t.Fatalf("go-mysql client panicked behind the gate: %v", err)
+		}
+		if strings.Contains(string(sent), password) {
+			t.Fatalf("password sent in clear text without TLS (greeting %x, answer %x)", greeting, answer)
 		}
 	})
 }

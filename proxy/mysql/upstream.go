@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -309,7 +312,7 @@ func (g *clientGate) Read(p []byte) (int, error) {
 	}
 	seq, payload, err := g.readWire()
 	if err == nil {
-		err = g.check(payload)
+		payload, err = g.check(payload)
 	}
 	if err != nil {
 		g.err = err
@@ -320,43 +323,87 @@ func (g *clientGate) Read(p []byte) (int, error) {
 	return g.serve(p), nil
 }
 
-func (g *clientGate) check(p []byte) error {
+// check vets a server packet before go-mysql parses it, and normalizes
+// what go-mysql would index blindly: it is a server we log in to with a
+// secret, but a broken or hostile one must cost a failed login, not the
+// process (connect also recovers, as a last resort).
+func (g *clientGate) check(p []byte) ([]byte, error) {
 	if len(p) == 0 {
-		return errors.New("empty packet from the server")
+		return nil, errors.New("empty packet from the server")
 	}
 	if g.reads == 0 {
 		if p[0] == 0xff {
-			return nil // go-mysql reports the server's refusal
+			if len(p) < 3 {
+				return nil, errors.New("truncated ERR packet from the server")
+			}
+			return p, nil // go-mysql reports the server's refusal
 		}
 		gr, err := parseGreeting(p)
 		if err != nil {
-			return fmt.Errorf("server greeting: %w", err)
+			return nil, fmt.Errorf("server greeting: %w", err)
 		}
 		g.greeting = gr
 		if g.tlsCfg != nil && gr.caps&gomysql.CLIENT_SSL == 0 {
-			return errors.New("the server does not offer TLS, which the backend's tls mode requires")
+			return nil, errors.New("the server does not offer TLS, which the backend's tls mode requires")
 		}
 		if missing := g.want &^ gr.caps; missing != 0 {
-			return fmt.Errorf("the server lacks capabilities the client negotiated with dbproxy: %s", capNames(missing))
+			return nil, fmt.Errorf("the server lacks capabilities the client negotiated with dbproxy: %s", capNames(missing))
 		}
-		return nil
+		return p, nil
 	}
 	switch p[0] {
 	case 0xfe: // auth switch request
-		name := p[1:]
-		if i := bytes.IndexByte(name, 0); i >= 0 {
-			name = name[:i]
+		name, data, found := bytes.Cut(p[1:], []byte{0})
+		if !found {
+			return nil, errors.New("auth switch request without a NUL-terminated plugin name")
 		}
 		if !upstreamPluginAllowed(string(name), g.tlsCfg != nil, g.allowClear) {
-			return fmt.Errorf("the server asked for authentication plugin %q, which would send the password in clear text over a connection that is not encrypted: set the backend's tls mode (or allow_insecure_auth)", name)
+			return nil, fmt.Errorf("the server asked for authentication plugin %q, which would send the password in clear text over a connection that is not encrypted: set the backend's tls mode (or allow_insecure_auth)", name)
+		}
+		if (string(name) == gomysql.AUTH_NATIVE_PASSWORD || string(name) == gomysql.AUTH_CACHING_SHA2_PASSWORD) && len(data) < 20 {
+			return nil, fmt.Errorf("auth switch to %s with a %d byte scramble", name, len(data))
+		}
+	case gomysql.MORE_DATE_HEADER:
+		switch {
+		case len(p) < 2:
+			return nil, errors.New("empty AuthMoreData packet from the server")
+		case len(p) > 2:
+			// A public key (sha256_password, caching_sha2_password
+			// without TLS); go-mysql assumes a PEM RSA key.
+			blk, _ := pem.Decode(p[1:])
+			if blk == nil {
+				return nil, errors.New("the server's public key is not PEM")
+			}
+			if k, err := x509.ParsePKIXPublicKey(blk.Bytes); err != nil {
+				return nil, fmt.Errorf("the server's public key: %w", err)
+			} else if _, ok := k.(*rsa.PublicKey); !ok {
+				return nil, fmt.Errorf("the server's public key is a %T, not RSA", k)
+			}
 		}
 	case 0x00:
-		g.authOK = true
-		if st, ok := okStatus(p); ok {
-			g.status = st
+		st, ok := okStatus(p)
+		if !ok {
+			return nil, errors.New("malformed OK packet from the server")
 		}
+		g.authOK = true
+		g.status = st
+		// go-mysql needs only the status; session state changes in a
+		// login OK are not the client's business (it gets its own OK).
+		st &^= gomysql.SERVER_SESSION_STATE_CHANGED
+		return []byte{0, 0, 0, byte(st), byte(st >> 8), 0, 0}, nil
+	case 0xff:
+		if len(p) < 9 || p[3] != '#' {
+			// Pre-4.1 form, without SQLSTATE; go-mysql reads one.
+			if len(p) < 3 {
+				return nil, errors.New("truncated ERR packet from the server")
+			}
+			return append(append([]byte{0xff, p[1], p[2], '#'}, "HY000"...), p[3:]...), nil
+		}
+	default:
+		// go-mysql would take it for an ERR packet.
+		return nil, fmt.Errorf("unexpected packet 0x%02x from the server during login", p[0])
 	}
-	return nil
+	return p, nil
 }
 
 // upstreamPluginAllowed: plugins that never reveal the password, and clear
@@ -459,9 +506,6 @@ func parseGreeting(p []byte) (*greeting, error) {
 	if gr.caps&gomysql.CLIENT_PROTOCOL_41 == 0 {
 		return nil, errors.New("the server does not speak protocol 4.1")
 	}
-	if len(p) == pos {
-		return gr, nil
-	}
 	if len(p) < pos+1+2+2+1+10 {
 		return nil, errors.New("truncated")
 	}
@@ -472,11 +516,17 @@ func parseGreeting(p []byte) (*greeting, error) {
 	pos += 2
 	authLen := int(p[pos])
 	pos += 1 + 10
-	if gr.caps&gomysql.CLIENT_SECURE_CONNECTION != 0 {
-		pos += max(authLen-8, 13)
-		if len(p) < pos {
-			return nil, errors.New("truncated scramble")
-		}
+	// Every password plugin wants the 20-byte scramble, whose second
+	// part only a CLIENT_SECURE_CONNECTION greeting has.
+	if gr.caps&gomysql.CLIENT_SECURE_CONNECTION == 0 {
+		return nil, errors.New("the server does not offer CLIENT_SECURE_CONNECTION")
+	}
+	if gr.caps&gomysql.CLIENT_PLUGIN_AUTH == 0 && authLen > 0 {
+		return nil, errors.New("auth data length without CLIENT_PLUGIN_AUTH")
+	}
+	pos += max(authLen-8, 13)
+	if len(p) < pos {
+		return nil, errors.New("truncated scramble")
 	}
 	if gr.caps&gomysql.CLIENT_PLUGIN_AUTH != 0 {
 		i := bytes.IndexByte(p[pos:], 0)
