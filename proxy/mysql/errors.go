@@ -49,10 +49,6 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-func newError(code uint16, state, format string, args ...any) *Error {
-	return &Error{Code: code, State: state, Message: fmt.Sprintf(format, args...)}
-}
-
 // class is the SQLSTATE class, the metrics label for dbproxy's errors.
 func (e *Error) class() string {
 	if len(e.State) < 2 {
