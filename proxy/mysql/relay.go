@@ -497,9 +497,11 @@ func (s *session) clientToUpstream() error {
 					continue
 				}
 			}
-			if cmd == gomysql.COM_SET_OPTION || cmd == gomysql.COM_INIT_DB {
-				// Session state that COM_RESET_CONNECTION may not
-				// restore: do not hand this connection to another client.
+			if cmd == gomysql.COM_SET_OPTION {
+				// The multi-statement switch is connection state that
+				// COM_RESET_CONNECTION is not documented to restore: do
+				// not hand this connection to another client. (The
+				// database, changed by COM_INIT_DB or USE, Reset restores.)
 				s.dirty.Store(true)
 			}
 			s.track.expect(kind)

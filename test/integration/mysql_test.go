@@ -288,6 +288,19 @@ func TestMySQLProxy(t *testing.T) {
 		}
 	})
 
+	t.Run("LOAD DATA LOCAL INFILE is refused", func(t *testing.T) {
+		out, err := mariadbCLI(t, "-h", "127.0.0.1", "-P", port, "-u", "app", "-D", "appdb", "--local-infile=1", "-e",
+			"load data local infile '/etc/hostname' into table my_tx")
+		// The server refuses it: dbproxy never offers CLIENT_LOCAL_FILES.
+		if err == nil || (!strings.Contains(out, "4166") && !strings.Contains(out, "1148")) {
+			t.Fatalf("LOAD DATA LOCAL INFILE: want ERROR 4166 or 1148, got %v: %s", err, out)
+		}
+		var n int
+		if err := openMy(t, s.dsn(s.sidecar, "")).QueryRowContext(ctx, "select count(*) from my_tx where id > 1000").Scan(&n); err != nil || n != 0 {
+			t.Fatalf("rows loaded: %d %v", n, err)
+		}
+	})
+
 	t.Run("KILL QUERY from a second connection", func(t *testing.T) {
 		db := openMy(t, s.dsn(s.sidecar, ""))
 		c1, err := db.Conn(ctx)
@@ -835,5 +848,24 @@ func TestMySQLIdleSessionClosedBeforeHardEnd(t *testing.T) {
 	}
 	if _, err := myTransaction(fmt.Sprintf("app@tcp(127.0.0.1:%d)/appdb?timeout=10s", s.port), 1); err != nil {
 		t.Fatalf("reconnect failed: %v", err)
+	}
+}
+
+func TestMySQLShutdown(t *testing.T) {
+	s := startMyLeaseStack(t, "mysql-stop", time.Hour, 2*time.Hour)
+	m := rawMyLogin(t, s.port, "app", "appdb")
+	defer m.c.Close()
+	if len(mysqlVaultUsers(t, s.role)) != 1 {
+		t.Fatalf("want the live generation's user, got %v", mysqlVaultUsers(t, s.role))
+	}
+	if err := s.proxy.stop(t); err != nil {
+		t.Fatalf("dbproxy exit: %v", err)
+	}
+	code, msg := m.errPacket(t)
+	if code != 1053 || !strings.Contains(msg, "shutting down") {
+		t.Fatalf("idle session at shutdown: want ERR 1053, got %d %q", code, msg)
+	}
+	if users := mysqlVaultUsers(t, s.role); len(users) != 0 {
+		t.Fatalf("users left after a graceful stop: %v (lease should be revoked)", users)
 	}
 }
