@@ -166,32 +166,16 @@ func (g *serverGate) Read(p []byte) (int, error) {
 	if g.err != nil {
 		return 0, g.err
 	}
-	seq, payload, err := g.readWire()
+	seq, payload, err := g.next()
 	if err != nil {
-		var pe *Error
-		if errors.As(err, &pe) {
-			return 0, g.fail(pe)
-		}
-		g.err = err
 		return 0, err
-	}
-	if seq != g.wantSeq {
-		return 0, g.fail(outOfOrder(g.wantSeq, seq))
 	}
 	if g.resp == nil && g.tlsState == nil && len(payload) == sslRequestLen {
 		if err := g.startTLS(payload); err != nil {
 			return 0, err
 		}
-		if seq, payload, err = g.readWire(); err != nil {
-			var pe *Error
-			if errors.As(err, &pe) {
-				return 0, g.fail(pe)
-			}
-			g.err = err
+		if seq, payload, err = g.next(); err != nil {
 			return 0, err
-		}
-		if seq != g.wantSeq {
-			return 0, g.fail(outOfOrder(g.wantSeq, seq))
 		}
 	}
 	if g.resp == nil {
@@ -204,6 +188,24 @@ func (g *serverGate) Read(p []byte) (int, error) {
 	g.wantSeq = seq + 1
 	g.setIn(seq-g.offset, payload)
 	return g.serve(p), nil
+}
+
+// next reads the client's next packet and checks its size and sequence
+// number.
+func (g *serverGate) next() (byte, []byte, error) {
+	seq, payload, err := g.readWire()
+	if err != nil {
+		var pe *Error
+		if errors.As(err, &pe) {
+			return 0, nil, g.fail(pe)
+		}
+		g.err = err
+		return 0, nil, err
+	}
+	if seq != g.wantSeq {
+		return 0, nil, g.fail(outOfOrder(g.wantSeq, seq))
+	}
+	return seq, payload, nil
 }
 
 // sslRequestLen is the payload length of an SSLRequest: the first 32

@@ -127,13 +127,17 @@ func (s *session) refused(err, loginErr, gateErr error) {
 		s.log.Debug("client left during the handshake", zap.Error(err))
 		return
 	}
-	ce := asClientError(s.backendName(), cause)
 	var told *Error
 	if errors.As(cause, &told) || loginErr != nil {
+		ce := asClientError(s.backendName(), cause)
 		s.srv.metrics.errors.WithLabelValues(ce.class()).Inc()
+		s.log.Info("client refused", zap.Uint16("code", ce.Code), zap.String("sqlstate", ce.State),
+			zap.String("identity", s.id.Name), zap.String("backend", s.backendName()), zap.Error(cause))
+		return
 	}
-	s.log.Info("client refused", zap.Uint16("code", ce.Code), zap.String("sqlstate", ce.State),
-		zap.String("identity", s.id.Name), zap.String("backend", s.backendName()), zap.Error(cause))
+	// TLS or go-mysql's own failure: nothing of dbproxy's reached the
+	// client.
+	s.log.Info("client handshake failed", zap.String("backend", s.backendName()), zap.Error(cause))
 }
 
 func (s *session) backendName() string {
