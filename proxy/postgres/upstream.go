@@ -27,6 +27,8 @@ type Backend struct {
 	// require_auth. Default scram-sha-256.
 	RequireAuth    string
 	ConnectTimeout time.Duration
+	// Mode is session or transaction (pooling).
+	Mode string
 }
 
 // upstream is one hijacked, authenticated connection to PostgreSQL.
