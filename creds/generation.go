@@ -174,6 +174,23 @@ func (g *Generation) startDrain(reason string, deadline time.Time) {
 func (g *Generation) expire() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.expireLocked()
+}
+
+// retireIfUnused expires a superseded generation that no connection
+// holds, in one step with respect to Acquire: once it says true, no new
+// connection can start with a credential about to be revoked.
+func (g *Generation) retireIfUnused() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.state == Active || g.refs > 0 {
+		return false
+	}
+	g.expireLocked()
+	return true
+}
+
+func (g *Generation) expireLocked() {
 	if g.state >= Expired {
 		return
 	}

@@ -505,7 +505,7 @@ func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 			state = Expired
 		}
 	}
-	if state != Active && refs == 0 {
+	if state != Active && refs == 0 && g.retireIfUnused() {
 		return s.revoke(ctx, g)
 	}
 	if state >= Expired {

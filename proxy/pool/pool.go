@@ -60,6 +60,10 @@ func (e *ExhaustedError) Error() string {
 // Is makes errors.Is(err, ErrExhausted) true.
 func (e *ExhaustedError) Is(target error) bool { return target == ErrExhausted }
 
+// errSuperseded means the generation a checkout picked was rotated away
+// before the dial; the checkout retries with the current one.
+var errSuperseded = errors.New("credential generation superseded before use")
+
 // Pool lends upstream connections of the current generation.
 type Pool struct {
 	opts  Options
@@ -131,7 +135,15 @@ func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease,
 			p.open++
 			p.mu.Unlock()
 			closeAll(stale)
-			return p.dial(ctx, gen, key, dial, start)
+			l, err := p.dial(ctx, gen, key, dial, start)
+			if errors.Is(err, errSuperseded) {
+				// Rotated between Current and dial: use the new one.
+				if gen, err = p.creds.Current(ctx); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			return l, err
 		}
 		if len(p.idle) > 0 {
 			// At the cap, but only other keys' connections are idle: close
@@ -159,9 +171,11 @@ func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease,
 }
 
 func (p *Pool) dial(ctx context.Context, gen *creds.Generation, key string, dial DialFunc, start time.Time) (*Lease, error) {
-	if !gen.Acquire() {
+	// A superseded generation would only be closed at the first
+	// transaction boundary, and may be revoked as soon as it is unused.
+	if gen.State() != creds.Active || !gen.Acquire() {
 		p.freeSlot()
-		return nil, fmt.Errorf("credential generation %d of backend %s ended before use", gen.N, p.opts.Backend)
+		return nil, fmt.Errorf("%w: generation %d of backend %s", errSuperseded, gen.N, p.opts.Backend)
 	}
 	c, err := dial(ctx, gen)
 	if err != nil {
@@ -179,12 +193,23 @@ func (p *Pool) dial(ctx context.Context, gen *creds.Generation, key string, dial
 // Return gives the connection back. If reset succeeds and its generation
 // is still current, it waits idle for the next client; otherwise it closes.
 func (l *Lease) Return(ctx context.Context) {
-	p := l.pool
 	if l.Gen.State() != creds.Active {
 		l.Close()
 		return
 	}
 	if err := l.Conn.Reset(ctx); err != nil {
+		l.Close()
+		return
+	}
+	l.Put()
+}
+
+// Put gives the connection back without resetting it: transaction pooling
+// returns connections at transaction boundaries, where nothing of one
+// client's transaction is left. A superseded generation's connection closes.
+func (l *Lease) Put() {
+	p := l.pool
+	if l.Gen.State() != creds.Active {
 		l.Close()
 		return
 	}

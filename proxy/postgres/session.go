@@ -36,6 +36,11 @@ type session struct {
 	params  *startupParams
 	role    string
 
+	pool    *pool.Pool
+	poolKey string
+	dialer  pool.DialFunc
+	txnMode bool
+
 	mu        sync.Mutex
 	lease     *pool.Lease
 	cancelPID uint32
@@ -201,7 +206,8 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(s.srv.opts.StartupTimeout))
 	defer cancel()
-	lease, err := pl.Checkout(ctx, p.key(appName), func(ctx context.Context, gen *creds.Generation) (pool.Conn, error) {
+	s.pool, s.poolKey, s.txnMode = pl, p.key(appName), b.Mode == "transaction"
+	s.dialer = func(ctx context.Context, gen *creds.Generation) (pool.Conn, error) {
 		u, err := dial(ctx, b, gen, runtime)
 		if err != nil {
 			var pe *pgconn.PgError
@@ -213,7 +219,8 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 			return nil, err
 		}
 		return u, nil
-	})
+	}
+	lease, err := pl.Checkout(ctx, s.poolKey, s.dialer)
 	if err != nil {
 		return err
 	}
@@ -252,7 +259,19 @@ func (s *session) run() {
 	defer m.clients.WithLabelValues(b, s.id.Name).Dec()
 	defer s.srv.cancels.forget(s.cancelPID)
 	gen := s.lease.Gen
-	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
+	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N), zap.Bool("transaction_pooling", s.txnMode))
+	if s.txnMode {
+		// The connection used for the greeting goes back until the
+		// client's first transaction.
+		s.mu.Lock()
+		lease := s.lease
+		s.lease = nil
+		s.mu.Unlock()
+		lease.Put()
+		result := s.runTxn()
+		s.logEnd(b, result, gen.Username, gen.N)
+		return
+	}
 
 	result, reusable := s.relay(gen)
 
@@ -267,11 +286,18 @@ func (s *session) run() {
 	} else {
 		lease.Close()
 	}
-	m.sessions.WithLabelValues(b, s.id.Name, result).Inc()
-	m.bytes.WithLabelValues(b, "client_to_server").Add(float64(s.bytesIn.Load()))
-	m.bytes.WithLabelValues(b, "server_to_client").Add(float64(s.bytesOut.Load()))
-	s.log.Info("session end", zap.String("result", result), zap.String("db_user", gen.Username),
-		zap.Uint64("generation", gen.N), zap.Duration("duration", time.Since(s.started)),
+	s.logEnd(b, result, gen.Username, gen.N)
+}
+
+// logEnd counts and logs the end of a session. In transaction pooling the
+// user and generation are those of the greeting's connection.
+func (s *session) logEnd(backend, result, dbUser string, gen uint64) {
+	m := s.srv.metrics
+	m.sessions.WithLabelValues(backend, s.id.Name, result).Inc()
+	m.bytes.WithLabelValues(backend, "client_to_server").Add(float64(s.bytesIn.Load()))
+	m.bytes.WithLabelValues(backend, "server_to_client").Add(float64(s.bytesOut.Load()))
+	s.log.Info("session end", zap.String("result", result), zap.String("db_user", dbUser),
+		zap.Uint64("generation", gen), zap.Duration("duration", time.Since(s.started)),
 		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))
 }
 
@@ -333,6 +359,13 @@ func (s *session) stopRelay(up *upstream, upDone, cliDone chan error) {
 	<-cliDone
 }
 
+// sendFatalLocked is sendFatal for sessions whose client writes share mu.
+func (s *session) sendFatalLocked(mu *sync.Mutex, e *Error) {
+	mu.Lock()
+	defer mu.Unlock()
+	s.sendFatal(e)
+}
+
 func (s *session) sendFatal(e *Error) {
 	s.srv.metrics.errors.WithLabelValues(e.Code[:2]).Inc()
 	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
@@ -361,7 +394,10 @@ func (s *session) kill(r killReason) {
 }
 
 func (s *session) closeIfIdle() {
-	if s.pending.Load() == 0 && s.txStatus.Load() == 'I' {
+	s.mu.Lock()
+	idle := s.lease == nil
+	s.mu.Unlock()
+	if s.txnMode && idle || !s.txnMode && s.pending.Load() == 0 && s.txStatus.Load() == 'I' {
 		s.kill(killIdleShutdown)
 	}
 }

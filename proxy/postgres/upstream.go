@@ -3,7 +3,9 @@ package postgres
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"strconv"
@@ -40,6 +42,9 @@ type upstream struct {
 	key    []byte
 	params map[string]string
 	addr   string
+	// prepared holds the statements the proxy prepared here under its own
+	// names (transaction pooling); only the session's relay touches it.
+	prepared map[string]bool
 }
 
 // dial logs in to the backend with g's credential via pgconn, then takes
@@ -82,7 +87,8 @@ func dial(ctx context.Context, b *Backend, g *creds.Generation, runtime map[stri
 	return &upstream{
 		conn: hj.Conn, br: bufio.NewReaderSize(hj.Conn, 32<<10), bw: bufio.NewWriterSize(hj.Conn, 32<<10),
 		pid: hj.PID, key: hj.SecretKey, params: hj.ParameterStatuses,
-		addr: net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port))),
+		addr:     net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port))),
+		prepared: map[string]bool{},
 	}, nil
 }
 
@@ -94,6 +100,7 @@ func (u *upstream) Reset(ctx context.Context) error {
 	}
 	_ = u.conn.SetDeadline(dl)
 	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
+	clear(u.prepared) // DISCARD ALL drops them
 	buf, _ := (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
 	if _, err := u.bw.Write(buf); err != nil {
 		return err
@@ -147,4 +154,12 @@ func (u *upstream) cancel(ctx context.Context, timeout time.Duration) error {
 	var one [1]byte
 	_, _ = c.Read(one[:])
 	return nil
+}
+
+// statementName is the proxy's name for a prepared statement: a hash of
+// the Parse message after the name (query and parameter types), so equal
+// statements share one server-side statement across clients.
+func statementName(parseRest []byte) string {
+	h := sha256.Sum256(parseRest)
+	return "dbproxy_" + hex.EncodeToString(h[:12])
 }

@@ -1,0 +1,679 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dbproxy/dbproxy/proxy/pool"
+)
+
+// Transaction pooling: a client holds an upstream connection only from the
+// first message of a transaction to the ReadyForQuery 'I' that ends it.
+//
+// Every message forwarded upstream that the server answers is queued as a
+// request; server messages complete them in order. That tells exactly when
+// the connection is quiescent (queue empty, status idle), and lets the
+// proxy rename prepared statements, prepare them on whichever connection a
+// transaction lands on (swallowing the ParseComplete the client did not
+// ask for) and answer a Parse the connection already has (a fake
+// ParseComplete emitted in the right place).
+
+// reqAction says what happens to a request's completing server message.
+type reqAction uint8
+
+const (
+	actPass    reqAction = iota // relay to the client
+	actSwallow                  // the proxy asked: drop the answer
+	actFake                     // not sent: emit answer when it is its turn
+)
+
+type request struct {
+	typ    byte // frontend message type: P B D E C S Q F
+	action reqAction
+	fake   byte   // for actFake: backend message type to emit
+	pname  string // for swallowed Parse: statement to forget if it fails
+}
+
+// completes reports whether server message typ completes request r.
+func (r request) completes(typ byte) bool {
+	switch r.typ {
+	case 'P':
+		return typ == '1'
+	case 'B':
+		return typ == '2'
+	case 'C':
+		return typ == '3'
+	case 'D':
+		return typ == 'T' || typ == 'n'
+	case 'E':
+		return typ == 'C' || typ == 'I' || typ == 's'
+	default: // S, Q, F
+		return typ == 'Z'
+	}
+}
+
+// stmt is a client's named prepared statement.
+type stmt struct {
+	pname string // name on upstream connections
+	parse []byte // Parse message body with pname, to prepare it anywhere
+}
+
+const (
+	maxClientStatements   = 10000
+	maxUpstreamStatements = 1000
+)
+
+// txnSession is the transaction-pooling state of one client session.
+type txnSession struct {
+	s    *session
+	pool *pool.Pool
+	key  string
+	wmu  sync.Mutex // client writes: the relay and fake answers
+
+	mu sync.Mutex
+	// writing is true while the client reader writes to up outside mu:
+	// the connection must not go back to the pool under its feet.
+	writing bool
+	quiet   *sync.Cond // on mu; broadcast when writing ends or lease goes
+	lease   *pool.Lease
+	up      *upstream
+	queue   []request
+	stmts   map[string]stmt
+	broken  error  // set when the upstream failed mid-transaction
+	emitNow []byte // fake answers forward writes once t.mu is released
+}
+
+// runTxn relays in transaction-pooling mode until the session ends.
+func (s *session) runTxn() string {
+	t := &txnSession{s: s, pool: s.pool, key: s.poolKey, stmts: map[string]stmt{}}
+	t.quiet = sync.NewCond(&t.mu)
+	defer t.detach(false)
+	killed := make(chan string, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go t.watch(killed, stop)
+	for {
+		typ, body, err := t.readClient()
+		if err != nil {
+			select {
+			case r := <-killed:
+				return r
+			default:
+			}
+			t.mu.Lock()
+			broken := t.broken
+			t.mu.Unlock()
+			if broken != nil {
+				s.sendFatalLocked(&t.wmu, asClientError(s.backend.Name, broken))
+				return "server_closed"
+			}
+			if errors.Is(err, errTerminate) {
+				return "ok"
+			}
+			var pe *Error
+			if errors.As(err, &pe) {
+				s.sendFatalLocked(&t.wmu, pe)
+				return "client_error"
+			}
+			return "client_gone"
+		}
+		if err := t.forward(typ, body); err != nil {
+			select {
+			case r := <-killed:
+				return r
+			default:
+			}
+			s.log.Warn("transaction pooling: upstream failed", errField(err))
+			s.sendFatalLocked(&t.wmu, asClientError(s.backend.Name, err))
+			return "upstream_error"
+		}
+	}
+}
+
+// watch ends the session at a kill, or when the upstream it holds
+// reaches its generation's drain deadline. Polling keeps it simple: the
+// deadline is seconds away when it matters, 100ms late is fine.
+func (t *txnSession) watch(killed chan<- string, stop <-chan struct{}) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case r := <-t.s.killCh:
+			killed <- "shutdown"
+			msg := "dbproxy is shutting down"
+			if r == killIdleShutdown {
+				msg = "dbproxy is shutting down; this idle session was closed"
+			}
+			t.abort(&Error{Severity: "FATAL", Code: codeAdminShutdown, Message: msg, Hint: "reconnect to another dbproxy instance or retry shortly"})
+			return
+		case <-tick.C:
+		}
+		t.mu.Lock()
+		l := t.lease
+		t.mu.Unlock()
+		if l == nil {
+			continue
+		}
+		select {
+		case <-l.Gen.Expired():
+		default:
+			continue
+		}
+		killed <- "lease_end"
+		t.abort(&Error{Severity: "FATAL", Code: codeAdminShutdown,
+			Message: fmt.Sprintf("dbproxy closed this session: its transaction outlived the database credential for backend %s (%s)", t.s.backend.Name, reasonText(l.Gen.Reason())),
+			Hint:    "reconnecting is safe: new transactions use a fresh credential"})
+		return
+	}
+}
+
+// abort tells the client why and closes both sides.
+func (t *txnSession) abort(e *Error) {
+	t.detach(false)
+	t.s.sendFatalLocked(&t.wmu, e)
+	_ = t.s.client.Close()
+}
+
+// readClient reads one client message whole, but for COPY data that
+// streams: those are forwarded by readClient itself and return typ 0.
+func (t *txnSession) readClient() (byte, []byte, error) {
+	s := t.s
+	hdr, err := s.cbr.Peek(5)
+	if err != nil {
+		return 0, nil, err
+	}
+	typ := hdr[0]
+	if typ == 'X' {
+		return 0, nil, errTerminate
+	}
+	size := int(binary.BigEndian.Uint32(hdr[1:]))
+	if size < 4 || size-4 > s.srv.opts.MaxMessageBytes {
+		_, _, _, err := copyFrame(s.cbr, bufio.NewWriter(io.Discard), s.srv.opts.MaxMessageBytes)
+		return 0, nil, err
+	}
+	if typ == 'd' || typ == 'c' || typ == 'f' {
+		// COPY from the client belongs to a request already queued.
+		up := t.beginWrite()
+		if up == nil {
+			// The server ended the COPY with an error and the transaction
+			// is over; PostgreSQL drops the rest of the data too.
+			_, _, n, err := copyFrame(s.cbr, bufio.NewWriter(io.Discard), s.srv.opts.MaxMessageBytes)
+			s.bytesIn.Add(int64(n))
+			return 0, nil, err
+		}
+		_, _, n, err := copyFrame(s.cbr, up.bw, s.srv.opts.MaxMessageBytes)
+		s.bytesIn.Add(int64(n))
+		if err == nil && s.cbr.Buffered() == 0 {
+			err = up.bw.Flush()
+		}
+		t.endWrite()
+		return 0, nil, err
+	}
+	body := make([]byte, size-4)
+	if _, err := s.cbr.Discard(5); err != nil {
+		return 0, nil, err
+	}
+	if _, err := io.ReadFull(s.cbr, body); err != nil {
+		return 0, nil, err
+	}
+	s.bytesIn.Add(int64(size + 1))
+	return typ, body, nil
+}
+
+// forward sends one client message upstream, checking a connection out
+// first if the session holds none.
+func (t *txnSession) forward(typ byte, body []byte) error {
+	if typ == 0 {
+		return nil // streamed COPY data
+	}
+	t.mu.Lock()
+	for t.lease == nil {
+		if t.broken != nil {
+			err := t.broken
+			t.mu.Unlock()
+			return err
+		}
+		t.mu.Unlock()
+		if err := t.attach(); err != nil {
+			return err
+		}
+		t.mu.Lock()
+	}
+	up := t.up
+	err := t.rewrite(typ, body)
+	emit := t.emitNow
+	t.emitNow = nil
+	// Flushing may wait for the server to read, which may wait for the
+	// relay to read its answers, which needs mu: flush without it, and
+	// keep the connection from the pool with writing instead.
+	t.writing = true
+	t.mu.Unlock()
+	defer t.endWrite()
+	if err != nil {
+		return err
+	}
+	if len(emit) > 0 {
+		// Answers to requests never sent, due now: every earlier answer
+		// was written (the relay writes under wmu what it popped).
+		t.wmu.Lock()
+		for _, typ := range emit {
+			_, err = t.s.cbw.Write([]byte{typ, 0, 0, 0, 4})
+		}
+		if err == nil {
+			err = t.s.cbw.Flush()
+		}
+		t.wmu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	if t.s.cbr.Buffered() == 0 {
+		return up.bw.Flush()
+	}
+	return nil
+}
+
+// beginWrite returns the upstream held, marked as being written to, or nil.
+func (t *txnSession) beginWrite() *upstream {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.up != nil {
+		t.writing = true
+	}
+	return t.up
+}
+
+// endWrite ends what beginWrite or forward started.
+func (t *txnSession) endWrite() {
+	t.mu.Lock()
+	t.writing = false
+	t.quiet.Broadcast()
+	t.mu.Unlock()
+}
+
+// attach checks out an upstream connection for a new transaction.
+func (t *txnSession) attach() error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.opts.StartupTimeout)
+	defer cancel()
+	lease, err := t.pool.Checkout(ctx, t.key, t.s.dialer)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.lease, t.up = lease, lease.Conn.(*upstream)
+	t.mu.Unlock()
+	t.s.mu.Lock()
+	t.s.lease = lease
+	t.s.mu.Unlock()
+	go t.serverToClient(lease)
+	return nil
+}
+
+// detach gives the upstream back: to the pool when the transaction ended
+// cleanly (quiescent), closed otherwise.
+func (t *txnSession) detach(clean bool) {
+	t.mu.Lock()
+	t.release(t.takeLocked(), clean)
+}
+
+// takeLocked removes the session's lease; t.mu is held.
+func (t *txnSession) takeLocked() *pool.Lease {
+	lease := t.lease
+	t.lease, t.up = nil, nil
+	t.queue = t.queue[:0]
+	t.quiet.Broadcast()
+	return lease
+}
+
+// release unlocks t.mu, then returns or closes lease.
+func (t *txnSession) release(lease *pool.Lease, clean bool) {
+	t.mu.Unlock()
+	if lease == nil {
+		return
+	}
+	t.s.mu.Lock()
+	if t.s.lease == lease {
+		t.s.lease = nil
+	}
+	t.s.mu.Unlock()
+	if clean {
+		lease.Put()
+		return
+	}
+	// Mid-transaction: close it so nothing half done reaches another
+	// client; the server rolls the transaction back.
+	lease.Close()
+}
+
+// rewrite queues and writes one message to the upstream, renaming named
+// prepared statements. t.mu is held.
+func (t *txnSession) rewrite(typ byte, body []byte) error {
+	up := t.up
+	switch typ {
+	case 'P':
+		name, rest, ok := cstring(body)
+		if !ok {
+			return fatal(codeProtocolViolation, "malformed Parse message")
+		}
+		if guard := sessionFeature(firstCString(rest)); guard != "" {
+			// Prepare a statement that raises the explanation instead.
+			rest = append(appendCString(nil, refusalSQL(guard)), 0, 0)
+			body = append(appendCString(nil, name), rest...)
+		}
+		if name == "" {
+			return t.send(request{typ: 'P'}, typ, body)
+		}
+		st := t.remember(name, rest)
+		if up.prepared[st.pname] {
+			return t.enqueueFake('1')
+		}
+		t.notePrepared(up, st.pname)
+		return t.send(request{typ: 'P', pname: st.pname}, 'P', st.parse)
+	case 'B':
+		portal, rest, ok := cstring(body)
+		name, tail, ok2 := cstring(rest)
+		if !ok || !ok2 {
+			return fatal(codeProtocolViolation, "malformed Bind message")
+		}
+		if name == "" {
+			return t.send(request{typ: 'B'}, typ, body)
+		}
+		st, err := t.ensure(name)
+		if err != nil {
+			return err
+		}
+		nb := appendCString(appendCString(make([]byte, 0, len(body)+len(st.pname)), portal), st.pname)
+		return t.send(request{typ: 'B'}, 'B', append(nb, tail...))
+	case 'D', 'C':
+		if len(body) < 2 || body[0] != 'S' {
+			return t.send(request{typ: typ}, typ, body)
+		}
+		name, _, ok := cstring(body[1:])
+		if !ok {
+			return fatal(codeProtocolViolation, "malformed Describe or Close message")
+		}
+		if name == "" {
+			return t.send(request{typ: typ}, typ, body)
+		}
+		if typ == 'C' {
+			// Statements are shared by content across clients: forget the
+			// client's name, keep the upstream's statement.
+			delete(t.stmts, name)
+			return t.enqueueFake('3')
+		}
+		st, err := t.ensure(name)
+		if err != nil {
+			return err
+		}
+		return t.send(request{typ: 'D'}, 'D', appendCString([]byte{'S'}, st.pname))
+	case 'Q':
+		q := firstCString(body)
+		if guard := sessionFeature(q); guard != "" {
+			return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, refusalSQL(guard)))
+		}
+		if name, ok := deallocateTarget(q); ok {
+			return t.deallocate(name, body)
+		}
+		return t.send(request{typ: 'Q'}, typ, body)
+	case 'E', 'S', 'F':
+		return t.send(request{typ: typ}, typ, body)
+	case 'H':
+		return t.write(typ, body) // Flush: no answer
+	}
+	return t.write(typ, body)
+}
+
+// send queues r and writes the message.
+func (t *txnSession) send(r request, typ byte, body []byte) error {
+	t.queue = append(t.queue, r)
+	return t.write(typ, body)
+}
+
+func (t *txnSession) write(typ byte, body []byte) error {
+	var hdr [5]byte
+	hdr[0] = typ
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+	if _, err := t.up.bw.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := t.up.bw.Write(body)
+	return err
+}
+
+// enqueueFake answers a request the proxy did not send, in its turn: now
+// if nothing is outstanding, else right after the request before it.
+func (t *txnSession) enqueueFake(typ byte) error {
+	if len(t.queue) == 0 {
+		t.emitNow = append(t.emitNow, typ)
+		return nil
+	}
+	t.queue = append(t.queue, request{action: actFake, fake: typ})
+	return nil
+}
+
+// remember records a client's Parse under its name.
+func (t *txnSession) remember(name string, rest []byte) stmt {
+	if len(t.stmts) >= maxClientStatements {
+		for k := range t.stmts { // evict one; Go's map order is random
+			delete(t.stmts, k)
+			break
+		}
+	}
+	pname := statementName(rest)
+	st := stmt{pname: pname, parse: append(appendCString(nil, pname), rest...)}
+	t.stmts[name] = st
+	return st
+}
+
+// ensure makes the client's statement exist on the current upstream,
+// preparing it there first (answer swallowed) if needed.
+func (t *txnSession) ensure(name string) (stmt, error) {
+	st, ok := t.stmts[name]
+	if !ok {
+		// Not ours to rename: let the server report it.
+		return stmt{pname: name}, nil
+	}
+	if t.up.prepared[st.pname] {
+		return st, nil
+	}
+	t.notePrepared(t.up, st.pname)
+	return st, t.send(request{typ: 'P', action: actSwallow, pname: st.pname}, 'P', st.parse)
+}
+
+// notePrepared records pname on up, closing an old statement there when
+// the per-connection cap is reached.
+func (t *txnSession) notePrepared(up *upstream, pname string) {
+	if len(up.prepared) >= maxUpstreamStatements {
+		for victim := range up.prepared {
+			delete(up.prepared, victim)
+			t.queue = append(t.queue, request{typ: 'C', action: actSwallow})
+			_ = t.write('C', appendCString([]byte{'S'}, victim))
+			break
+		}
+	}
+	up.prepared[pname] = true
+}
+
+// deallocate handles SQL DEALLOCATE of a protocol-level statement, whose
+// server-side name the client does not know.
+func (t *txnSession) deallocate(name string, body []byte) error {
+	if strings.EqualFold(name, "all") {
+		clear(t.stmts)
+		clear(t.up.prepared)
+		return t.send(request{typ: 'Q'}, 'Q', body)
+	}
+	if _, ok := t.stmts[name]; !ok {
+		return t.send(request{typ: 'Q'}, 'Q', body) // an SQL PREPARE: server's
+	}
+	delete(t.stmts, name)
+	// Same command tag and ReadyForQuery as the real thing, no effect on
+	// statements other clients share.
+	return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, "DEALLOCATE ALL"))
+}
+
+// refusalSQL raises the explanation for a session-level feature from
+// the server itself, so the transaction state the client sees is true.
+func refusalSQL(feature string) string {
+	msg := fmt.Sprintf("%s is not supported in transaction pooling mode: it needs the same server connection across transactions; use a backend with pool mode session", feature)
+	return "DO $dbproxy$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '" + strings.ReplaceAll(msg, "'", "''") + "'; END $dbproxy$"
+}
+
+// serverToClient relays the server's answers for one transaction and
+// detaches when it ends.
+func (t *txnSession) serverToClient(lease *pool.Lease) {
+	s := t.s
+	up := lease.Conn.(*upstream)
+	for {
+		hdr, err := up.br.Peek(5)
+		if err != nil {
+			t.fail(lease, err)
+			return
+		}
+		typ := hdr[0]
+		// Lock order wmu then mu: what complete pops is written before any
+		// fake answer forward emits after seeing the queue empty.
+		t.wmu.Lock()
+		t.mu.Lock()
+		drop, fakes := t.complete(typ)
+		t.mu.Unlock()
+		var n int
+		var body []byte
+		if drop {
+			_, body, err = readFrame(up.br, 1<<30)
+		} else {
+			typ, body, n, err = copyFrame(up.br, s.cbw, 1<<30)
+		}
+		if err == nil {
+			for _, f := range fakes {
+				_, err = s.cbw.Write([]byte{f, 0, 0, 0, 4})
+			}
+		}
+		if err == nil && up.br.Buffered() == 0 {
+			err = s.cbw.Flush()
+		}
+		t.wmu.Unlock()
+		if err != nil {
+			t.fail(lease, err)
+			return
+		}
+		s.bytesOut.Add(int64(n))
+		if typ != 'Z' || len(body) != 1 {
+			continue
+		}
+		s.txStatus.Store(uint32(body[0]))
+		t.mu.Lock()
+		for t.writing && len(t.queue) == 0 && t.lease == lease {
+			// The client reader is mid-write (e.g. a flush after a fake
+			// answer): let it finish before the connection can go.
+			t.quiet.Wait()
+		}
+		if body[0] == 'I' && len(t.queue) == 0 && t.lease == lease {
+			// Checked and taken under one lock: forward cannot queue on
+			// this connection in between.
+			t.release(t.takeLocked(), true)
+			return
+		}
+		t.mu.Unlock()
+	}
+}
+
+// complete applies server message typ to the request queue and says
+// whether to drop it and which fake answers follow it. t.mu is held.
+func (t *txnSession) complete(typ byte) (drop bool, fakes []byte) {
+	if len(t.queue) == 0 {
+		return false, nil
+	}
+	head := t.queue[0]
+	switch {
+	case typ == 'E' && head.typ != 'Q' && head.typ != 'F' && head.typ != 'S':
+		// An error in the extended protocol: the server skips everything
+		// up to the next Sync, so those requests get no answer.
+		if head.typ == 'P' && head.pname != "" {
+			delete(t.up.prepared, head.pname)
+		}
+		i := 0
+		for i < len(t.queue) && t.queue[i].typ != 'S' {
+			i++
+		}
+		t.queue = t.queue[i:]
+		return false, nil
+	case head.completes(typ):
+		t.queue = t.queue[1:]
+		drop = head.action == actSwallow
+		for len(t.queue) > 0 && t.queue[0].action == actFake {
+			fakes = append(fakes, t.queue[0].fake)
+			t.queue = t.queue[1:]
+		}
+	}
+	return drop, fakes
+}
+
+// fail ends a transaction whose upstream broke: the client is told and
+// the session ends (its transaction's fate is unknown to it otherwise).
+func (t *txnSession) fail(lease *pool.Lease, err error) {
+	t.mu.Lock()
+	if t.lease != lease {
+		t.mu.Unlock()
+		return
+	}
+	t.broken = fmt.Errorf("upstream connection lost: %w", err)
+	t.release(t.takeLocked(), false)
+	// Unblock the client reader so the session ends promptly.
+	_ = t.s.client.SetReadDeadline(time.Unix(1, 0))
+}
+
+// sessionFeature names a session-level feature in q that cannot work when
+// transactions land on different connections, or "".
+func sessionFeature(q string) string {
+	switch {
+	case listenRE.MatchString(q):
+		return "LISTEN"
+	case advisoryRE.MatchString(q):
+		return "a session-level advisory lock"
+	}
+	return ""
+}
+
+var (
+	listenRE     = regexp.MustCompile(`(?i)^\s*listen\s`)
+	advisoryRE   = regexp.MustCompile(`(?i)\bpg_(try_)?advisory_lock(_shared)?\s*\(`)
+	deallocateRE = regexp.MustCompile(`(?i)^\s*deallocate\s+(?:prepare\s+)?("?)([\w$]+)("?)\s*;?\s*$`)
+)
+
+// deallocateTarget returns the statement name of a DEALLOCATE command.
+func deallocateTarget(q string) (string, bool) {
+	m := deallocateRE.FindStringSubmatch(q)
+	if m == nil || m[1] != m[3] {
+		return "", false
+	}
+	return m[2], true
+}
+
+// cstring splits a NUL-terminated string off b.
+func cstring(b []byte) (string, []byte, bool) {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i]), b[i+1:], true
+		}
+	}
+	return "", nil, false
+}
+
+func firstCString(b []byte) string {
+	s, _, _ := cstring(b)
+	return s
+}
+
+func appendCString(dst []byte, s string) []byte {
+	return append(append(dst, s...), 0)
+}

@@ -1,0 +1,307 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+
+	"github.com/dbproxy/dbproxy/test/integration/harness"
+)
+
+// startTxnStack runs dbproxy with a transaction-pooling backend of at most
+// maxConns upstream connections on a role with the given lease times.
+func startTxnStack(t *testing.T, role string, maxConns int, ttl, maxTTL time.Duration) (*proxyProc, int) {
+	t.Helper()
+	if err := Vault.ConfigurePostgres(context.Background(), PG, harness.RoleOptions{Mount: Mount, Role: role, DefaultTTL: ttl, MaxTTL: maxTTL}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	cfg := fmt.Sprintf(`
+vault:
+  address: %s
+  request_timeout: 2s
+  auth: { method: token, token_file: %q }
+backends:
+  appdb:
+    protocol: postgres
+    address: %s
+    vault_role: %s
+    pool: { mode: transaction, max_connections: %d, checkout_timeout: 10s }
+    lease: { safety_margin: 3s, revoke_grace: 2s, max_issue_per_minute: 20 }
+listeners:
+  - { name: sidecar, protocol: postgres, address: "127.0.0.1:%d", identity: app }
+identities:
+  app:
+    grants: [ { backend: appdb } ]
+admin: { address: "{{ADMIN}}" }
+`, Vault.Addr, vaultTokenFile(t, dir), PG.Addr(), role, maxConns, port)
+	return startProxy(t, dir, cfg, true), port
+}
+
+func txnDSN(port int) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable", port)
+}
+
+func TestTransactionPooling(t *testing.T) {
+	p, port := startTxnStack(t, "pg-txn", 10, time.Hour, 2*time.Hour)
+	ctx := context.Background()
+
+	t.Run("prepared statements move between server connections", func(t *testing.T) {
+		// Three clients, one upstream each at most per transaction: their
+		// statements must exist on whichever connection they land on.
+		var conns []*pgx.Conn
+		for range 3 {
+			conns = append(conns, connect(t, txnDSN(port)))
+		}
+		for round := range 20 {
+			for i, c := range conns {
+				var n int
+				// pgx's default mode prepares a named statement per query.
+				if err := c.QueryRow(ctx, "select $1::int * 10 + $2::int", round, i).Scan(&n); err != nil || n != round*10+i {
+					t.Fatalf("round %d client %d: %d, %v", round, i, n, err)
+				}
+				if _, err := c.Prepare(ctx, fmt.Sprintf("named%d", i), "select $1::text || 'x'"); err != nil {
+					t.Fatal(err)
+				}
+				var s string
+				if err := c.QueryRow(ctx, fmt.Sprintf("named%d", i), "a").Scan(&s); err != nil || s != "ax" {
+					t.Fatalf("named statement: %q %v", s, err)
+				}
+			}
+		}
+		for i, c := range conns {
+			if err := c.Deallocate(ctx, fmt.Sprintf("named%d", i)); err != nil {
+				t.Fatalf("deallocate: %v", err)
+			}
+			if _, err := c.Exec(ctx, "deallocate all"); err != nil {
+				t.Fatalf("deallocate all: %v", err)
+			}
+			var n int
+			if err := c.QueryRow(ctx, "select 1").Scan(&n); err != nil {
+				t.Fatalf("after deallocate: %v", err)
+			}
+		}
+	})
+
+	t.Run("transactions keep their connection and roll back on error", func(t *testing.T) {
+		if err := PG.Exec(ctx, "create table if not exists txn_t (id int primary key, v text); grant all on txn_t to public"); err != nil {
+			t.Fatal(err)
+		}
+		c := connect(t, txnDSN(port))
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pid1, pid2 int
+		_ = tx.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid1)
+		if _, err := tx.Exec(ctx, "insert into txn_t values (1, 'a') on conflict (id) do update set v = 'a'"); err != nil {
+			t.Fatal(err)
+		}
+		_ = tx.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid2)
+		if pid1 != pid2 || pid1 == 0 {
+			t.Fatalf("one transaction ran on backends %d and %d", pid1, pid2)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		tx, _ = c.Begin(ctx)
+		_, err = tx.Exec(ctx, "insert into txn_t values (1, 'dup')")
+		if sqlstate(err) != "23505" {
+			t.Fatalf("want unique violation, got %v", err)
+		}
+		_ = tx.Rollback(ctx)
+		var v string
+		if err := c.QueryRow(ctx, "select v from txn_t where id = 1").Scan(&v); err != nil || v != "a" {
+			t.Fatalf("after rollback: %q %v", v, err)
+		}
+	})
+
+	t.Run("LISTEN is refused with a clear error", func(t *testing.T) {
+		c := connect(t, txnDSN(port))
+		_, err := c.Exec(ctx, "listen somewhere")
+		if sqlstate(err) != "0A000" || !strings.Contains(err.Error(), "transaction pooling") {
+			t.Fatalf("want 0A000 about transaction pooling, got %v", err)
+		}
+		_, err = c.Exec(ctx, "select pg_advisory_lock(42)")
+		if sqlstate(err) != "0A000" {
+			t.Fatalf("advisory lock: want 0A000, got %v", err)
+		}
+		var n int
+		if err := c.QueryRow(ctx, "select pg_advisory_xact_lock(42)::text = '' or true").Scan(new(bool)); err != nil {
+			t.Fatalf("transaction-level advisory lock refused: %v", err)
+		}
+		if err := c.QueryRow(ctx, "select 1").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("200 clients share 10 server connections", func(t *testing.T) {
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		var firstErr atomic.Value
+		for i := range 200 {
+			wg.Go(func() {
+				c, err := pgx.Connect(ctx, txnDSN(port))
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					return
+				}
+				defer c.Close(ctx)
+				for j := range 10 {
+					var n int
+					if err := c.QueryRow(ctx, "select $1::int + $2::int", i, j).Scan(&n); err != nil || n != i+j {
+						failed.Add(1)
+						firstErr.CompareAndSwap(nil, fmt.Sprint(err))
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if failed.Load() != 0 {
+			t.Fatalf("%d of 200 clients failed: %v", failed.Load(), firstErr.Load())
+		}
+		var upstream int
+		sc := connect(t, PG.SuperDSN())
+		if err := sc.QueryRow(ctx, "select count(*) from pg_stat_activity where application_name like 'dbproxy:%'").Scan(&upstream); err != nil {
+			t.Fatal(err)
+		}
+		if upstream > 10 {
+			t.Fatalf("%d upstream connections for a pool of 10", upstream)
+		}
+	})
+
+	t.Run("a client that vanishes mid-transaction leaves nothing behind", func(t *testing.T) {
+		c, err := pgx.Connect(ctx, txnDSN(port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "begin; insert into txn_t values (99, 'uncommitted')"); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.PgConn().Conn().Close() // no Terminate, transaction open
+		deadline := time.Now().Add(5 * time.Second)
+		c2 := connect(t, txnDSN(port))
+		for {
+			var n int
+			if err := c2.QueryRow(ctx, "select count(*) from txn_t where id = 99").Scan(&n); err != nil || n != 0 {
+				t.Fatalf("uncommitted row visible: %d %v", n, err)
+			}
+			var idleInTx int
+			sc := connect(t, PG.SuperDSN())
+			_ = sc.QueryRow(ctx, "select count(*) from pg_stat_activity where application_name like 'dbproxy:%' and state like 'idle in transaction%'").Scan(&idleInTx)
+			if idleInTx == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d upstream connections left idle in transaction", idleInTx)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	_ = p
+}
+
+func TestTransactionPoolingAcrossRotations(t *testing.T) {
+	_, port := startTxnStack(t, "pg-txnrot", 8, shortTTL, shortMaxTTL)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, txnDSN(port)+" pool_max_conns=16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	db, err := sql.Open("pgx", txnDSN(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(16)
+	defer db.Close()
+
+	var ok, failed atomic.Int64
+	var mu sync.Mutex
+	var errs []string
+	users := map[string]bool{}
+	fail := func(err error) {
+		failed.Add(1)
+		mu.Lock()
+		errs = append(errs, err.Error())
+		mu.Unlock()
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var user string
+				var n int
+				var err error
+				switch w % 4 {
+				case 0: // pgx pool, prepared (default statement cache)
+					err = pool.QueryRow(ctx, "select current_user, $1::int + 1", i).Scan(&user, &n)
+				case 1: // pgx pool, simple protocol (unprepared)
+					err = pool.QueryRow(ctx, "select current_user, $1::int + 1", pgx.QueryExecModeSimpleProtocol, i).Scan(&user, &n)
+				case 2: // database/sql, prepared statement
+					err = db.QueryRowContext(ctx, "select current_user, $1::int + 1", i).Scan(&user, &n)
+				default: // database/sql transaction
+					var tx *sql.Tx
+					if tx, err = db.BeginTx(ctx, nil); err == nil {
+						err = tx.QueryRowContext(ctx, "select current_user, $1::int + 1", i).Scan(&user, &n)
+						if cerr := tx.Commit(); err == nil {
+							err = cerr
+						}
+					}
+				}
+				if err == nil && n != i+1 {
+					err = fmt.Errorf("wrong result %d for %d", n, i)
+				}
+				if err != nil {
+					fail(err)
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				ok.Add(1)
+				mu.Lock()
+				users[user] = true
+				mu.Unlock()
+			}
+		})
+	}
+	// pgbench -M prepared through transaction pooling across a rotation.
+	script := filepath.Join(t.TempDir(), "x.sql")
+	if err := os.WriteFile(script, []byte("\\set a random(1, 1000)\nselect :a::int + 1;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, berr := exec.Command("pgbench", "-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "25", "-f", script, txnDSN(port)).CombinedOutput()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d statements ok, %d failed, %d database users", ok.Load(), failed.Load(), len(users))
+	if failed.Load() != 0 {
+		t.Fatalf("%d errors, first: %v", failed.Load(), errs[:min(3, len(errs))])
+	}
+	if len(users) < 4 {
+		t.Fatalf("saw %d database users; want at least 3 rotations", len(users))
+	}
+	if berr != nil || !strings.Contains(string(out), "number of failed transactions: 0") {
+		t.Fatalf("pgbench -M prepared: %v\n%s", berr, out)
+	}
+}
