@@ -55,7 +55,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		b := cfg.Backends[sp.Backend]
 		k := creds.SourceKey{Backend: sp.Backend, Role: sp.Role}
 		st.pools[k] = pool.New(st.broker.Source(sp.Backend, sp.Role), pool.Options{
-			Backend: sp.Backend, Role: sp.Role, MaxConnections: b.Pool.MaxConnections,
+			Backend: sp.Backend, Role: sp.Role, MaxConnections: b.Pool.MaxConnections, MinIdle: b.Pool.MinIdle,
 			CheckoutTimeout: b.Pool.CheckoutTimeout.D(), IdleTimeout: b.Pool.IdleTimeout.D(), Metrics: pm,
 		})
 	}

@@ -35,8 +35,11 @@ type Credentials interface {
 
 // Options sizes a pool.
 type Options struct {
-	Backend, Role   string
-	MaxConnections  int
+	Backend, Role  string
+	MaxConnections int
+	// MinIdle connections of the current generation are kept open for the
+	// most recently used key, so a burst or a rotation finds them ready.
+	MinIdle         int
 	CheckoutTimeout time.Duration
 	IdleTimeout     time.Duration
 	Metrics         *Metrics
@@ -69,12 +72,15 @@ type Pool struct {
 	opts  Options
 	creds Credentials
 
-	mu      sync.Mutex
-	open    int // idle + lent
-	idle    []*Lease
-	wake    chan struct{} // closed and replaced when a slot or conn frees
-	closed  bool
-	stopJan chan struct{}
+	mu     sync.Mutex
+	open   int // idle + lent
+	idle   []*Lease
+	wake   chan struct{} // closed and replaced when a slot or conn frees
+	closed bool
+	// warmKey and warmDial are the last checkout's, for min_idle.
+	warmKey  string
+	warmDial DialFunc
+	stopJan  chan struct{}
 }
 
 // Lease is one upstream connection lent to a client.
@@ -123,6 +129,7 @@ func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease,
 			p.mu.Unlock()
 			return nil, errors.New("pool closed")
 		}
+		p.warmKey, p.warmDial = key, dial
 		stale := p.takeStaleLocked(time.Now())
 		if l := p.takeIdleLocked(gen, key); l != nil {
 			l.setIdle(false)
@@ -171,6 +178,20 @@ func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease,
 }
 
 func (p *Pool) dial(ctx context.Context, gen *creds.Generation, key string, dial DialFunc, start time.Time) (*Lease, error) {
+	l, err := p.open1(ctx, gen, key, dial)
+	switch {
+	case errors.Is(err, errSuperseded):
+	case err != nil:
+		p.opts.Metrics.checkout(p.opts.Backend, "dial_error", time.Since(start))
+	default:
+		p.opts.Metrics.checkout(p.opts.Backend, "dialed", time.Since(start))
+	}
+	return l, err
+}
+
+// open1 opens a connection in a slot the caller reserved (p.open++); on
+// error the slot is freed.
+func (p *Pool) open1(ctx context.Context, gen *creds.Generation, key string, dial DialFunc) (*Lease, error) {
 	// A superseded generation would only be closed at the first
 	// transaction boundary, and may be revoked as soon as it is unused.
 	if gen.State() != creds.Active || !gen.Acquire() {
@@ -181,10 +202,8 @@ func (p *Pool) dial(ctx context.Context, gen *creds.Generation, key string, dial
 	if err != nil {
 		gen.Release()
 		p.freeSlot()
-		p.opts.Metrics.checkout(p.opts.Backend, "dial_error", time.Since(start))
 		return nil, err
 	}
-	p.opts.Metrics.checkout(p.opts.Backend, "dialed", time.Since(start))
 	l := &Lease{Conn: c, Gen: gen, Key: key, pool: p}
 	l.gauge(+1)
 	return l, nil
@@ -277,9 +296,20 @@ func (p *Pool) takeIdleLocked(gen *creds.Generation, key string) *Lease {
 // generation or idle too long. The caller closes them outside the lock.
 func (p *Pool) takeStaleLocked(now time.Time) []*Lease {
 	var stale []*Lease
-	keep := p.idle[:0]
+	active := 0
 	for _, l := range p.idle {
-		if l.Gen.State() != creds.Active || now.Sub(l.lastUsed) > p.opts.IdleTimeout {
+		if l.Gen.State() == creds.Active {
+			active++
+		}
+	}
+	keep := p.idle[:0]
+	for _, l := range p.idle { // oldest first
+		switch {
+		case l.Gen.State() != creds.Active:
+			stale = append(stale, l)
+			continue
+		case now.Sub(l.lastUsed) > p.opts.IdleTimeout && active > p.opts.MinIdle:
+			active--
 			stale = append(stale, l)
 			continue
 		}
@@ -310,7 +340,43 @@ func (p *Pool) janitor() {
 			stale := p.takeStaleLocked(now)
 			p.mu.Unlock()
 			closeAll(stale)
+			p.warm()
 		}
+	}
+}
+
+// warm opens idle connections of the current generation until min_idle
+// of them wait for the last used key, within the cap.
+func (p *Pool) warm() {
+	if p.opts.MinIdle <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.opts.CheckoutTimeout)
+	defer cancel()
+	gen, err := p.creds.Current(ctx)
+	if err != nil {
+		return // no credential: checkouts report why
+	}
+	for {
+		p.mu.Lock()
+		key, dial := p.warmKey, p.warmDial
+		have := 0
+		for _, l := range p.idle {
+			if l.Gen == gen && l.Key == key {
+				have++
+			}
+		}
+		if p.closed || dial == nil || have >= p.opts.MinIdle || p.open >= p.opts.MaxConnections {
+			p.mu.Unlock()
+			return
+		}
+		p.open++
+		p.mu.Unlock()
+		l, err := p.open1(ctx, gen, key, dial)
+		if err != nil {
+			return // the next tick tries again
+		}
+		l.Put()
 	}
 }
 

@@ -474,3 +474,34 @@ func TestConcurrentCheckoutRespectsCap(t *testing.T) {
 		t.Fatalf("after all clients: stats %+v, %d live conns, generation has %d", s, d.live.Load(), g.Info().Connections)
 	}
 }
+
+func TestMinIdleWarmsAndSurvivesIdleTimeout(t *testing.T) {
+	p, _ := newTestPool(t, Options{MaxConnections: 5, MinIdle: 3, IdleTimeout: 30 * time.Millisecond})
+	d := &dialer{}
+	l := checkout(t, p, "k", d) // teaches the pool the key to warm
+	// The janitor tops up to 3 idle beside the busy one.
+	deadline := time.Now().Add(3 * time.Second)
+	for p.Stats().Idle < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	wantStats(t, p, 4, 3)
+	l.Put()
+	// Past the idle timeout, only the one above min_idle closes.
+	time.Sleep(600 * time.Millisecond)
+	wantStats(t, p, 3, 3)
+	if d.dials() != 4 {
+		t.Fatalf("%d dials, want 4 (no churn below min_idle)", d.dials())
+	}
+}
+
+func TestMinIdleRespectsCap(t *testing.T) {
+	p, _ := newTestPool(t, Options{MaxConnections: 2, MinIdle: 2})
+	d := &dialer{}
+	l1 := checkout(t, p, "k", d)
+	l2 := checkout(t, p, "k", d)
+	time.Sleep(600 * time.Millisecond)
+	wantStats(t, p, 2, 0)
+	l1.Put()
+	l2.Put()
+	wantStats(t, p, 2, 2)
+}
