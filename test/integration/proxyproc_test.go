@@ -82,6 +82,9 @@ func startProxy(t *testing.T, dir, cfg string, waitReady bool) *proxyProc {
 	go func() { p.done <- p.cmd.Wait(); logf.Close() }()
 	t.Cleanup(func() {
 		p.stop(t)
+		if strings.Contains(p.log(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector found a data race in dbproxy (built with DBPROXY_BUILD_FLAGS=%q)", os.Getenv("DBPROXY_BUILD_FLAGS"))
+		}
 		if t.Failed() {
 			// Keep the whole log where the run's logs are kept.
 			keep := filepath.Join(WorkDir, "dbproxy-"+strings.ReplaceAll(t.Name(), "/", "_")+".log")

@@ -95,7 +95,10 @@ func BuildDBProxy(ctx context.Context, outDir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", path, "./cmd/dbproxy")
+	// DBPROXY_BUILD_FLAGS=-race runs the integration tests against a
+	// race-detector build of the proxy.
+	args := append([]string{"build"}, strings.Fields(os.Getenv("DBPROXY_BUILD_FLAGS"))...)
+	cmd := exec.CommandContext(ctx, "go", append(args, "-o", path, "./cmd/dbproxy")...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/dbproxy: %w\n%s", err, out)
