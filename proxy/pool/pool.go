@@ -113,6 +113,12 @@ func New(c Credentials, o Options) *Pool {
 	return p
 }
 
+// Credential returns the generation new connections would use, or why
+// there is none, without taking a connection.
+func (p *Pool) Credential(ctx context.Context) (*creds.Generation, error) {
+	return p.creds.Current(ctx)
+}
+
 // Checkout lends a connection of the current generation with the given
 // key, dialing a new one if none is idle and the cap allows.
 func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease, error) {

@@ -56,6 +56,9 @@ type Server struct {
 	log     *zap.Logger
 	metrics *Metrics
 	cancels *cancelKeys
+	// greetings are the server parameters transaction-pool clients are
+	// greeted with, by backend, role and startup parameters.
+	greetings greetingCache
 
 	mu        sync.Mutex
 	listeners []net.Listener

@@ -220,6 +220,18 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 		}
 		return u, nil
 	}
+	greetKey := b.Name + "\x00" + g.Role + "\x00" + s.poolKey
+	if s.txnMode {
+		// Clients of a transaction pool connect without waiting for a
+		// free server connection: the greeting is the last one's. The
+		// credential check keeps "no valid credential" a login error.
+		if params := s.srv.greetings.get(greetKey); params != nil {
+			if _, err := pl.Credential(ctx); err != nil {
+				return err
+			}
+			return s.greet(m.ProtocolVersion, params)
+		}
+	}
 	lease, err := pl.Checkout(ctx, s.poolKey, s.dialer)
 	if err != nil {
 		return err
@@ -227,18 +239,21 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
-	return s.greet(m.ProtocolVersion)
+	params := lease.Conn.(*upstream).params
+	if s.txnMode {
+		s.srv.greetings.put(greetKey, params)
+	}
+	return s.greet(m.ProtocolVersion, params)
 }
 
 // greet sends what PostgreSQL sends after authentication.
-func (s *session) greet(version uint32) error {
-	up := s.lease.Conn.(*upstream)
+func (s *session) greet(version uint32, params map[string]string) error {
 	var buf []byte
 	if version != pgproto3.ProtocolVersion30 {
 		buf, _ = (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0}).Encode(buf)
 	}
 	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
-	for k, v := range up.params {
+	for k, v := range params {
 		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
 	}
 	pid, secret := s.srv.cancels.issue(s)
@@ -258,20 +273,22 @@ func (s *session) run() {
 	m.clients.WithLabelValues(b, s.id.Name).Inc()
 	defer m.clients.WithLabelValues(b, s.id.Name).Dec()
 	defer s.srv.cancels.forget(s.cancelPID)
-	gen := s.lease.Gen
-	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N), zap.Bool("transaction_pooling", s.txnMode))
 	if s.txnMode {
-		// The connection used for the greeting goes back until the
-		// client's first transaction.
+		// Each transaction has its own server connection and database
+		// user; the log lines of a transaction pool say so.
+		s.log.Info("session start", zap.Bool("transaction_pooling", true))
 		s.mu.Lock()
 		lease := s.lease
 		s.lease = nil
 		s.mu.Unlock()
-		lease.Put()
-		result := s.runTxn()
-		s.logEnd(b, result, gen.Username, gen.N)
+		if lease != nil {
+			lease.Put() // the greeting's, until the first transaction
+		}
+		s.logEnd(b, s.runTxn())
 		return
 	}
+	gen := s.lease.Gen
+	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
 
 	result, reusable := s.relay(gen)
 
@@ -286,19 +303,18 @@ func (s *session) run() {
 	} else {
 		lease.Close()
 	}
-	s.logEnd(b, result, gen.Username, gen.N)
+	s.logEnd(b, result, zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
 }
 
-// logEnd counts and logs the end of a session. In transaction pooling the
-// user and generation are those of the greeting's connection.
-func (s *session) logEnd(backend, result, dbUser string, gen uint64) {
+// logEnd counts and logs the end of a session.
+func (s *session) logEnd(backend, result string, fields ...zap.Field) {
 	m := s.srv.metrics
 	m.sessions.WithLabelValues(backend, s.id.Name, result).Inc()
 	m.bytes.WithLabelValues(backend, "client_to_server").Add(float64(s.bytesIn.Load()))
 	m.bytes.WithLabelValues(backend, "server_to_client").Add(float64(s.bytesOut.Load()))
-	s.log.Info("session end", zap.String("result", result), zap.String("db_user", dbUser),
-		zap.Uint64("generation", gen), zap.Duration("duration", time.Since(s.started)),
-		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))
+	s.log.Info("session end", append(fields, zap.String("result", result),
+		zap.Duration("duration", time.Since(s.started)),
+		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))...)
 }
 
 // relay copies frames both ways until one side ends or the session is

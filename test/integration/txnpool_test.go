@@ -24,6 +24,11 @@ import (
 // maxConns upstream connections on a role with the given lease times.
 func startTxnStack(t *testing.T, role string, maxConns int, ttl, maxTTL time.Duration) (*proxyProc, int) {
 	t.Helper()
+	return startTxnStackWith(t, role, maxConns, ttl, maxTTL, "10s")
+}
+
+func startTxnStackWith(t *testing.T, role string, maxConns int, ttl, maxTTL time.Duration, checkoutTimeout string) (*proxyProc, int) {
+	t.Helper()
 	if err := Vault.ConfigurePostgres(context.Background(), PG, harness.RoleOptions{Mount: Mount, Role: role, DefaultTTL: ttl, MaxTTL: maxTTL}); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +44,7 @@ backends:
     protocol: postgres
     address: %s
     vault_role: %s
-    pool: { mode: transaction, max_connections: %d, checkout_timeout: 10s }
+    pool: { mode: transaction, max_connections: %d, checkout_timeout: %s }
     lease: { safety_margin: 3s, revoke_grace: 2s, max_issue_per_minute: 20 }
 listeners:
   - { name: sidecar, protocol: postgres, address: "127.0.0.1:%d", identity: app }
@@ -47,7 +52,7 @@ identities:
   app:
     grants: [ { backend: appdb } ]
 admin: { address: "{{ADMIN}}" }
-`, Vault.Addr, vaultTokenFile(t, dir), PG.Addr(), role, maxConns, port)
+`, Vault.Addr, vaultTokenFile(t, dir), PG.Addr(), role, maxConns, checkoutTimeout, port)
 	return startProxy(t, dir, cfg, true), port
 }
 
@@ -145,6 +150,36 @@ func TestTransactionPooling(t *testing.T) {
 		}
 		if err := c.QueryRow(ctx, "select 1").Scan(&n); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("COPY in and out", func(t *testing.T) {
+		if err := PG.Exec(ctx, "create table if not exists txn_copy (id int, v text); grant all on txn_copy to public"); err != nil {
+			t.Fatal(err)
+		}
+		c := connect(t, txnDSN(port))
+		rows := make([][]any, 5000)
+		for i := range rows {
+			rows[i] = []any{i, strings.Repeat("x", i%100)}
+		}
+		n, err := c.CopyFrom(ctx, pgx.Identifier{"txn_copy"}, []string{"id", "v"}, pgx.CopyFromRows(rows))
+		if err != nil || n != 5000 {
+			t.Fatalf("COPY FROM: %d rows, %v", n, err)
+		}
+		var buf strings.Builder
+		tag, err := c.PgConn().CopyTo(ctx, &buf, "copy txn_copy to stdout")
+		if err != nil || tag.RowsAffected() != 5000 || strings.Count(buf.String(), "\n") != 5000 {
+			t.Fatalf("COPY TO: %v rows, %d lines, %v", tag.RowsAffected(), strings.Count(buf.String(), "\n"), err)
+		}
+		// A COPY the server rejects: the client's data after the error
+		// is dropped, and the session goes on.
+		_, err = c.PgConn().CopyFrom(ctx, strings.NewReader("1\tok\nnot-a-number\tbad\n"), "copy txn_copy from stdin")
+		if sqlstate(err) != "22P02" {
+			t.Fatalf("bad COPY: want 22P02, got %v", err)
+		}
+		var count int
+		if err := c.QueryRow(ctx, "select count(*) from txn_copy").Scan(&count); err != nil || count != 5000 {
+			t.Fatalf("after a failed COPY: %d rows, %v", count, err)
 		}
 	})
 
@@ -303,5 +338,40 @@ func TestTransactionPoolingAcrossRotations(t *testing.T) {
 	}
 	if berr != nil || !strings.Contains(string(out), "number of failed transactions: 0") {
 		t.Fatalf("pgbench -M prepared: %v\n%s", berr, out)
+	}
+}
+
+func TestTransactionPoolExhausted(t *testing.T) {
+	_, port := startTxnStackWith(t, "pg-txnx", 2, time.Hour, 2*time.Hour, "1s")
+	ctx := context.Background()
+	var held []pgx.Tx
+	for range 2 {
+		c := connect(t, txnDSN(port))
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, tx)
+	}
+	// Both server connections are inside transactions. A new client
+	// still connects (no server connection needed to greet it) ...
+	c := connect(t, txnDSN(port))
+	// ... and its query waits checkout_timeout, then gets 53300.
+	start := time.Now()
+	_, err := c.Exec(ctx, "select 1")
+	if sqlstate(err) != "53300" || !strings.Contains(err.Error(), "max_connections") {
+		t.Fatalf("want 53300 naming max_connections, got %v", err)
+	}
+	if waited := time.Since(start); waited < 900*time.Millisecond || waited > 5*time.Second {
+		t.Fatalf("answered after %v; want about the 1s checkout_timeout", waited)
+	}
+	_ = held[0].Commit(ctx)
+	c2 := connect(t, txnDSN(port))
+	var n int
+	if err := c2.QueryRow(ctx, "select 2").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("after a transaction ended: %d %v", n, err)
 	}
 }
