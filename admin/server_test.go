@@ -189,3 +189,21 @@ func TestStartShutdown(t *testing.T) {
 		t.Error("still accepting after Shutdown")
 	}
 }
+
+func TestPprofBehindToken(t *testing.T) {
+	s := New(Options{Address: "127.0.0.1:0", Token: "s3cret"})
+	s.MountPprof()
+	h := s.mux
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/debug/pprof/cmdline", nil))
+	if rec.Code != http.StatusUnauthorized {
+		t.Fatalf("without token: %d, want 401", rec.Code)
+	}
+	req := httptest.NewRequest("GET", "/debug/pprof/cmdline", nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("with token: %d, want 200", rec.Code)
+	}
+}

@@ -233,6 +233,9 @@ type Admin struct {
 	// TokenFile holds a bearer token required for /v1 requests; it is
 	// mandatory when Address is not a loopback address.
 	TokenFile string `yaml:"token_file"`
+	// Pprof serves Go's profiler at /debug/pprof/ (behind the token when
+	// one is set). Default false.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Duration is a time.Duration written in YAML as "30s", "5m" or "1h30m".

@@ -121,6 +121,9 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 			token = t
 		}
 		adm = admin.New(admin.Options{Address: cfg.Admin.Address, Registry: reg, Logger: log, Token: token})
+		if cfg.Admin.Pprof {
+			adm.MountPprof()
+		}
 		if err := adm.Start(runCtx); err != nil {
 			return fail(err)
 		}
