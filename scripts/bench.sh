@@ -3,12 +3,19 @@
 # writes bench/RESULTS.md:
 #
 #   direct     PostgreSQL itself (test/devstack, 127.0.0.1)
-#   pgbouncer  /usr/sbin/pgbouncer, pool_mode=session, in front of it
-#   dbproxy    bin/dbproxy, session pool, sidecar listener, Vault credentials
+#   pgbouncer  /usr/sbin/pgbouncer in front of it: database appdb in
+#              pool_mode=session, appdb_txn in pool_mode=transaction
+#   dbproxy    bin/dbproxy, sidecar listener, Vault credentials: backend
+#              appdb in session mode, appdb_txn in transaction mode
 #
 # Workloads (pgbench builtin select-only, -T BENCH_TIME seconds each):
-#   pgbench -S at 1 client and at 16 clients (-j 2), and pgbench -S -C (a
-#   new connection per transaction) at 4 clients.
+#   session pools: pgbench -S at 1 client and at 16 clients (-j 2), and
+#   pgbench -S -C (a new connection per transaction) at 4 clients;
+#   transaction pools (16 server connections): pgbench -S and -S -M prepared
+#   at 16 and 64 clients. Direct runs use as many server connections as
+#   clients. A target that cannot run a workload (PgBouncer 1.18 has no
+#   prepared statements in transaction mode) is reported as failed.
+#   One dbproxy run per transaction workload is CPU-profiled (pprof).
 #
 # Then, where strace and perf are installed and may attach, one short extra
 # 1-client run per proxy under each, for the "where the time goes" notes
@@ -18,7 +25,7 @@
 # removed at the end (kept on failure or with BENCH_KEEP=1); the raw pgbench
 # output goes to bench/bench.log (not committed).
 #
-#   BENCH_TIME   seconds per run (default 15; 9 runs)
+#   BENCH_TIME   seconds per run (default 15; 21 runs)
 #   BENCH_SCALE  pgbench -i scale (default 10)
 #   BENCH_OUT    results file (default bench/RESULTS.md)
 #   BENCH_KEEP   keep the temporary directory
@@ -39,7 +46,7 @@ t_start=$SECONDS
 log() { printf '>> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
-for c in pgbench psql "$pgbouncer_bin" awk; do
+for c in pgbench psql "$pgbouncer_bin" awk curl; do
 	command -v "$c" >/dev/null || die "$c not found (make deps installs PostgreSQL clients and PgBouncer)"
 done
 
@@ -191,6 +198,7 @@ start_pgbouncer() {
 		cat >"$bdir/pgbouncer.ini" <<EOF
 [databases]
 appdb = host=127.0.0.1 port=$PGPORT dbname=appdb
+appdb_txn = host=127.0.0.1 port=$PGPORT dbname=appdb pool_mode=transaction pool_size=16
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -236,12 +244,19 @@ backends:
     vault_mount: $VAULT_MOUNT
     vault_role: $VAULT_PG_ROLE
     pool: { mode: session, max_connections: 32 }
+  appdb_txn:
+    protocol: postgres
+    address: $PG_ADDR
+    database: appdb
+    vault_mount: $VAULT_MOUNT
+    vault_role: $VAULT_PG_ROLE
+    pool: { mode: transaction, max_connections: 16 }
 listeners:
   - { name: bench, protocol: postgres, address: "127.0.0.1:$pport", identity: bench }
 identities:
   bench:
-    grants: [ { backend: appdb } ]
-admin: { address: "127.0.0.1:$aport" }
+    grants: [ { backend: appdb }, { backend: appdb_txn } ]
+admin: { address: "127.0.0.1:$aport", pprof: true }
 EOF
 		log "starting dbproxy on 127.0.0.1:$pport (session pool)"
 		"$bindir/dbproxy" run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
@@ -272,9 +287,14 @@ done
 # --- runs --------------------------------------------------------------------
 
 targets=(direct pgbouncer dbproxy)
-wl_names=("select-only, 1 client" "select-only, 16 clients" "select-only, new connection per txn (-C), 4 clients")
-wl_flags=("-S -c 1 -j 1" "-S -c 16 -j 2" "-S -C -c 4 -j 2")
-declare -A tps lat fails logins cpu busy ntx
+wl_names=("select-only, 1 client" "select-only, 16 clients" "select-only, new connection per txn (-C), 4 clients"
+	"transaction pool: select-only, 16 clients" "transaction pool: select-only, 64 clients"
+	"transaction pool: select-only -M prepared, 16 clients" "transaction pool: select-only -M prepared, 64 clients")
+wl_flags=("-S -c 1 -j 1" "-S -c 16 -j 2" "-S -C -c 4 -j 2"
+	"-S -c 16 -j 2" "-S -c 64 -j 2" "-S -M prepared -c 16 -j 2" "-S -M prepared -c 64 -j 2")
+# The proxies' database (pool) per workload; direct always uses appdb.
+wl_db=(appdb appdb appdb appdb_txn appdb_txn appdb_txn appdb_txn)
+declare -A tps lat fails logins cpu busy ntx failed_why profile
 hz="$(getconf CLK_TCK)"
 : >"$rawlog"
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -289,20 +309,36 @@ for i in "${!wl_names[@]}"; do
 	for t in "${targets[@]}"; do
 		# shellcheck disable=SC2206 # word splitting of the flags is intended
 		args=(-n ${wl_flags[$i]} -T "$T")
-		log "$t: pgbench ${args[*]}"
+		target_dsn="${dsn[$t]}"
+		[[ $t == direct ]] || target_dsn="${target_dsn/dbname=appdb/dbname=${wl_db[$i]}}"
+		log "$t: pgbench ${args[*]} ($target_dsn)"
+		prof_pid=''
+		if [[ $t == dbproxy && ${wl_db[$i]} == appdb_txn ]]; then
+			# CPU profile of the middle of the run.
+			curl -fsS -o "$work/cpu.$i.pprof" "http://127.0.0.1:$aport/debug/pprof/profile?seconds=$((T > 6 ? T - 4 : T))" &
+			prof_pid=$!
+		fi
 		l0="$(upstream_logins)"
 		read -r b0 m0 < <(machine_ticks)
 		c0=0
 		[[ -n "${ppid[$t]:-}" ]] && c0="$(cpu_ticks "${ppid[$t]}")"
-		res="$(timeout $((T + 60)) pgbench "${args[@]}" "${dsn[$t]}" 2>&1)" || {
-			printf '%s\n' "$res" >&2
-			die "$t: pgbench failed"
-		}
+		st=0
+		res="$(timeout $((T + 60)) pgbench "${args[@]}" "$target_dsn" 2>&1)" || st=$?
+		[[ -n "$prof_pid" ]] && { wait "$prof_pid" || true; profile[$i]="$work/cpu.$i.pprof"; }
+		if ((st != 0)); then
+			printf '%s\n' "$res" >>"$rawlog"
+			[[ $t == pgbouncer && ${wl_db[$i]} == appdb_txn ]] || { printf '%s\n' "$res" >&2; die "$t: pgbench failed"; }
+			# Expected where PgBouncer lacks a feature: report it, go on.
+			failed_why[$i,$t]="$(grep -m1 -o 'ERROR: .*' <<<"$res" | cut -c1-100)"
+			log "$t: pgbench failed: ${failed_why[$i,$t]:-see $rawlog}"
+			tps[$i,$t]=0 lat[$i,$t]='-' cpu[$i,$t]='-' logins[$i,$t]='-' busy[$i,$t]='-' fails[$i,$t]="all (${failed_why[$i,$t]:-pgbench failed})"
+			continue
+		fi
 		c1=0
 		[[ -n "${ppid[$t]:-}" ]] && c1="$(cpu_ticks "${ppid[$t]}")"
 		read -r b1 m1 < <(machine_ticks)
 		l1="$(upstream_logins)"
-		printf '### %s %s: pgbench %s "%s"\n%s\n\n' "$t" "${wl_names[$i]}" "${args[*]}" "${dsn[$t]}" "$res" >>"$rawlog"
+		printf '### %s %s: pgbench %s "%s"\n%s\n\n' "$t" "${wl_names[$i]}" "${args[*]}" "$target_dsn" "$res" >>"$rawlog"
 		k="$i,$t"
 		tps[$k]="$(awk '/^tps = / { print $3; exit }' <<<"$res")"
 		lat[$k]="$(awk '/^latency average = / { print $4; exit }' <<<"$res")"
@@ -372,8 +408,8 @@ done
 
 # --- report --------------------------------------------------------------------
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-fmt_tps() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
+fmt_tps() { awk -v x="$1" 'BEGIN { if (x > 0) printf "%.0f", x; else print "failed" }'; }
 
 table() {
 	echo "| Workload | Direct TPS | PgBouncer TPS | dbproxy TPS | dbproxy / direct | dbproxy / PgBouncer | Direct latency ms | PgBouncer latency ms | dbproxy latency ms |"
@@ -434,6 +470,41 @@ where() {
 	echo "- **Noise**: before the runs the load average was $load_before (1, 5, 15 min) on $(nproc) CPUs: that is other work on the machine (after them it was $load_after, mostly this benchmark's own pgbench clients and backends). Other work shows in \"Machine CPU busy\" and makes single runs noisy (the 1-client figures vary most between runs); compare ratios from one run, not figures across runs."
 }
 
+# pprof_split FILE: dbproxy's CPU samples by kind, from a pprof profile.
+pprof_split() {
+	"$GO" tool pprof -top -nodecount=100000 "$bindir/dbproxy" "$1" 2>/dev/null | awk '
+		$2 ~ /%$/ && $5 ~ /%$/ {
+			p = $2; sub(/%/, "", p); name = $6
+			if (name ~ /syscall/) k = "sys"
+			else if (name ~ /^runtime\./ || name ~ /^internal\/runtime/) k = "rt"
+			else if (name ~ /^github.com\/dbproxy/) k = "own"
+			else k = "lib"
+			sum[k] += p
+		}
+		END { printf "system calls %.0f%%, Go runtime (scheduler, netpoller, GC) %.0f%%, dbproxy code %.0f%%, libraries (bufio, sync, pgx, zap, ...) %.0f%%", sum["sys"], sum["rt"], sum["own"], sum["lib"] }'
+}
+
+# pprof_top FILE: the functions with the most cumulative CPU, as text.
+pprof_top() {
+	"$GO" tool pprof -top -cum -nodecount=14 "$bindir/dbproxy" "$1" 2>/dev/null | sed -n '/flat%/,$p'
+}
+
+# where_txn: notes on the transaction-pool runs.
+where_txn() {
+	local i
+	for i in 3 4 5 6; do
+		echo "- **${wl_names[$i]}**: dbproxy/direct = $(ratio "${tps[$i,dbproxy]}" "${tps[$i,direct]}"), dbproxy/PgBouncer = $(ratio "${tps[$i,dbproxy]}" "${tps[$i,pgbouncer]}"); dbproxy used ${cpu[$i,dbproxy]} µs of CPU per transaction (PgBouncer ${cpu[$i,pgbouncer]} µs) and logged in upstream ${logins[$i,dbproxy]} times.${failed_why[$i,pgbouncer]:+ PgBouncer failed this run: \`${failed_why[$i,pgbouncer]}\` (PgBouncer supports prepared statements in transaction mode only from 1.21, with max_prepared_statements).}"
+	done
+	for i in 4 6; do
+		[[ -s "${profile[$i]:-}" ]] || continue
+		echo "- **CPU profile of dbproxy** during \"${wl_names[$i]}\" (\`/debug/pprof/profile\`, $((T > 6 ? T - 4 : T)) s): $(pprof_split "${profile[$i]}")."
+		echo
+		echo '  ```'
+		pprof_top "${profile[$i]}" | sed 's/^/  /'
+		echo '  ```'
+	done
+}
+
 cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 
 mkdir -p "$(dirname "$out")"
@@ -462,11 +533,12 @@ Vault share $(nproc) CPUs, so a proxy's CPU is taken from the client and the ser
   log_connections=on). pgbench data: \`pgbench -i -s $scale\` as the superuser, then
   \`GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC\` and a role \`bench\` with a fixed password.
 - **direct**: pgbench logs in as \`bench\` (scram-sha-256, the server's pg_hba for TCP).
-- **PgBouncer**: \`pool_mode = session\`, \`default_pool_size = 32\`, \`auth_type = trust\` for clients (like
+- **PgBouncer**: \`pool_mode = session\`, \`default_pool_size = 32\` (database \`appdb_txn\`: \`pool_mode=transaction\`,
+  \`pool_size=16\`), \`auth_type = trust\` for clients (like
   dbproxy's sidecar listener, which does no client authentication), logs in to PostgreSQL as \`bench\` with
   the password from its userlist (SCRAM). Run as the \`postgres\` user because it refuses to run as root.
 - **dbproxy**: a sidecar listener bound to identity \`bench\`, backend pool \`mode: session\`,
-  \`max_connections: 32\`, logs in to PostgreSQL with a Vault-issued user (\`$VAULT_MOUNT/creds/$VAULT_PG_ROLE\`,
+  \`max_connections: 32\` (backend \`appdb_txn\`: \`mode: transaction\`, \`max_connections: 16\`), logs in to PostgreSQL with a Vault-issued user (\`$VAULT_MOUNT/creds/$VAULT_PG_ROLE\`,
   ttl 1h, so no rotation happens during the run), default (info) logging.
 - Every run uses \`sslmode=disable\` and \`-n\` (no vacuum); a 3 s select-only warm-up runs first. Runs go
   workload by workload, the three targets back to back.
@@ -508,6 +580,17 @@ EOF
 
 EOF
 	where
+	cat <<EOF
+
+## Transaction pooling
+
+Both proxies lend one of 16 server connections per transaction (PgBouncer \`pool_mode=transaction\`,
+\`pool_size=16\`; dbproxy backend \`appdb_txn\` with \`mode: transaction\`, \`max_connections: 16\`); direct runs
+hold one server connection per client. With \`-M prepared\`, dbproxy prepares each statement once per server
+connection under its own name and maps the client's name to it.
+
+EOF
+	where_txn
 } >"$out"
 
 echo

@@ -303,9 +303,8 @@ func (t *txnSession) endWrite() {
 
 // attach checks out an upstream connection for a new transaction.
 func (t *txnSession) attach() error {
-	ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.opts.StartupTimeout)
-	defer cancel()
-	lease, err := t.pool.Checkout(ctx, t.key, t.s.dialer)
+	// Checkout bounds the wait with the pool's checkout_timeout.
+	lease, err := t.pool.Checkout(context.Background(), t.key, t.s.dialer)
 	if err != nil {
 		return err
 	}
@@ -635,13 +634,33 @@ func (t *txnSession) fail(lease *pool.Lease, err error) {
 // sessionFeature names a session-level feature in q that cannot work when
 // transactions land on different connections, or "".
 func sessionFeature(q string) string {
+	// The cheap tests first: this runs for every query.
 	switch {
-	case listenRE.MatchString(q):
+	case startsWithFold(q, "listen") && listenRE.MatchString(q):
 		return "LISTEN"
-	case advisoryRE.MatchString(q):
+	case containsFold(q, "advisory_") && advisoryRE.MatchString(q):
 		return "a session-level advisory lock"
 	}
 	return ""
+}
+
+// startsWithFold reports whether q, after leading white space, starts
+// with the ASCII word w in any case.
+func startsWithFold(q, w string) bool {
+	q = strings.TrimLeft(q, " \t\r\n")
+	return len(q) >= len(w) && strings.EqualFold(q[:len(w)], w)
+}
+
+// containsFold is strings.Contains ignoring ASCII case, without
+// allocating a lowered copy of q.
+func containsFold(q, sub string) bool {
+	first := sub[0] | 0x20 // sub is lower-case ASCII
+	for i := 0; i+len(sub) <= len(q); i++ {
+		if q[i]|0x20 == first && strings.EqualFold(q[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
 }
 
 var (
@@ -652,6 +671,9 @@ var (
 
 // deallocateTarget returns the statement name of a DEALLOCATE command.
 func deallocateTarget(q string) (string, bool) {
+	if !startsWithFold(q, "deallocate") {
+		return "", false
+	}
 	m := deallocateRE.FindStringSubmatch(q)
 	if m == nil || m[1] != m[3] {
 		return "", false

@@ -94,3 +94,19 @@ func TestRefusalSQLQuotes(t *testing.T) {
 		t.Fatalf("single quote not doubled: %s", q)
 	}
 }
+
+func TestContainsFold(t *testing.T) {
+	for _, c := range []struct {
+		q, sub string
+		want   bool
+	}{
+		{"select PG_ADVISORY_LOCK(1)", "advisory_", true},
+		{"select 1", "advisory_", false},
+		{"advisory", "advisory_", false},
+		{"", "advisory_", false},
+	} {
+		if got := containsFold(c.q, c.sub); got != c.want {
+			t.Errorf("containsFold(%q, %q) = %v", c.q, c.sub, got)
+		}
+	}
+}
