@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dbproxy/dbproxy/creds"
 )
 
@@ -94,6 +96,10 @@ type Lease struct {
 	pool     *Pool
 	lastUsed time.Time
 	idle     bool // in the idle list (for the state label)
+	// busyG and idleG are this connection's gauge children, looked up
+	// once: transaction pooling moves a connection between them per
+	// transaction.
+	busyG, idleG prometheus.Gauge
 }
 
 // New makes a pool and starts its janitor, which closes idle connections
@@ -253,11 +259,17 @@ func (l *Lease) Put() {
 
 // gauge moves this connection's count in dbproxy_upstream_connections.
 func (l *Lease) gauge(delta float64) {
-	state := "busy"
-	if l.idle {
-		state = "idle"
+	if l.busyG == nil {
+		o := l.pool.opts
+		gen := strconv.FormatUint(l.Gen.N, 10)
+		l.busyG = o.Metrics.conns.WithLabelValues(o.Backend, o.Role, gen, "busy")
+		l.idleG = o.Metrics.conns.WithLabelValues(o.Backend, o.Role, gen, "idle")
 	}
-	l.pool.opts.Metrics.conns.WithLabelValues(l.pool.opts.Backend, l.pool.opts.Role, strconv.FormatUint(l.Gen.N, 10), state).Add(delta)
+	if l.idle {
+		l.idleG.Add(delta)
+	} else {
+		l.busyG.Add(delta)
+	}
 }
 
 func (l *Lease) setIdle(idle bool) {

@@ -139,11 +139,14 @@ func (s *session) runTxn() string {
 }
 
 // watch ends the session at a kill, or when the upstream it holds
-// reaches its generation's drain deadline. Polling keeps it simple: the
-// deadline is seconds away when it matters, 100ms late is fine.
+// reaches its generation's drain deadline. It wakes at that generation's
+// expiry, or once a second to see which upstream the session holds now:
+// a transaction always starts on the newest generation, whose deadline is
+// far off, so a second late to notice a new transaction costs nothing.
 func (t *txnSession) watch(killed chan<- string, stop <-chan struct{}) {
-	tick := time.NewTicker(100 * time.Millisecond)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var expired <-chan struct{} // nil while no upstream is held
 	for {
 		select {
 		case <-stop:
@@ -157,15 +160,18 @@ func (t *txnSession) watch(killed chan<- string, stop <-chan struct{}) {
 			t.abort(&Error{Severity: "FATAL", Code: codeAdminShutdown, Message: msg, Hint: "reconnect to another dbproxy instance or retry shortly"})
 			return
 		case <-tick.C:
+		case <-expired:
 		}
 		t.mu.Lock()
 		l := t.lease
 		t.mu.Unlock()
+		expired = nil
 		if l == nil {
 			continue
 		}
+		expired = l.Gen.Expired()
 		select {
-		case <-l.Gen.Expired():
+		case <-expired:
 		default:
 			continue
 		}
@@ -179,6 +185,9 @@ func (t *txnSession) watch(killed chan<- string, stop <-chan struct{}) {
 
 // abort tells the client why and closes both sides.
 func (t *txnSession) abort(e *Error) {
+	// A relay blocked writing to a client that does not read holds wmu:
+	// the deadline frees it.
+	_ = t.s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	t.detach(false)
 	t.s.sendFatalLocked(&t.wmu, e)
 	_ = t.s.client.Close()

@@ -375,3 +375,54 @@ func TestTransactionPoolExhausted(t *testing.T) {
 		t.Fatalf("after a transaction ended: %d %v", n, err)
 	}
 }
+
+func TestTransactionOutlivesCredential(t *testing.T) {
+	_, port := startTxnStack(t, "pg-txnlong", 4, shortTTL, shortMaxTTL)
+	ctx := context.Background()
+	c := connect(t, txnDSN(port))
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var user string
+	if err := tx.QueryRow(ctx, "select current_user").Scan(&user); err != nil {
+		t.Fatal(err)
+	}
+	// Other clients' transactions move to the next credential; this one
+	// holds its server connection until the drain deadline.
+	deadline := time.Now().Add(shortMaxTTL + 15*time.Second)
+	for {
+		_, err = tx.Exec(ctx, "select 1")
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("transaction on %s still open after its credential's max TTL", user)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if sqlstate(err) != "57P01" || !strings.Contains(err.Error(), "outlived the database credential") {
+		t.Fatalf("want 57P01 about the credential, got %v", err)
+	}
+	c2 := connect(t, txnDSN(port))
+	var user2 string
+	if err := c2.QueryRow(ctx, "select current_user").Scan(&user2); err != nil || user2 == user {
+		t.Fatalf("after reconnecting: user %q (was %q), %v", user2, user, err)
+	}
+	// Vault's user of the closed transaction is gone once it is revoked.
+	sc := connect(t, PG.SuperDSN())
+	gone := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		if err := sc.QueryRow(ctx, "select count(*) from pg_roles where rolname = $1", user).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(gone) {
+			t.Fatalf("database user %s still exists after its generation drained", user)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
