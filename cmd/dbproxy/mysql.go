@@ -26,12 +26,6 @@ func newMySQLServer(cfg *config.Config, st *stack, policy *identity.Policy, log 
 		if err != nil {
 			return nil, err
 		}
-		if b.Pool.Mode == "transaction" {
-			// Not built yet for MySQL: say so rather than pool
-			// differently from what the operator asked for in silence.
-			log.Warn("backend runs in session mode: transaction pooling is not implemented for mysql backends yet",
-				zap.String("backend", name))
-		}
 		backends[name] = mb
 	}
 	return mysql.NewServer(mysql.Options{
@@ -55,7 +49,7 @@ func mysqlBackend(name string, b config.Backend) (*mysql.Backend, error) {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
 	return &mysql.Backend{Name: name, Addr: b.Address, Database: b.Database, TLS: tc,
-		AllowCleartext: b.AllowInsecureAuth, ConnectTimeout: b.ConnectTimeout.D()}, nil
+		AllowCleartext: b.AllowInsecureAuth, ConnectTimeout: b.ConnectTimeout.D(), Mode: b.Pool.Mode}, nil
 }
 
 // mysqlListener reuses what openListener built for a listener (TLS and

@@ -52,7 +52,16 @@ type fakeServer struct {
 	mu       sync.Mutex
 	logins   []*fakeLogin
 	commands []string // "<cmd byte> <payload>" of every command after login
+	executes []fakeExec
 	ln       net.Listener
+}
+
+// fakeExec is a COM_STMT_EXECUTE the fake saw.
+type fakeExec struct {
+	conn, stmt uint32
+	known      bool   // the id was prepared on that connection
+	types      []byte // the parameter types sent with new-params-bound 1
+	bound      []byte // the types the statement had when it ran
 }
 
 // fakeLogin is what the fake saw of one login.
@@ -169,6 +178,8 @@ func (f *fakeServer) serve(c net.Conn, id uint32) {
 	if ok(seq) != nil {
 		return
 	}
+	stmts := map[uint32]*fakeStmt{} // prepared on this connection
+	nextStmt := id * 1000
 	for {
 		_, p, err := readPacket(r, 1<<24)
 		if err != nil || len(p) == 0 {
@@ -180,12 +191,44 @@ func (f *fakeServer) serve(c net.Conn, id uint32) {
 		switch p[0] {
 		case gomysql.COM_QUIT:
 			return
-		case gomysql.COM_STMT_CLOSE, gomysql.COM_STMT_SEND_LONG_DATA:
+		case gomysql.COM_STMT_CLOSE:
+			delete(stmts, binary.LittleEndian.Uint32(p[1:]))
 			continue
+		case gomysql.COM_STMT_SEND_LONG_DATA:
+			continue
+		case gomysql.COM_STMT_PREPARE:
+			nextStmt++
+			st := &fakeStmt{params: strings.Count(string(p[1:]), "?")}
+			stmts[nextStmt] = st
+			if f.prepareOK(conn, nextStmt, st.params, deprecateEOF) != nil {
+				return
+			}
+			continue
+		case gomysql.COM_STMT_EXECUTE:
+			sid := binary.LittleEndian.Uint32(p[1:])
+			st := stmts[sid]
+			ex := fakeExec{conn: id, stmt: sid, known: st != nil}
+			if st != nil && st.params > 0 {
+				pos := 10 + (st.params+7)/8
+				if p[pos] == 1 {
+					ex.types = append([]byte(nil), p[pos+1:pos+1+2*st.params]...)
+					st.types = ex.types
+				}
+				ex.bound = st.types
+			}
+			f.mu.Lock()
+			f.executes = append(f.executes, ex)
+			f.mu.Unlock()
+			if st == nil {
+				if writePkt(conn, 1, append([]byte{0xff, 0xdb, 0x04}, "#HY000Unknown prepared statement handler"...)) != nil {
+					return
+				}
+				continue
+			}
 		case gomysql.COM_QUERY:
 			q := strings.ToLower(string(p[1:]))
 			switch {
-			case q == "begin":
+			case q == "begin" || strings.HasPrefix(q, "start transaction"):
 				status |= gomysql.SERVER_STATUS_IN_TRANS
 			case q == "commit" || q == "rollback":
 				status &^= gomysql.SERVER_STATUS_IN_TRANS
@@ -202,6 +245,36 @@ func (f *fakeServer) serve(c net.Conn, id uint32) {
 			return
 		}
 	}
+}
+
+type fakeStmt struct {
+	params int
+	types  []byte
+}
+
+// prepareOK answers COM_STMT_PREPARE: no result columns, params
+// parameter definitions.
+func (f *fakeServer) prepareOK(w io.Writer, sid uint32, params int, deprecateEOF bool) error {
+	b := []byte{0}
+	b = binary.LittleEndian.AppendUint32(b, sid)
+	b = binary.LittleEndian.AppendUint16(b, 0)
+	b = binary.LittleEndian.AppendUint16(b, uint16(params))
+	b = append(b, 0, 0, 0)
+	if err := writePkt(w, 1, b); err != nil {
+		return err
+	}
+	seq := byte(2)
+	col := []byte{3, 'd', 'e', 'f', 0, 0, 0, 1, '?', 0, 0x0c, 63, 0, 0, 0, 0, 0, 0xfd, 0x80, 0, 0, 0, 0}
+	for range params {
+		if err := writePkt(w, seq, col); err != nil {
+			return err
+		}
+		seq++
+	}
+	if params > 0 && !deprecateEOF {
+		return writePkt(w, seq, []byte{0xfe, 0, 0, 2, 0})
+	}
+	return nil
 }
 
 // resultSet answers with one column and one row holding v.

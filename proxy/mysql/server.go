@@ -84,6 +84,10 @@ type Server struct {
 	gmMu sync.Mutex
 	gm   map[string]*server.Server // by greeting auth plugin
 
+	// greetings are the login status flags transaction-pool clients are
+	// greeted with, by backend, role and pool key (see txn.go).
+	greetings greetingCache
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	sessions  map[*session]struct{}

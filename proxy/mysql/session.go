@@ -39,6 +39,13 @@ type session struct {
 	caps    uint32 // negotiated with the client
 	track   *tracker
 
+	// Transaction pooling (txn.go): where each transaction's upstream
+	// connection comes from.
+	txnMode bool
+	pool    *pool.Pool
+	poolKey string
+	dialer  pool.DialFunc
+
 	mu       sync.Mutex
 	lease    *pool.Lease
 	killCh   chan killReason
@@ -199,7 +206,8 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 		attrs: map[string]string{"program_name": program}}
 	ctx, cancel := context.WithDeadline(context.Background(), s.started.Add(s.srv.opts.StartupTimeout))
 	defer cancel()
-	lease, err := pl.Checkout(ctx, params.key(), func(ctx context.Context, gen *creds.Generation) (pool.Conn, error) {
+	s.pool, s.poolKey, s.txnMode = pl, params.key(), b.Mode == "transaction"
+	s.dialer = func(ctx context.Context, gen *creds.Generation) (pool.Conn, error) {
 		u, err := dial(ctx, b, gen, params)
 		if err != nil {
 			var me *gomysql.MyError
@@ -211,17 +219,41 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 			return nil, err
 		}
 		return u, nil
-	})
+	}
+	s.nextSeq.Store(1)
+	s.track = newTracker(s.caps&gomysql.CLIENT_DEPRECATE_EOF != 0)
+	greetKey := b.Name + "\x00" + grant.Role + "\x00" + s.poolKey
+	if s.txnMode {
+		// Clients of a transaction pool log in without waiting for a free
+		// server connection: the login status is the last one's. The
+		// credential check keeps "no valid credential" a login error.
+		if st, ok := s.srv.greetings.get(greetKey); ok {
+			if _, err := pl.Credential(ctx); err != nil {
+				return err
+			}
+			s.status.Store(uint32(st))
+			return nil
+		}
+	}
+	lease, err := pl.Checkout(ctx, s.poolKey, s.dialer)
 	if err != nil {
 		return err
+	}
+	if s.txnMode {
+		// One login proves the backend takes this key's capabilities;
+		// the connection serves the session's first transaction or
+		// another client's.
+		st := lease.Conn.(*upstream).status
+		s.srv.greetings.put(greetKey, st)
+		s.status.Store(uint32(st))
+		lease.Put()
+		return nil
 	}
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
 	up := lease.Conn.(*upstream)
 	s.status.Store(uint32(up.status))
-	s.nextSeq.Store(1)
-	s.track = newTracker(s.caps&gomysql.CLIENT_DEPRECATE_EOF != 0)
 	return nil
 }
 
@@ -232,6 +264,14 @@ func (s *session) run() {
 	m.connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
 	m.clients.WithLabelValues(b, s.id.Name).Inc()
 	defer m.clients.WithLabelValues(b, s.id.Name).Dec()
+	if s.txnMode {
+		// Each transaction has its own server connection and may have
+		// its own database user; the log lines say so.
+		s.log.Info("session start", zap.Bool("transaction_pooling", true), zap.Uint32("connection_id", s.connID))
+		result := s.runTxn()
+		s.logEnd(result, nil)
+		return
+	}
 	gen := s.lease.Gen
 	up := s.currentUpstream()
 	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N),
@@ -250,12 +290,23 @@ func (s *session) run() {
 	} else {
 		lease.Close()
 	}
+	s.logEnd(result, gen)
+}
+
+// logEnd counts and logs the end of a session; gen is nil in transaction
+// pooling, where the session used many.
+func (s *session) logEnd(result string, gen *creds.Generation) {
+	m := s.srv.metrics
+	b := s.backend.Name
 	m.sessions.WithLabelValues(b, s.id.Name, result).Inc()
 	m.bytes.WithLabelValues(b, "client_to_server").Add(float64(s.bytesIn.Load()))
 	m.bytes.WithLabelValues(b, "server_to_client").Add(float64(s.bytesOut.Load()))
-	s.log.Info("session end", zap.String("result", result), zap.String("db_user", gen.Username),
-		zap.Uint64("generation", gen.N), zap.Duration("duration", time.Since(s.started)),
-		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))
+	fields := []zap.Field{zap.String("result", result), zap.Duration("duration", time.Since(s.started)),
+		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load())}
+	if gen != nil {
+		fields = append(fields, zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
+	}
+	s.log.Info("session end", fields...)
 }
 
 // relay copies packets both ways until one side ends or the session is

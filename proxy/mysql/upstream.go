@@ -35,6 +35,8 @@ type Backend struct {
 	// the login before the password leaves dbproxy.
 	AllowCleartext bool
 	ConnectTimeout time.Duration
+	// Mode is session or transaction (pooling, see txn.go).
+	Mode string
 }
 
 // upstream is one authenticated connection to MySQL that dbproxy took
@@ -48,6 +50,9 @@ type upstream struct {
 	status   uint16 // after login or the last Reset
 	db       string
 	setNames string // restores the handshake's character set after a reset
+	// stmts are the statements transaction pooling prepared here, by
+	// query text (see stmt.go); COM_RESET_CONNECTION drops them all.
+	stmts map[string]*upStmt
 }
 
 // dialParams is what the upstream session takes from the client's
@@ -186,6 +191,7 @@ func (u *upstream) Reset(ctx context.Context) error {
 	}
 	_ = u.conn.SetDeadline(dl)
 	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
+	u.stmts = nil
 	cmds := [][]byte{
 		{gomysql.COM_RESET_CONNECTION},
 		append([]byte{gomysql.COM_INIT_DB}, u.db...),
