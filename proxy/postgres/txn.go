@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
-	"strings"
 	"sync"
 	"time"
 
@@ -38,7 +36,7 @@ const (
 type request struct {
 	typ    byte // frontend message type: P B D E C S Q F
 	action reqAction
-	fake   byte   // for actFake: backend message type to emit
+	fake   []byte // for actFake: backend message(s) to emit
 	pname  string // for swallowed Parse: statement to forget if it fails
 }
 
@@ -60,17 +58,6 @@ func (r request) completes(typ byte) bool {
 	}
 }
 
-// stmt is a client's named prepared statement.
-type stmt struct {
-	pname string // name on upstream connections
-	parse []byte // Parse message body with pname, to prepare it anywhere
-}
-
-const (
-	maxClientStatements   = 10000
-	maxUpstreamStatements = 1000
-)
-
 // txnSession is the transaction-pooling state of one client session.
 type txnSession struct {
 	s    *session
@@ -81,14 +68,15 @@ type txnSession struct {
 	mu sync.Mutex
 	// writing is true while the client reader writes to up outside mu:
 	// the connection must not go back to the pool under its feet.
-	writing bool
-	quiet   *sync.Cond // on mu; broadcast when writing ends or lease goes
-	lease   *pool.Lease
-	up      *upstream
-	queue   []request
-	stmts   map[string]stmt
-	broken  error  // set when the upstream failed mid-transaction
-	emitNow []byte // fake answers forward writes once t.mu is released
+	writing   bool
+	quiet     *sync.Cond // on mu; broadcast when writing ends or lease goes
+	lease     *pool.Lease
+	up        *upstream
+	queue     []request
+	stmts     map[string]stmt
+	stmtBytes int      // sum of len(parse) over stmts
+	broken    error    // set when the upstream failed mid-transaction
+	emitNow   [][]byte // fake answers forward writes once t.mu is released
 }
 
 // runTxn relays in transaction-pooling mode until the session ends.
@@ -246,6 +234,22 @@ func (t *txnSession) forward(typ byte, body []byte) error {
 		return nil // streamed COPY data
 	}
 	t.mu.Lock()
+	if t.lease == nil && typ == 'Q' {
+		// DEALLOCATE of one of the client's statements between
+		// transactions needs no server connection.
+		if name, ok := deallocateTarget(firstCString(body)); ok {
+			if _, mine := t.stmts[name]; mine {
+				t.forget(name)
+				t.mu.Unlock()
+				t.wmu.Lock()
+				defer t.wmu.Unlock()
+				if _, err := t.s.cbw.Write(t.s.patchStatus(deallocateAnswer)); err != nil {
+					return err
+				}
+				return t.s.cbw.Flush()
+			}
+		}
+	}
 	for t.lease == nil {
 		if t.broken != nil {
 			err := t.broken
@@ -275,8 +279,8 @@ func (t *txnSession) forward(typ byte, body []byte) error {
 		// Answers to requests never sent, due now: every earlier answer
 		// was written (the relay writes under wmu what it popped).
 		t.wmu.Lock()
-		for _, typ := range emit {
-			_, err = t.s.cbw.Write([]byte{typ, 0, 0, 0, 4})
+		for _, f := range emit {
+			_, err = t.s.cbw.Write(t.s.patchStatus(f))
 		}
 		if err == nil {
 			err = t.s.cbw.Flush()
@@ -363,179 +367,6 @@ func (t *txnSession) release(lease *pool.Lease, clean bool) {
 	lease.Close()
 }
 
-// rewrite queues and writes one message to the upstream, renaming named
-// prepared statements. t.mu is held.
-func (t *txnSession) rewrite(typ byte, body []byte) error {
-	up := t.up
-	switch typ {
-	case 'P':
-		name, rest, ok := cstring(body)
-		if !ok {
-			return fatal(codeProtocolViolation, "malformed Parse message")
-		}
-		if guard := sessionFeature(firstCString(rest)); guard != "" {
-			// Prepare a statement that raises the explanation instead.
-			rest = append(appendCString(nil, refusalSQL(guard)), 0, 0)
-			body = append(appendCString(nil, name), rest...)
-		}
-		if name == "" {
-			return t.send(request{typ: 'P'}, typ, body)
-		}
-		st := t.remember(name, rest)
-		if up.prepared[st.pname] {
-			return t.enqueueFake('1')
-		}
-		t.notePrepared(up, st.pname)
-		return t.send(request{typ: 'P', pname: st.pname}, 'P', st.parse)
-	case 'B':
-		portal, rest, ok := cstring(body)
-		name, tail, ok2 := cstring(rest)
-		if !ok || !ok2 {
-			return fatal(codeProtocolViolation, "malformed Bind message")
-		}
-		if name == "" {
-			return t.send(request{typ: 'B'}, typ, body)
-		}
-		st, err := t.ensure(name)
-		if err != nil {
-			return err
-		}
-		nb := appendCString(appendCString(make([]byte, 0, len(body)+len(st.pname)), portal), st.pname)
-		return t.send(request{typ: 'B'}, 'B', append(nb, tail...))
-	case 'D', 'C':
-		if len(body) < 2 || body[0] != 'S' {
-			return t.send(request{typ: typ}, typ, body)
-		}
-		name, _, ok := cstring(body[1:])
-		if !ok {
-			return fatal(codeProtocolViolation, "malformed Describe or Close message")
-		}
-		if name == "" {
-			return t.send(request{typ: typ}, typ, body)
-		}
-		if typ == 'C' {
-			// Statements are shared by content across clients: forget the
-			// client's name, keep the upstream's statement.
-			delete(t.stmts, name)
-			return t.enqueueFake('3')
-		}
-		st, err := t.ensure(name)
-		if err != nil {
-			return err
-		}
-		return t.send(request{typ: 'D'}, 'D', appendCString([]byte{'S'}, st.pname))
-	case 'Q':
-		q := firstCString(body)
-		if guard := sessionFeature(q); guard != "" {
-			return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, refusalSQL(guard)))
-		}
-		if name, ok := deallocateTarget(q); ok {
-			return t.deallocate(name, body)
-		}
-		return t.send(request{typ: 'Q'}, typ, body)
-	case 'E', 'S', 'F':
-		return t.send(request{typ: typ}, typ, body)
-	case 'H':
-		return t.write(typ, body) // Flush: no answer
-	}
-	return t.write(typ, body)
-}
-
-// send queues r and writes the message.
-func (t *txnSession) send(r request, typ byte, body []byte) error {
-	t.queue = append(t.queue, r)
-	return t.write(typ, body)
-}
-
-func (t *txnSession) write(typ byte, body []byte) error {
-	var hdr [5]byte
-	hdr[0] = typ
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
-	if _, err := t.up.bw.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err := t.up.bw.Write(body)
-	return err
-}
-
-// enqueueFake answers a request the proxy did not send, in its turn: now
-// if nothing is outstanding, else right after the request before it.
-func (t *txnSession) enqueueFake(typ byte) error {
-	if len(t.queue) == 0 {
-		t.emitNow = append(t.emitNow, typ)
-		return nil
-	}
-	t.queue = append(t.queue, request{action: actFake, fake: typ})
-	return nil
-}
-
-// remember records a client's Parse under its name.
-func (t *txnSession) remember(name string, rest []byte) stmt {
-	if len(t.stmts) >= maxClientStatements {
-		for k := range t.stmts { // evict one; Go's map order is random
-			delete(t.stmts, k)
-			break
-		}
-	}
-	pname := statementName(rest)
-	st := stmt{pname: pname, parse: append(appendCString(nil, pname), rest...)}
-	t.stmts[name] = st
-	return st
-}
-
-// ensure makes the client's statement exist on the current upstream,
-// preparing it there first (answer swallowed) if needed.
-func (t *txnSession) ensure(name string) (stmt, error) {
-	st, ok := t.stmts[name]
-	if !ok {
-		// Not ours to rename: let the server report it.
-		return stmt{pname: name}, nil
-	}
-	if t.up.prepared[st.pname] {
-		return st, nil
-	}
-	t.notePrepared(t.up, st.pname)
-	return st, t.send(request{typ: 'P', action: actSwallow, pname: st.pname}, 'P', st.parse)
-}
-
-// notePrepared records pname on up, closing an old statement there when
-// the per-connection cap is reached.
-func (t *txnSession) notePrepared(up *upstream, pname string) {
-	if len(up.prepared) >= maxUpstreamStatements {
-		for victim := range up.prepared {
-			delete(up.prepared, victim)
-			t.queue = append(t.queue, request{typ: 'C', action: actSwallow})
-			_ = t.write('C', appendCString([]byte{'S'}, victim))
-			break
-		}
-	}
-	up.prepared[pname] = true
-}
-
-// deallocate handles SQL DEALLOCATE of a protocol-level statement, whose
-// server-side name the client does not know.
-func (t *txnSession) deallocate(name string, body []byte) error {
-	if strings.EqualFold(name, "all") {
-		clear(t.stmts)
-		clear(t.up.prepared)
-		return t.send(request{typ: 'Q'}, 'Q', body)
-	}
-	if _, ok := t.stmts[name]; !ok {
-		return t.send(request{typ: 'Q'}, 'Q', body) // an SQL PREPARE: server's
-	}
-	delete(t.stmts, name)
-	// Same command tag and ReadyForQuery as the real thing, no effect on
-	// statements other clients share.
-	return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, "DEALLOCATE ALL"))
-}
-
-// refusalSQL raises the explanation for a session-level feature from
-// the server itself, so the transaction state the client sees is true.
-func refusalSQL(feature string) string {
-	msg := fmt.Sprintf("%s is not supported in transaction pooling mode: it needs the same server connection across transactions; use a backend with pool mode session", feature)
-	return "DO $dbproxy$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '" + strings.ReplaceAll(msg, "'", "''") + "'; END $dbproxy$"
-}
-
 // serverToClient relays the server's answers for one transaction and
 // detaches when it ends.
 func (t *txnSession) serverToClient(lease *pool.Lease) {
@@ -561,9 +392,12 @@ func (t *txnSession) serverToClient(lease *pool.Lease) {
 		} else {
 			typ, body, n, err = copyFrame(up.br, s.cbw, 1<<30)
 		}
+		if err == nil && typ == 'Z' && len(body) == 1 {
+			s.txStatus.Store(uint32(body[0]))
+		}
 		if err == nil {
 			for _, f := range fakes {
-				_, err = s.cbw.Write([]byte{f, 0, 0, 0, 4})
+				_, err = s.cbw.Write(s.patchStatus(f))
 			}
 		}
 		if err == nil && up.br.Buffered() == 0 {
@@ -578,7 +412,6 @@ func (t *txnSession) serverToClient(lease *pool.Lease) {
 		if typ != 'Z' || len(body) != 1 {
 			continue
 		}
-		s.txStatus.Store(uint32(body[0]))
 		t.mu.Lock()
 		for t.writing && len(t.queue) == 0 && t.lease == lease {
 			// The client reader is mid-write (e.g. a flush after a fake
@@ -597,7 +430,7 @@ func (t *txnSession) serverToClient(lease *pool.Lease) {
 
 // complete applies server message typ to the request queue and says
 // whether to drop it and which fake answers follow it. t.mu is held.
-func (t *txnSession) complete(typ byte) (drop bool, fakes []byte) {
+func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 	if len(t.queue) == 0 {
 		return false, nil
 	}
@@ -638,73 +471,4 @@ func (t *txnSession) fail(lease *pool.Lease, err error) {
 	t.release(t.takeLocked(), false)
 	// Unblock the client reader so the session ends promptly.
 	_ = t.s.client.SetReadDeadline(time.Unix(1, 0))
-}
-
-// sessionFeature names a session-level feature in q that cannot work when
-// transactions land on different connections, or "".
-func sessionFeature(q string) string {
-	// The cheap tests first: this runs for every query.
-	switch {
-	case startsWithFold(q, "listen") && listenRE.MatchString(q):
-		return "LISTEN"
-	case containsFold(q, "advisory_") && advisoryRE.MatchString(q):
-		return "a session-level advisory lock"
-	}
-	return ""
-}
-
-// startsWithFold reports whether q, after leading white space, starts
-// with the ASCII word w in any case.
-func startsWithFold(q, w string) bool {
-	q = strings.TrimLeft(q, " \t\r\n")
-	return len(q) >= len(w) && strings.EqualFold(q[:len(w)], w)
-}
-
-// containsFold is strings.Contains ignoring ASCII case, without
-// allocating a lowered copy of q.
-func containsFold(q, sub string) bool {
-	first := sub[0] | 0x20 // sub is lower-case ASCII
-	for i := 0; i+len(sub) <= len(q); i++ {
-		if q[i]|0x20 == first && strings.EqualFold(q[i:i+len(sub)], sub) {
-			return true
-		}
-	}
-	return false
-}
-
-var (
-	listenRE     = regexp.MustCompile(`(?i)^\s*listen\s`)
-	advisoryRE   = regexp.MustCompile(`(?i)\bpg_(try_)?advisory_lock(_shared)?\s*\(`)
-	deallocateRE = regexp.MustCompile(`(?i)^\s*deallocate\s+(?:prepare\s+)?("?)([\w$]+)("?)\s*;?\s*$`)
-)
-
-// deallocateTarget returns the statement name of a DEALLOCATE command.
-func deallocateTarget(q string) (string, bool) {
-	if !startsWithFold(q, "deallocate") {
-		return "", false
-	}
-	m := deallocateRE.FindStringSubmatch(q)
-	if m == nil || m[1] != m[3] {
-		return "", false
-	}
-	return m[2], true
-}
-
-// cstring splits a NUL-terminated string off b.
-func cstring(b []byte) (string, []byte, bool) {
-	for i, c := range b {
-		if c == 0 {
-			return string(b[:i]), b[i+1:], true
-		}
-	}
-	return "", nil, false
-}
-
-func firstCString(b []byte) string {
-	s, _, _ := cstring(b)
-	return s
-}
-
-func appendCString(dst []byte, s string) []byte {
-	return append(append(dst, s...), 0)
 }

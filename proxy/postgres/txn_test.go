@@ -13,14 +13,14 @@ func TestRequestQueueCompletion(t *testing.T) {
 	tr.queue = []request{
 		{typ: 'P', action: actSwallow, pname: "dbproxy_a"},
 		{typ: 'B'},
-		{action: actFake, fake: '3'},
+		{action: actFake, fake: []byte{'3', 0, 0, 0, 4}},
 		{typ: 'E'},
 		{typ: 'S'},
 	}
 	if drop, fakes := tr.complete('1'); !drop || fakes != nil {
 		t.Fatalf("ParseComplete of an injected Parse: drop=%v fakes=%q", drop, fakes)
 	}
-	if drop, fakes := tr.complete('2'); drop || !bytes.Equal(fakes, []byte{'3'}) {
+	if drop, fakes := tr.complete('2'); drop || len(fakes) != 1 || !bytes.Equal(fakes[0], []byte{'3', 0, 0, 0, 4}) {
 		t.Fatalf("BindComplete: drop=%v fakes=%q, want the fake CloseComplete after it", drop, fakes)
 	}
 	if drop, _ := tr.complete('D'); drop || len(tr.queue) != 2 {
@@ -108,5 +108,48 @@ func TestContainsFold(t *testing.T) {
 		if got := containsFold(c.q, c.sub); got != c.want {
 			t.Errorf("containsFold(%q, %q) = %v", c.q, c.sub, got)
 		}
+	}
+}
+
+func TestPatchStatus(t *testing.T) {
+	s := &session{}
+	s.txStatus.Store('T')
+	got := s.patchStatus(deallocateAnswer)
+	if got[len(got)-1] != 'T' || deallocateAnswer[len(deallocateAnswer)-1] != 'I' {
+		t.Fatalf("patched %q, template %q", got, deallocateAnswer)
+	}
+	cc := []byte{'3', 0, 0, 0, 4}
+	if !bytes.Equal(s.patchStatus(cc), cc) {
+		t.Fatal("a frame without ReadyForQuery changed")
+	}
+}
+
+func TestRememberBoundsBytes(t *testing.T) {
+	tr := &txnSession{stmts: map[string]stmt{}}
+	big := make([]byte, 1<<20) // a 1 MiB query
+	for i := range 40 {
+		big[0] = byte(i) // distinct statements
+		tr.remember(string(rune('a'+i)), append(big[:len(big):len(big)], 0, 0, 0))
+	}
+	if tr.stmtBytes > maxClientStatementBytes || len(tr.stmts) > 16 {
+		t.Fatalf("%d statements, %d bytes kept; want at most %d bytes", len(tr.stmts), tr.stmtBytes, maxClientStatementBytes)
+	}
+	sum := 0
+	for _, st := range tr.stmts {
+		sum += len(st.parse)
+	}
+	if sum != tr.stmtBytes {
+		t.Fatalf("stmtBytes %d, actual %d", tr.stmtBytes, sum)
+	}
+	tr.remember("a", []byte("select 1\x00\x00\x00"))
+	tr.remember("a", []byte("select 2\x00\x00\x00")) // redefined: counted once
+	tr.forget("a")
+	tr.forget("a")
+	sum = 0
+	for _, st := range tr.stmts {
+		sum += len(st.parse)
+	}
+	if sum != tr.stmtBytes {
+		t.Fatalf("after forget: stmtBytes %d, actual %d", tr.stmtBytes, sum)
 	}
 }

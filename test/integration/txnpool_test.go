@@ -101,6 +101,31 @@ func TestTransactionPooling(t *testing.T) {
 		}
 	})
 
+	t.Run("DEALLOCATE by one client leaves other clients' statements working", func(t *testing.T) {
+		a, b := connect(t, txnDSN(port)), connect(t, txnDSN(port))
+		for _, c := range []*pgx.Conn{a, b} {
+			if _, err := c.Prepare(ctx, "shared", "select $1::int * 2"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := a.Exec(ctx, "deallocate shared", pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatalf("deallocate: %v", err)
+		}
+		if _, err := a.Exec(ctx, "deallocate all", pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatalf("deallocate all: %v", err)
+		}
+		for i := range 30 {
+			var n int
+			if err := b.QueryRow(ctx, "shared", i).Scan(&n); err != nil || n != 2*i {
+				t.Fatalf("b's statement after a's DEALLOCATE ALL: %d %v", n, err)
+			}
+		}
+		// a's own statement is gone, as in PostgreSQL.
+		if err := a.QueryRow(ctx, "shared", 1).Scan(new(int)); sqlstate(err) != "26000" {
+			t.Fatalf("a's deallocated statement: want 26000, got %v", err)
+		}
+	})
+
 	t.Run("transactions keep their connection and roll back on error", func(t *testing.T) {
 		if err := PG.Exec(ctx, "create table if not exists txn_t (id int primary key, v text); grant all on txn_t to public"); err != nil {
 			t.Fatal(err)
