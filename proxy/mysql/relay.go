@@ -508,7 +508,7 @@ func (s *session) clientToUpstream() error {
 		}
 		if logical > maxLen {
 			return &Error{Code: erNetPacketTooLarge, State: "08S01",
-				Message: fmt.Sprintf("Got a packet bigger than dbproxy's limit of %d bytes (max_message_bytes)", maxLen)}
+				Message: fmt.Sprintf("Got a packet bigger than dbproxy's limit of %d bytes; send smaller statements or values (e.g. several INSERTs, LOAD DATA in parts)", maxLen)}
 		}
 		m, err := copyPacket(s.cbr, up.bw, n)
 		s.bytesIn.Add(int64(m))

@@ -221,7 +221,7 @@ func (t *txnSession) readCommand() ([]byte, error) {
 		n := payloadLen(hdr[:])
 		if len(p)+n > maxLen {
 			return nil, &Error{Code: erNetPacketTooLarge, State: "08S01",
-				Message: fmt.Sprintf("Got a packet bigger than dbproxy's limit of %d bytes (max_message_bytes)", maxLen)}
+				Message: fmt.Sprintf("Got a packet bigger than dbproxy's limit of %d bytes; send smaller statements or values (e.g. several INSERTs, LOAD DATA in parts)", maxLen)}
 		}
 		p = append(p, make([]byte, n)...)
 		if _, err := io.ReadFull(s.cbr, p[len(p)-n:]); err != nil {

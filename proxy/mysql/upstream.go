@@ -364,7 +364,10 @@ func (g *clientGate) check(p []byte) ([]byte, error) {
 			return nil, errors.New("auth switch request without a NUL-terminated plugin name")
 		}
 		if !upstreamPluginAllowed(string(name), g.tlsCfg != nil, g.allowClear) {
-			return nil, fmt.Errorf("the server asked for authentication plugin %q, which would send the password in clear text over a connection that is not encrypted: set the backend's tls mode (or allow_insecure_auth)", name)
+			if string(name) == gomysql.AUTH_CLEAR_PASSWORD {
+				return nil, fmt.Errorf("the server asked for authentication plugin %q, which would send the password in clear text over a connection that is not encrypted: set the backend's tls mode (or allow_insecure_auth)", name)
+			}
+			return nil, fmt.Errorf("the server asked for authentication plugin %q, which dbproxy does not support: give Vault's database users mysql_native_password, caching_sha2_password, sha256_password or ed25519", name)
 		}
 		if (string(name) == gomysql.AUTH_NATIVE_PASSWORD || string(name) == gomysql.AUTH_CACHING_SHA2_PASSWORD) && len(data) < 20 {
 			return nil, fmt.Errorf("auth switch to %s with a %d byte scramble", name, len(data))
