@@ -9,7 +9,8 @@
 #   make test              all of the above but build and lint
 #   make demo              dbproxy + PostgreSQL + Vault left running in ./demo (scripts/demo.sh)
 #   make demo-stop         stop the demo (pid files in ./demo)
-#   make bench             pgbench: direct vs PgBouncer vs dbproxy -> bench/RESULTS.md
+#   make bench             pgbench: direct vs PgBouncer vs dbproxy, then bench-mysql -> bench/RESULTS.md
+#   make bench-mysql       sysbench oltp_read_only: MariaDB direct vs dbproxy -> its section of bench/RESULTS.md
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -73,7 +74,7 @@ test:
 clean:
 	rm -rf bin
 
-.PHONY: demo demo-stop bench
+.PHONY: demo demo-stop bench bench-mysql
 
 demo:
 	scripts/demo.sh start
@@ -81,5 +82,11 @@ demo:
 demo-stop:
 	scripts/demo.sh stop
 
+# bench.sh rewrites bench/RESULTS.md whole; bench-mysql.sh then appends
+# (or replaces) its MySQL/MariaDB section at the end.
 bench:
 	scripts/bench.sh
+	scripts/bench-mysql.sh
+
+bench-mysql:
+	scripts/bench-mysql.sh

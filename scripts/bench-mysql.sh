@@ -1,0 +1,492 @@
+#!/usr/bin/env bash
+# bench-mysql.sh (make bench-mysql; make bench runs it after bench.sh) runs
+# sysbench oltp_read_only against one MariaDB two ways and writes the
+# section "## MySQL/MariaDB: sysbench oltp_read_only" at the end of
+# bench/RESULTS.md (that line and everything after it is replaced; the rest
+# of the file, bench.sh's PostgreSQL results, is kept):
+#
+#   direct   MariaDB itself (test/devstack --mariadb, 127.0.0.1), as the
+#            admin user
+#   dbproxy  bin/dbproxy, sidecar listener (no client password), session
+#            pool, logging in to MariaDB with Vault-issued users
+#
+# Workload: sysbench oltp_read_only (per transaction BEGIN, 10 point
+# selects, 4 range selects, COMMIT; server-side prepared statements) on 4
+# tables of 10000 rows, at 1 and at 16 threads, --time BENCH_TIME seconds
+# each, the two targets back to back.
+#
+# All traffic stays on 127.0.0.1. State goes to a temporary directory that is
+# removed at the end (kept on failure or with BENCH_KEEP=1); the raw sysbench
+# output goes to bench/bench-mysql.log (not committed).
+#
+#   BENCH_TIME   seconds per run (default 15; 4 runs)
+#   BENCH_OUT    results file (default bench/RESULTS.md)
+#   BENCH_KEEP   keep the temporary directory
+#   BENCH_REV    build dbproxy and devstack from this commit instead of the
+#                working tree (e.g. HEAD while others edit the tree)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+GO="${GO:-go}"
+T="${BENCH_TIME:-15}"
+tables=4
+table_size=10000
+out="${BENCH_OUT:-$root/bench/RESULTS.md}"
+rawlog="$root/bench/bench-mysql.log"
+heading='## MySQL/MariaDB: sysbench oltp_read_only'
+t_start=$SECONDS
+
+log() { printf '>> %s\n' "$*" >&2; }
+die() { printf 'bench-mysql: %s\n' "$*" >&2; exit 1; }
+
+for c in sysbench mariadb awk curl; do
+	command -v "$c" >/dev/null || die "$c not found (make deps installs MariaDB and sysbench)"
+done
+
+work="$(mktemp -d /tmp/dbproxy-bench-mysql.XXXXXX)"
+chmod 755 "$work"
+devstack_pid='' proxy_pid=''
+
+# stop PID NAME: SIGTERM, wait up to 30s, SIGKILL.
+stop() {
+	local pid=$1 i
+	[[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 300; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "$2 (pid $pid) did not stop in 30s; SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local st=$?
+	stop "$proxy_pid" dbproxy
+	stop "$devstack_pid" devstack
+	if ((st != 0)) || [[ -n "${BENCH_KEEP:-}" ]]; then
+		log "state and logs kept in $work"
+	else
+		rm -rf "$work"
+	fi
+	exit "$st"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# free_port: a port that is free now, below the kernel's ephemeral range (so
+# no outgoing connection takes it before the server binds it).
+free_port() {
+	local lo p i
+	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range || lo=32768
+	((lo > 12000)) || lo=32768
+	for ((i = 0; i < 100; i++)); do
+		p=$((10000 + RANDOM % (lo - 10000)))
+		in_use "$p" || { echo "$p"; return 0; }
+	done
+	die "no free port found"
+}
+
+# wait_ready PID SECONDS CMD...: run CMD every 0.1s until it succeeds (0);
+# 1 when PID exits first, 2 when time runs out.
+wait_ready() {
+	local pid=$1 limit=$(($2 * 10)) i
+	shift 2
+	for ((i = 0; i < limit; i++)); do
+		"$@" >/dev/null 2>&1 && return 0
+		kill -0 "$pid" 2>/dev/null || return 1
+		sleep 0.1
+	done
+	return 2
+}
+
+# wait_for WHAT PID SECONDS CMD...: wait_ready or die.
+wait_for() {
+	local what=$1 st=0
+	shift
+	wait_ready "$@" || st=$?
+	case $st in
+	0) return 0 ;;
+	1) die "$what exited (logs in $work)" ;;
+	*) die "$what not ready after ${2}s (logs in $work)" ;;
+	esac
+}
+
+# cpu_ticks PID: user+system CPU time of PID in clock ticks.
+cpu_ticks() {
+	local s f
+	s="$(<"/proc/$1/stat")"
+	read -ra f <<<"${s##*) }"
+	echo $((f[11] + f[12]))
+}
+
+# machine_ticks: "busy total" jiffies summed over all CPUs.
+machine_ticks() {
+	awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+
+# admin_sql SQL: run SQL on MariaDB as the admin user (password from a file),
+# print the rows tab-separated.
+admin_sql() {
+	mariadb --defaults-extra-file="$work/admin.cnf" -N -B -e "$1" </dev/null
+}
+
+# server_status: what MariaDB has counted so far: "connections questions
+# stmt_executes stmt_prepares" (each server_status call is one connection
+# and one question itself).
+server_status() {
+	admin_sql "SHOW GLOBAL STATUS WHERE Variable_name IN ('Connections', 'Questions', 'Com_stmt_execute', 'Com_stmt_prepare')" |
+		awk '{ v[tolower($1)] = $2 } END { print v["connections"] + 0, v["questions"] + 0, v["com_stmt_execute"] + 0, v["com_stmt_prepare"] + 0 }'
+}
+
+# --- build and start the stack ---------------------------------------------
+
+# The binaries: from the working tree into bin/, or with BENCH_REV from that
+# commit (git archive into the temporary directory).
+if [[ -n "${BENCH_REV:-}" ]]; then
+	rev="$(git rev-parse --verify "$BENCH_REV^{commit}")" || die "BENCH_REV=$BENCH_REV is not a commit"
+	commit="$(git rev-parse --short "$rev")"
+	bindir="$work/bin"
+	log "building dbproxy and devstack at commit $commit"
+	mkdir -p "$work/src"
+	git archive "$rev" | tar -x -C "$work/src"
+	(cd "$work/src" && "$GO" build -o "$bindir/dbproxy" ./cmd/dbproxy && "$GO" build -o "$bindir/devstack" ./test/devstack)
+else
+	commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	git diff --quiet HEAD -- . 2>/dev/null || commit="$commit with uncommitted changes"
+	bindir="$root/bin"
+	log "building bin/dbproxy and bin/devstack"
+	"$GO" build -o bin/dbproxy ./cmd/dbproxy
+	"$GO" build -o bin/devstack ./test/devstack
+fi
+
+log "starting devstack (PostgreSQL + MariaDB + Vault) in $work/stack"
+"$bindir/devstack" --dir "$work/stack" --mariadb --ttl 1h --max-ttl 24h >"$work/devstack.log" 2>&1 </dev/null &
+devstack_pid=$!
+wait_for devstack "$devstack_pid" 900 test -f "$work/stack/stack.env"
+# shellcheck source=/dev/null
+. "$work/stack/stack.env"
+[[ -n "${MARIADB_ADDR:-}" ]] || die "stack.env has no MARIADB_ADDR"
+maria_pid="$(<"$DEVSTACK_DIR/mariadb/mariadb.pid")"
+db="$MARIADB_DATABASE"
+
+# The admin password goes to a client option file, not onto command lines
+# of our own mariadb calls (sysbench takes it as an argument only).
+(
+	umask 077
+	printf '[client]\nhost=%s\nport=%s\nuser=%s\npassword=%s\ndatabase=%s\n' \
+		"$MYSQL_HOST" "$MYSQL_TCP_PORT" "$MARIADB_ADMIN_USER" "$MARIADB_ADMIN_PASSWORD" "$db" >"$work/admin.cnf"
+)
+unset MYSQL_PWD
+
+common=(--db-driver=mysql --mysql-db="$db" --mysql-ssl=off --tables="$tables" --table-size="$table_size")
+direct_auth=(--mysql-host="$MYSQL_HOST" --mysql-port="$MYSQL_TCP_PORT" --mysql-user="$MARIADB_ADMIN_USER" --mysql-password="$MARIADB_ADMIN_PASSWORD")
+# As shown in logs and RESULTS.md: no password.
+direct_shown="--mysql-host=$MYSQL_HOST --mysql-port=\$MYSQL_TCP_PORT --mysql-user=$MARIADB_ADMIN_USER --mysql-password=\$ADMIN_PASSWORD"
+
+log "sysbench oltp_read_only prepare: $tables tables of $table_size rows in $db, as $MARIADB_ADMIN_USER"
+sysbench oltp_read_only "${common[@]}" "${direct_auth[@]}" prepare >"$work/prepare.log" 2>&1 ||
+	{ cat "$work/prepare.log" >&2; die "sysbench prepare failed"; }
+admin_sql "ANALYZE TABLE $(seq -s, -f 'sbtest%g' 1 "$tables")" >/dev/null
+
+# The Vault role's creation statements (test/integration/harness) grant
+# SELECT, INSERT, UPDATE, DELETE ON appdb.* to each user it creates: the
+# sysbench tables are in appdb, so dbproxy's Vault users can read them.
+[[ $db == appdb ]] || die "MARIADB_DATABASE is $db; the Vault role grants on appdb.* only"
+
+# start_dbproxy: sets pport, aport and proxy_pid; retries on a port lost to a race.
+start_dbproxy() {
+	local attempt st
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		pport="$(free_port)"
+		aport="$(free_port)"
+		cat >"$work/dbproxy.yaml" <<EOF
+vault:
+  address: $VAULT_ADDR
+  auth: { method: token, token_file: $VAULT_TOKEN_FILE }
+backends:
+  $db:
+    protocol: mysql
+    address: $MARIADB_ADDR
+    database: $db
+    vault_mount: $VAULT_MOUNT
+    vault_role: $VAULT_MYSQL_ROLE
+    pool: { mode: session, max_connections: 32 }
+listeners:
+  - { name: bench, protocol: mysql, address: "127.0.0.1:$pport", auth: listener, identity: bench }
+identities:
+  bench:
+    grants: [ { backend: $db } ]
+admin: { address: "127.0.0.1:$aport" }
+EOF
+		log "starting dbproxy on 127.0.0.1:$pport (mysql, session pool)"
+		"$bindir/dbproxy" run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
+		proxy_pid=$!
+		st=0
+		wait_ready "$proxy_pid" 30 curl -fsS "http://127.0.0.1:$aport/readyz" || st=$?
+		((st == 0)) && return 0
+		((st == 1)) && grep -q 'address already in use' "$work/dbproxy.log" && continue
+		die "dbproxy did not start (logs in $work)"
+	done
+	die "dbproxy: no free port after 3 attempts"
+}
+
+start_dbproxy
+
+proxy_auth=(--mysql-host=127.0.0.1 --mysql-port="$pport" --mysql-user=bench --mysql-password=)
+proxy_shown="--mysql-host=127.0.0.1 --mysql-port=\$DBPROXY_PORT --mysql-user=bench --mysql-password="
+
+# Through dbproxy, with no password: the table must be readable, and the
+# server-side user must be one Vault made (not the admin).
+via_proxy="$(mariadb --no-defaults -h 127.0.0.1 -P "$pport" -u bench --skip-password -N -B "$db" \
+	-e "SELECT CURRENT_USER(), COUNT(*) FROM sbtest1" </dev/null 2>&1)" || die "dbproxy: cannot read sbtest1: $via_proxy"
+read -r vault_user nrows <<<"$via_proxy"
+[[ $nrows == "$table_size" ]] || die "dbproxy: sbtest1 has '$nrows' rows, want $table_size"
+[[ ${vault_user%@*} != "$MARIADB_ADMIN_USER" ]] || die "dbproxy logged in as the admin user, not a Vault user"
+log "dbproxy reads sbtest1 as $vault_user (Vault: $VAULT_MOUNT/creds/$VAULT_MYSQL_ROLE)"
+
+# --- runs --------------------------------------------------------------------
+
+targets=(direct dbproxy)
+threads=(1 16)
+declare -A ppid=([dbproxy]=$proxy_pid)
+declare -A tps qps lat p95 errs recon cpu dbcpu busy logins ntx machcpu stmts execs prepares
+hz="$(getconf CLK_TCK)"
+: >"$rawlog"
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+if awk -v l="${load_before%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+	log "warning: load average $load_before on $(nproc) CPUs: other work will skew the figures"
+fi
+
+log "warm-up: 3s oltp_read_only direct, 2 threads"
+sysbench oltp_read_only "${common[@]}" "${direct_auth[@]}" --threads=2 --time=3 run >>"$rawlog" 2>&1 ||
+	die "warm-up failed (see $rawlog)"
+
+# field NAME TEXT: the first number after "NAME:" in sysbench's report.
+field() { awk -v k="$1:" '{ sub(/^[ \t]+/, "") } index($0, k) == 1 { s = substr($0, length(k) + 1); gsub(/[()]/, " ", s); split(s, f, " "); print f[1]; exit }' <<<"$2"; }
+# rate NAME TEXT: the "(N per sec.)" figure of a line of sysbench's report.
+rate() { awk -v k="$1:" '{ sub(/^[ \t]+/, "") } index($0, k) == 1 && match($0, /\([0-9.]+ per sec/) { print substr($0, RSTART + 1, RLENGTH - 9); exit }' <<<"$2"; }
+
+# us_per_txn TICKS N: clock ticks as microseconds per transaction.
+us_per_txn() { awk -v c="$1" -v hz="$hz" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "-" }'; }
+
+for n in "${threads[@]}"; do
+	for t in "${targets[@]}"; do
+		if [[ $t == direct ]]; then
+			auth=("${direct_auth[@]}") shown="$direct_shown"
+		else
+			auth=("${proxy_auth[@]}") shown="${proxy_shown/\$DBPROXY_PORT/$pport}"
+		fi
+		args=(oltp_read_only "${common[@]}" "${auth[@]}" --threads="$n" --time="$T" --report-interval=0 run)
+		shown="sysbench oltp_read_only ${common[*]} $shown --threads=$n --time=$T --report-interval=0 run"
+		log "$t: $shown"
+		read -r l0 q0 e0 p0 < <(server_status)
+		read -r b0 m0 < <(machine_ticks)
+		d0="$(cpu_ticks "$maria_pid")"
+		c0=0
+		[[ -n "${ppid[$t]:-}" ]] && c0="$(cpu_ticks "${ppid[$t]}")"
+		st=0
+		res="$(timeout $((T + 60)) sysbench "${args[@]}" 2>&1)" || st=$?
+		c1=0
+		[[ -n "${ppid[$t]:-}" ]] && c1="$(cpu_ticks "${ppid[$t]}")"
+		d1="$(cpu_ticks "$maria_pid")"
+		read -r b1 m1 < <(machine_ticks)
+		read -r l1 q1 e1 p1 < <(server_status)
+		printf '### %s, %s threads: %s\n%s\n\n' "$t" "$n" "$shown" "$res" >>"$rawlog"
+		((st == 0)) || { printf '%s\n' "$res" >&2; die "$t: sysbench failed (exit $st)"; }
+		k="$n,$t"
+		ntx[$k]="$(field transactions "$res")"
+		tps[$k]="$(rate transactions "$res")"
+		qps[$k]="$(rate queries "$res")"
+		lat[$k]="$(field avg "$res")"
+		p95[$k]="$(field '95th percentile' "$res")"
+		errs[$k]="$(field 'ignored errors' "$res")"
+		recon[$k]="$(field reconnects "$res")"
+		[[ -n "${tps[$k]}" && -n "${qps[$k]}" && -n "${lat[$k]}" && -n "${p95[$k]}" && -n "${ntx[$k]}" ]] ||
+			{ printf '%s\n' "$res" >&2; die "$t: cannot parse sysbench output"; }
+		# The second server_status is one connection and question of our own.
+		logins[$k]=$((l1 - l0 - 1))
+		stmts[$k]="$(awk -v q=$((q1 - q0 - 1)) -v n="${ntx[$k]}" 'BEGIN { if (n > 0) printf "%.1f", q / n; else print "-" }')"
+		execs[$k]="$(awk -v e=$((e1 - e0)) -v n="${ntx[$k]}" 'BEGIN { if (n > 0) printf "%.1f", e / n; else print "-" }')"
+		prepares[$k]=$((p1 - p0))
+		busy[$k]="$(awk -v b=$((b1 - b0)) -v m=$((m1 - m0)) 'BEGIN { printf "%.0f", m ? 100 * b / m : 0 }')"
+		# CPU per transaction, in microseconds: the proxy, MariaDB, the whole machine.
+		cpu[$k]="$(us_per_txn $((c1 - c0)) "${ntx[$k]}")"
+		[[ -n "${ppid[$t]:-}" ]] || cpu[$k]="-"
+		dbcpu[$k]="$(us_per_txn $((d1 - d0)) "${ntx[$k]}")"
+		machcpu[$k]="$(us_per_txn $((b1 - b0)) "${ntx[$k]}")"
+		log "$t: tps ${tps[$k]}, qps ${qps[$k]}, latency avg ${lat[$k]} ms, 95th ${p95[$k]} ms, errors ${errs[$k]:-?}, upstream logins ${logins[$k]}, statements ${stmts[$k]}/txn (${execs[$k]} prepared executions, ${prepares[$k]} prepares), proxy CPU ${cpu[$k]} us/txn, MariaDB CPU ${dbcpu[$k]} us/txn, machine busy ${busy[$k]}%"
+	done
+done
+
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- report --------------------------------------------------------------------
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
+rnd() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+# us_delta A B: (A - B) ms as microseconds.
+us_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (a - b) * 1000 }'; }
+# per_query US N: US microseconds per transaction over the queries per
+# transaction of run N (QPS / TPS).
+per_query() { awk -v u="$1" -v q="${qps[$2,direct]}" -v t="${tps[$2,direct]}" 'BEGIN { if (q > 0 && t > 0) printf "%.0f", u / (q / t); else print "-" }'; }
+qpt() { awk -v q="${qps[$1,direct]}" -v t="${tps[$1,direct]}" 'BEGIN { if (t > 0) printf "%.0f", q / t; else print "-" }'; }
+
+table() {
+	echo "| Threads | Direct TPS | dbproxy TPS | dbproxy / direct | Direct QPS | dbproxy QPS | Direct latency avg / 95th ms | dbproxy latency avg / 95th ms | Errors direct / dbproxy |"
+	echo "|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+	for n in "${threads[@]}"; do
+		printf '| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s |\n' "$n" \
+			"$(rnd "${tps[$n,direct]}")" "$(rnd "${tps[$n,dbproxy]}")" "$(ratio "${tps[$n,dbproxy]}" "${tps[$n,direct]}")" \
+			"$(rnd "${qps[$n,direct]}")" "$(rnd "${qps[$n,dbproxy]}")" \
+			"${lat[$n,direct]}" "${p95[$n,direct]}" "${lat[$n,dbproxy]}" "${p95[$n,dbproxy]}" \
+			"${errs[$n,direct]}" "${errs[$n,dbproxy]}"
+	done
+}
+
+cost_table() {
+	echo "| Threads | Target | Transactions | dbproxy CPU µs/txn | MariaDB CPU µs/txn | Machine CPU µs/txn | Statements/txn at MariaDB (prepared executions) | Prepares | Upstream logins | Reconnects | Machine CPU busy |"
+	echo "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+	for n in "${threads[@]}"; do
+		for t in "${targets[@]}"; do
+			printf '| %s | %s | %s | %s | %s | %s | %s (%s) | %s | %s | %s | %s%% |\n' "$n" "$t" "${ntx[$n,$t]}" "${cpu[$n,$t]}" \
+				"${dbcpu[$n,$t]}" "${machcpu[$n,$t]}" "${stmts[$n,$t]}" "${execs[$n,$t]}" "${prepares[$n,$t]}" \
+				"${logins[$n,$t]}" "${recon[$n,$t]:-?}" "${busy[$n,$t]}"
+		done
+	done
+}
+
+# where: the "Where the time goes" notes, from this run's figures.
+where() {
+	local add1 add16 db16 rest16 extra rest1d rest1p
+	add1="$(us_delta "${lat[1,dbproxy]}" "${lat[1,direct]}")"
+	# Machine CPU per transaction not spent in dbproxy or MariaDB.
+	rest1d="$(awk -v m="${machcpu[1,direct]}" -v d="${dbcpu[1,direct]}" 'BEGIN { printf "%.0f", m - d }')"
+	rest1p="$(awk -v m="${machcpu[1,dbproxy]}" -v d="${dbcpu[1,dbproxy]}" -v p="${cpu[1,dbproxy]}" 'BEGIN { printf "%.0f", m - d - p }')"
+	echo "- **1 thread**: a transaction is $(qpt 1) statements, each a round trip (BEGIN, 10 point selects, 4 range selects, COMMIT), ${lat[1,direct]} ms direct. dbproxy adds $add1 µs per transaction, about $(per_query "$add1" 1) µs per statement: two more loopback hops and a proxy wake-up each way. Relaying costs dbproxy ${cpu[1,dbproxy]} µs of CPU per transaction (about $(per_query "${cpu[1,dbproxy]}" 1) µs per statement); MariaDB itself spends ${dbcpu[1,direct]} µs direct and ${dbcpu[1,dbproxy]} µs through dbproxy. dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"). The machine was ${busy[1,direct]}% busy direct and ${busy[1,dbproxy]}% through dbproxy; what it spent per transaction outside dbproxy and MariaDB (sysbench, kernel work charged to neither, and other work on the machine) was $rest1d µs direct and $rest1p µs through dbproxy. sysbench does the same work per transaction either way, so where those two differ by much, other work on the machine is part of the gap."
+	add16="$(awk -v a="${machcpu[16,dbproxy]}" -v b="${machcpu[16,direct]}" 'BEGIN { printf "%.0f", a - b }')"
+	db16="$(awk -v a="${dbcpu[16,dbproxy]}" -v b="${dbcpu[16,direct]}" 'BEGIN { printf "%.0f", a - b }')"
+	rest16="$(awk -v t="$add16" -v p="${cpu[16,dbproxy]}" -v d="$db16" 'BEGIN { printf "%.0f", t - p - d }')"
+	if ((busy[16,direct] >= 90)); then
+		extra="the machine is ${busy[16,direct]}% busy already direct, so throughput is bounded by CPU, and every µs a transaction costs anywhere is taken from sysbench and MariaDB."
+	else
+		extra="the machine is ${busy[16,direct]}% busy direct."
+	fi
+	echo "- **16 threads**: $extra The whole machine spends ${machcpu[16,direct]} µs of CPU per transaction direct and ${machcpu[16,dbproxy]} µs through dbproxy ($add16 µs more): dbproxy's own ${cpu[16,dbproxy]} µs, MariaDB's $db16 µs more than direct (${dbcpu[16,direct]} → ${dbcpu[16,dbproxy]} µs), and $rest16 µs more for everything else on the machine (sysbench, whose CPU is not measured apart, and other work). dbproxy/direct = $(ratio "${tps[16,dbproxy]}" "${tps[16,direct]}"), 95th percentile latency ${p95[16,direct]} ms direct, ${p95[16,dbproxy]} ms through dbproxy."
+	local n same=1
+	for n in "${threads[@]}"; do
+		awk -v a="${stmts[$n,dbproxy]}" -v b="${stmts[$n,direct]}" -v x="${execs[$n,dbproxy]}" -v y="${execs[$n,direct]}" \
+			'BEGIN { d = a - b; e = x - y; exit !(d < 0.05 && d > -0.05 && e < 0.05 && e > -0.05) }' || same=0
+	done
+	if ((same)); then
+		echo "- **Statements**: MariaDB counted ${stmts[1,direct]} statements per transaction, ${execs[1,direct]} of them prepared-statement executions, in every run, direct and through dbproxy alike: the session pool relays sysbench's binary protocol and adds no statements of its own."
+	else
+		for n in "${threads[@]}"; do
+			echo "- **Statements at $n threads**: MariaDB counted ${stmts[$n,direct]} statements per transaction direct (${execs[$n,direct]} prepared-statement executions) and ${stmts[$n,dbproxy]} through dbproxy (${execs[$n,dbproxy]})."
+		done
+	fi
+	echo "- **Logins**: direct, every sysbench connection is a MariaDB login (${logins[1,direct]} at 1 thread, ${logins[16,direct]} at 16). dbproxy's session pool lends each client connection an idle upstream connection (reset with COM_RESET_CONNECTION when the previous client left) and logs in upstream (as the pool's Vault user) only when none is idle: MariaDB counted ${logins[1,dbproxy]} new connection(s) during the 1-thread dbproxy run and ${logins[16,dbproxy]} during the 16-thread one."
+	echo "- **Noise**: before the runs the load average was $load_before (1, 5, 15 min) on $(nproc) CPUs: that is other work on the machine (after them it was $load_after, this benchmark's own sysbench threads and MariaDB included). Other work shows in \"Machine CPU busy\" and in the machine CPU per transaction; compare ratios from one run, not figures across runs."
+}
+
+cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+libmariadb="$(dpkg-query -W -f='${Version}' libmariadb3 2>/dev/null || echo unknown)"
+
+section() {
+	cat <<EOF
+$heading
+
+Written by \`make bench-mysql\` (scripts/bench-mysql.sh; \`make bench\` runs it after scripts/bench.sh) on
+$(date -u '+%Y-%m-%d %H:%M UTC'). The raw sysbench output of the run is in bench/bench-mysql.log (not committed).
+
+### Machine and versions
+
+- CPUs (\`nproc\`): $(nproc); CPU model: ${cpu_model:-unknown}; kernel $(uname -r)
+- dbproxy: $("$bindir/dbproxy" version) at commit $commit
+- MariaDB: $(sed -E 's/^[^ ]*mariadbd +//' <<<"$MARIADB_VERSION")
+- sysbench: $(sysbench --version) (client library libmariadb3 $libmariadb)
+
+### Setup
+
+Everything runs on this one machine over 127.0.0.1 TCP: sysbench, MariaDB, dbproxy and Vault share
+$(nproc) CPUs, so dbproxy's CPU is taken from sysbench and MariaDB.
+
+- **MariaDB**: one server from \`test/devstack --mariadb\` (innodb_buffer_pool_size=64M,
+  innodb_flush_log_at_trx_commit=2, no binary log, performance_schema on). sysbench tables: \`prepare\`
+  as the admin user (\`$MARIADB_ADMIN_USER\`, ALL PRIVILEGES) into database \`$db\`, then \`ANALYZE TABLE\`.
+- **direct**: sysbench logs in as \`$MARIADB_ADMIN_USER\` with its password (mysql_native_password).
+- **dbproxy**: a sidecar listener (\`auth: listener\`, identity \`bench\`, no client password: sysbench sends
+  user \`bench\` and an empty password), backend \`$db\` (the client's database names the backend) with
+  pool \`mode: session\`, \`max_connections: 32\`; it logs in to MariaDB with a Vault-issued user
+  (\`$VAULT_MOUNT/creds/$VAULT_MYSQL_ROLE\`, ttl 1h, so no rotation happens during the run; its creation statements
+  grant SELECT, INSERT, UPDATE, DELETE on \`$db.*\`, so it reads the sysbench tables), default (info) logging.
+  Before the runs the script checks through dbproxy that \`CURRENT_USER()\` is a Vault user (this run:
+  \`${vault_user%%@*}\`) and that sbtest1 has $table_size rows.
+- Every run uses \`--mysql-ssl=off\` and sysbench's default server-side prepared statements
+  (\`--db-ps-mode=auto\`); a 3 s warm-up direct at 2 threads runs first. Runs go thread count by thread count,
+  the two targets back to back.
+
+### Commands
+
+\`\`\`sh
+sysbench oltp_read_only ${common[*]} $direct_shown prepare
+EOF
+	for n in "${threads[@]}"; do
+		echo "sysbench oltp_read_only ${common[*]} \$AUTH --threads=$n --time=$T --report-interval=0 run"
+	done
+	cat <<EOF
+
+# AUTH, one per target:
+direct:  $direct_shown
+dbproxy: $proxy_shown
+\`\`\`
+
+(\`\$MYSQL_TCP_PORT\` and \`\$ADMIN_PASSWORD\` are MariaDB's port and the admin password from devstack's stack.env:
+MYSQL_TCP_PORT, MARIADB_ADMIN_PASSWORD.)
+
+### Results
+
+Transactions and queries per second as reported by sysbench, latency of one transaction in ms (average and
+95th percentile), errors sysbench ignored. The ratio is dbproxy's TPS over direct's (1.00 = as fast).
+
+EOF
+	table
+	cat <<EOF
+
+What each run cost: CPU per transaction of dbproxy, of MariaDB (mariadbd) and of the whole machine
+(utime+stime from /proc/PID/stat, busy jiffies from /proc/stat, over the run); what MariaDB counted during
+the run (\`SHOW GLOBAL STATUS\`: \`Questions\` and \`Com_stmt_execute\` per transaction, \`Com_stmt_prepare\`,
+\`Connections\` as upstream logins); and how busy the whole machine was.
+
+EOF
+	cost_table
+	cat <<EOF
+
+### Where the time goes
+
+EOF
+	where
+}
+
+# The section replaces "$heading" and everything after it, or is appended.
+mkdir -p "$(dirname "$out")"
+tmp="$out.tmp.$$"
+if [[ -f "$out" ]]; then
+	awk -v h="$heading" '$0 == h { exit } { print }' "$out" |
+		awk '{ lines[NR] = $0 } NF { last = NR } END { for (i = 1; i <= last; i++) print lines[i] }' >"$tmp"
+	[[ -s "$tmp" ]] && echo >>"$tmp"
+else
+	: >"$tmp"
+fi
+section >>"$tmp"
+mv "$tmp" "$out"
+
+echo
+table
+echo
+cost_table
+echo
+log "wrote the MySQL section of $out in $((SECONDS - t_start))s (raw sysbench output: $rawlog)"
