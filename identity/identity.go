@@ -183,6 +183,18 @@ func (p *Policy) Fixed(name string) (Identity, error) {
 // sent) picks the one whose Role equals it, and otherwise it fails
 // (ReasonAmbiguousGrant) listing the roles to pick from. An identity the
 // policy does not know is ReasonUnknownIdentity.
+// GrantedBackends lists the backends id has a grant for (unknown
+// identities have none).
+func (p *Policy) GrantedBackends(id Identity) []string {
+	var out []string
+	for _, g := range p.grants[id.Name] {
+		if !slices.Contains(out, g.Backend) {
+			out = append(out, g.Backend)
+		}
+	}
+	return out
+}
+
 func (p *Policy) Authorize(id Identity, backend, user string) (Grant, error) {
 	all, ok := p.grants[id.Name]
 	if !ok {

@@ -157,6 +157,27 @@ func (s *session) backendName() string {
 // login authenticates, authorizes and connects upstream. go-mysql calls it
 // (through clientAuth.OnAuthSuccess) after the client's auth exchange and
 // before it sends OK; an error goes to the client as an ERR packet.
+// onlyBackend returns the one mysql backend id is granted, or "".
+func (srv *Server) onlyBackend(id identity.Identity) string {
+	gl, ok := srv.opts.Authorizer.(interface {
+		GrantedBackends(identity.Identity) []string
+	})
+	if !ok {
+		return ""
+	}
+	only := ""
+	for _, b := range gl.GrantedBackends(id) {
+		if srv.opts.Backends[b] == nil {
+			continue // another protocol's backend
+		}
+		if only != "" {
+			return ""
+		}
+		only = b
+	}
+	return only
+}
+
 func (s *session) login(lo ListenerOptions, g *serverGate) error {
 	r := g.resp
 	s.dbName = r.db
@@ -170,6 +191,13 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 			Message: fmt.Sprintf("Access denied to backend %q: %v", r.db, err), Err: err}
 	}
 	s.id = id
+	if r.db == "" {
+		// The only mysql backend the identity may use needs no naming:
+		// the mariadb client's Ctrl-C opens its KILL connection with no
+		// database, and so do ad hoc sessions.
+		r.db = s.srv.onlyBackend(id)
+		s.dbName = r.db
+	}
 	if r.db == "" {
 		return &Error{Code: erNoDB, State: "3D000",
 			Message: fmt.Sprintf("No database selected: identity %q must name the dbproxy backend to use as the database (e.g. mariadb -D <backend>)", id.Name)}

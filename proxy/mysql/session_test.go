@@ -193,3 +193,36 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+func TestNoDatabaseUsesTheOnlyGrantedBackend(t *testing.T) {
+	p := newTestProxy(t, &fakeServer{}, nil)
+	db, err := sql.Open("mysql", "app@"+p.net+"(proxy)/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var v string
+	if err := db.QueryRow("select 42").Scan(&v); err != nil || v != "42" {
+		t.Fatalf("select without a database: %q, %v", v, err)
+	}
+	if logins, _ := p.fake.seen(); len(logins) != 1 || logins[0].resp.db != "appdb" {
+		t.Fatalf("upstream logins %+v, want one to appdb", logins)
+	}
+}
+
+func TestOnlyBackendNeedsExactlyOneMySQLGrant(t *testing.T) {
+	policy, err := identity.NewPolicy(map[string]identity.Spec{
+		"one":  {Grants: []identity.Grant{{Backend: "a", Role: "r"}, {Backend: "a", Role: "w"}, {Backend: "pg", Role: "r"}}},
+		"two":  {Grants: []identity.Grant{{Backend: "a", Role: "r"}, {Backend: "b", Role: "r"}}},
+		"none": {Grants: []identity.Grant{{Backend: "pg", Role: "r"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{opts: Options{Authorizer: policy, Backends: map[string]*Backend{"a": {Name: "a"}, "b": {Name: "b"}}}}
+	for id, want := range map[string]string{"one": "a", "two": "", "none": "", "stranger": ""} {
+		if got := srv.onlyBackend(identity.Identity{Name: id}); got != want {
+			t.Errorf("onlyBackend(%s) = %q, want %q", id, got, want)
+		}
+	}
+}

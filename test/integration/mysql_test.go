@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -301,6 +302,33 @@ func TestMySQLProxy(t *testing.T) {
 		}
 	})
 
+	t.Run("Ctrl-C in the mariadb client cancels its query", func(t *testing.T) {
+		cmd := exec.Command("mariadb", "--no-defaults", "--batch", "-h", "127.0.0.1", "-P", port, "-u", "app", "-D", "appdb",
+			"-e", "select sleep(30)")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		time.Sleep(1500 * time.Millisecond)
+		start := time.Now()
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Fatalf("mariadb still waiting 15s after Ctrl-C: %s", out.String())
+		}
+		// The client opens a second connection (no database) and sends
+		// KILL QUERY for its thread id.
+		if !strings.Contains(out.String(), "query killed") || !strings.Contains(out.String(), "1317") {
+			t.Fatalf("want the query killed (1317), got: %s", out.String())
+		}
+		t.Logf("ended %v after Ctrl-C: %q", time.Since(start).Round(time.Millisecond), strings.TrimSpace(out.String()))
+	})
+
 	t.Run("KILL QUERY from a second connection", func(t *testing.T) {
 		db := openMy(t, s.dsn(s.sidecar, ""))
 		c1, err := db.Conn(ctx)
@@ -440,9 +468,11 @@ func TestMySQLProxy(t *testing.T) {
 		if myCode(err) != 1044 || !strings.Contains(err.Error(), `"app"`) || !strings.Contains(err.Error(), "nosuch") {
 			t.Fatalf("want 1044 naming identity and backend, got %v", err)
 		}
-		out, err := mariadbCLI(t, "-h", "127.0.0.1", "-P", port, "-u", "app", "-e", "select 1")
-		if err == nil || !strings.Contains(out, "1046") {
-			t.Fatalf("no database: want 1046, got %v: %s", err, out)
+		// No database: app has one mysql backend, so that one (as the
+		// mariadb client's Ctrl-C KILL connection needs).
+		out, err := mariadbCLI(t, "-h", "127.0.0.1", "-P", port, "-u", "app", "-e", "select database()")
+		if err != nil || out != "appdb" {
+			t.Fatalf("no database: want the only granted backend appdb, got %v: %s", err, out)
 		}
 	})
 
