@@ -46,6 +46,9 @@ t_start=$SECONDS
 log() { printf '>> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
+# shellcheck source=scripts/bench-lib.sh
+. "$root/scripts/bench-lib.sh"
+
 for c in pgbench psql "$pgbouncer_bin" awk curl; do
 	command -v "$c" >/dev/null || die "$c not found (make deps installs PostgreSQL clients and PgBouncer)"
 done
@@ -53,19 +56,6 @@ done
 work="$(mktemp -d /tmp/dbproxy-bench.XXXXXX)"
 chmod 755 "$work" # PostgreSQL and PgBouncer run as another user when we are root
 devstack_pid='' proxy_pid='' bouncer_pid=''
-
-# stop PID NAME: SIGTERM, wait up to 30s, SIGKILL.
-stop() {
-	local pid=$1 i
-	[[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 300; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	log "$2 (pid $pid) did not stop in 30s; SIGKILL"
-	kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
 	local st=$?
@@ -82,81 +72,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# free_port: a port that is free now, below the kernel's ephemeral range (so
-# no outgoing connection takes it before the server binds it).
-free_port() {
-	local lo p i
-	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range || lo=32768
-	((lo > 12000)) || lo=32768
-	for ((i = 0; i < 100; i++)); do
-		p=$((10000 + RANDOM % (lo - 10000)))
-		in_use "$p" || { echo "$p"; return 0; }
-	done
-	die "no free port found"
-}
-
-# wait_ready PID SECONDS CMD...: run CMD every 0.1s until it succeeds (0);
-# 1 when PID exits first, 2 when time runs out.
-wait_ready() {
-	local pid=$1 limit=$(($2 * 10)) i
-	shift 2
-	for ((i = 0; i < limit; i++)); do
-		"$@" >/dev/null 2>&1 && return 0
-		kill -0 "$pid" 2>/dev/null || return 1
-		sleep 0.1
-	done
-	return 2
-}
-
-# wait_for WHAT PID SECONDS CMD...: wait_ready or die.
-wait_for() {
-	local what=$1 st=0
-	shift
-	wait_ready "$@" || st=$?
-	case $st in
-	0) return 0 ;;
-	1) die "$what exited (logs in $work)" ;;
-	*) die "$what not ready after ${2}s (logs in $work)" ;;
-	esac
-}
-
-# cpu_ticks PID: user+system CPU time of PID in clock ticks.
-cpu_ticks() {
-	local s f
-	s="$(<"/proc/$1/stat")"
-	read -ra f <<<"${s##*) }"
-	echo $((f[11] + f[12]))
-}
-
-# machine_ticks: "busy total" jiffies summed over all CPUs.
-machine_ticks() {
-	awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
-}
-
 upstream_logins() { grep -c 'connection authorized' "$PG_LOG" || true; }
 
 # --- build and start the stack ---------------------------------------------
 
-# The binaries: from the working tree into bin/, or with BENCH_REV from that
-# commit (git archive into the temporary directory).
-if [[ -n "${BENCH_REV:-}" ]]; then
-	rev="$(git rev-parse --verify "$BENCH_REV^{commit}")" || die "BENCH_REV=$BENCH_REV is not a commit"
-	commit="$(git rev-parse --short "$rev")"
-	bindir="$work/bin"
-	log "building dbproxy and devstack at commit $commit"
-	mkdir -p "$work/src"
-	git archive "$rev" | tar -x -C "$work/src"
-	(cd "$work/src" && "$GO" build -o "$bindir/dbproxy" ./cmd/dbproxy && "$GO" build -o "$bindir/devstack" ./test/devstack)
-else
-	commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-	git diff --quiet HEAD -- . 2>/dev/null || commit="$commit with uncommitted changes"
-	bindir="$root/bin"
-	log "building bin/dbproxy and bin/devstack"
-	"$GO" build -o bin/dbproxy ./cmd/dbproxy
-	"$GO" build -o bin/devstack ./test/devstack
-fi
+build_bins
 
 log "starting devstack (PostgreSQL + Vault) in $work/stack"
 "$bindir/devstack" --dir "$work/stack" --ttl 1h --max-ttl 24h >"$work/devstack.log" 2>&1 </dev/null &
@@ -404,7 +324,6 @@ for t in pgbouncer dbproxy; do
 	fi
 	log "$t at 1 client: syscalls ${sys_per_txn[$t]:-n/a}; kernel share of CPU samples ${kernel_share[$t]:-n/a}"
 done
-
 
 # --- report --------------------------------------------------------------------
 
