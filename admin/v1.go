@@ -15,6 +15,12 @@ type Operations interface {
 	Leases() any
 	// Rotate starts a credential rotation for a backend; false if unknown.
 	Rotate(backend string) bool
+	// Pause holds a backend's new transactions (and sessions) back,
+	// Resume lets them go on, Drain replaces its upstream connections;
+	// each is false if the backend has no pool.
+	Pause(backend string) bool
+	Resume(backend string) bool
+	Drain(backend string) bool
 }
 
 // MountV1 adds the /v1 endpoints over ops.
@@ -33,4 +39,21 @@ func (s *Server) MountV1(ops Operations) {
 		}
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "rotation started", "backend": name})
 	}))
+	for _, a := range []struct {
+		verb, status string
+		do           func(string) bool
+	}{
+		{"pause", "paused", ops.Pause},
+		{"resume", "resumed", ops.Resume},
+		{"drain", "draining", ops.Drain},
+	} {
+		s.Handle("POST /v1/backends/{name}/"+a.verb, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			name := r.PathValue("name")
+			if !a.do(name) {
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no backend " + name + " with a pool; see GET /v1/pools"})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]string{"status": a.status, "backend": name})
+		}))
+	}
 }

@@ -82,3 +82,24 @@ func (st *stack) Leases() any {
 
 // Rotate implements admin.Operations.
 func (st *stack) Rotate(backend string) bool { return st.broker.Rotate(backend, "manual") }
+
+// Pause implements admin.Operations.
+func (st *stack) Pause(backend string) bool { return st.eachPool(backend, (*pool.Pool).Pause) }
+
+// Resume implements admin.Operations.
+func (st *stack) Resume(backend string) bool { return st.eachPool(backend, (*pool.Pool).Resume) }
+
+// Drain implements admin.Operations.
+func (st *stack) Drain(backend string) bool { return st.eachPool(backend, (*pool.Pool).Drain) }
+
+// eachPool applies f to every pool of backend (one per granted role).
+func (st *stack) eachPool(backend string, f func(*pool.Pool)) bool {
+	found := false
+	for k, p := range st.pools {
+		if k.Backend == backend {
+			f(p)
+			found = true
+		}
+	}
+	return found
+}

@@ -107,6 +107,10 @@ func asClientError(backend string, err error) *Error {
 	if errors.As(err, &ex) {
 		return &Error{Code: erConCount, State: "08004", Message: ex.Error(), Err: err}
 	}
+	var paused *pool.PausedError
+	if errors.As(err, &paused) {
+		return &Error{Code: erUnknownError, State: "HY000", Message: paused.Error(), Err: err}
+	}
 	var me *gomysql.MyError
 	if errors.As(err, &me) {
 		return &Error{Code: erUnknownError, State: "08S01",

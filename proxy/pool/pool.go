@@ -65,6 +65,18 @@ func (e *ExhaustedError) Error() string {
 // Is makes errors.Is(err, ErrExhausted) true.
 func (e *ExhaustedError) Is(target error) bool { return target == ErrExhausted }
 
+// PausedError is returned when the pool stayed paused for the whole
+// checkout timeout.
+type PausedError struct {
+	Backend string
+	Waited  time.Duration
+}
+
+func (e *PausedError) Error() string {
+	return fmt.Sprintf("backend %s is paused by an operator (waited %s); retry later: POST /v1/backends/%s/resume on dbproxy's admin API ends the pause",
+		e.Backend, e.Waited.Round(time.Millisecond), e.Backend)
+}
+
 // errSuperseded means the generation a checkout picked was rotated away
 // before the dial; the checkout retries with the current one.
 var errSuperseded = errors.New("credential generation superseded before use")
@@ -83,6 +95,10 @@ type Pool struct {
 	warmKey  string
 	warmDial DialFunc
 	stopJan  chan struct{}
+	// paused holds checkouts back (operator pause); epoch counts operator
+	// drains: connections opened before the latest one close when returned.
+	paused bool
+	epoch  uint64
 }
 
 // Lease is one upstream connection lent to a client.
@@ -94,6 +110,7 @@ type Lease struct {
 	Key string
 
 	pool     *Pool
+	epoch    uint64 // the pool's drain epoch when it was opened
 	lastUsed time.Time
 	idle     bool // in the idle list (for the state label)
 	// busyG and idleG are this connection's gauge children, looked up
@@ -142,6 +159,20 @@ func (p *Pool) Checkout(ctx context.Context, key string, dial DialFunc) (*Lease,
 			return nil, errors.New("pool closed")
 		}
 		p.warmKey, p.warmDial = key, dial
+		if p.paused {
+			wake := p.wake
+			p.mu.Unlock()
+			select {
+			case <-wake:
+				continue
+			case <-ctx.Done():
+				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					p.opts.Metrics.checkout(p.opts.Backend, "paused", time.Since(start))
+					return nil, &PausedError{Backend: p.opts.Backend, Waited: time.Since(start)}
+				}
+				return nil, ctx.Err()
+			}
+		}
 		stale := p.takeStaleLocked(time.Now())
 		if l := p.takeIdleLocked(gen, key); l != nil {
 			l.setIdle(false)
@@ -216,7 +247,10 @@ func (p *Pool) open1(ctx context.Context, gen *creds.Generation, key string, dia
 		p.freeSlot()
 		return nil, err
 	}
-	l := &Lease{Conn: c, Gen: gen, Key: key, pool: p}
+	p.mu.Lock()
+	epoch := p.epoch
+	p.mu.Unlock()
+	l := &Lease{Conn: c, Gen: gen, Key: key, pool: p, epoch: epoch}
 	l.gauge(+1)
 	return l, nil
 }
@@ -224,7 +258,7 @@ func (p *Pool) open1(ctx context.Context, gen *creds.Generation, key string, dia
 // Return gives the connection back. If reset succeeds and its generation
 // is still current, it waits idle for the next client; otherwise it closes.
 func (l *Lease) Return(ctx context.Context) {
-	if l.Gen.State() != creds.Active {
+	if l.Gen.State() != creds.Active || l.drained() {
 		l.Close()
 		return
 	}
@@ -246,7 +280,7 @@ func (l *Lease) Put() {
 	}
 	l.lastUsed = time.Now()
 	p.mu.Lock()
-	if p.closed {
+	if p.closed || l.epoch != p.epoch {
 		p.mu.Unlock()
 		l.Close()
 		return
@@ -255,6 +289,14 @@ func (l *Lease) Put() {
 	p.idle = append(p.idle, l)
 	p.signalLocked()
 	p.mu.Unlock()
+}
+
+// drained reports whether an operator drained the pool since this
+// connection was opened.
+func (l *Lease) drained() bool {
+	l.pool.mu.Lock()
+	defer l.pool.mu.Unlock()
+	return l.epoch != l.pool.epoch
 }
 
 // gauge moves this connection's count in dbproxy_upstream_connections.
@@ -398,6 +440,35 @@ func (p *Pool) warm() {
 	}
 }
 
+// Pause holds new checkouts back until Resume (each waits at most the
+// checkout timeout). Connections already lent are not touched, so
+// transactions in flight finish.
+func (p *Pool) Pause() {
+	p.mu.Lock()
+	p.paused = true
+	p.mu.Unlock()
+}
+
+// Resume ends a Pause; waiting checkouts go on.
+func (p *Pool) Resume() {
+	p.mu.Lock()
+	p.paused = false
+	p.signalLocked()
+	p.mu.Unlock()
+}
+
+// Drain closes every idle connection now and every lent one when it is
+// returned, so new work gets fresh connections (e.g. after a database
+// failover). The credential is not changed.
+func (p *Pool) Drain() {
+	p.mu.Lock()
+	p.epoch++
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	closeAll(idle)
+}
+
 // Stats is a snapshot of the pool.
 type Stats struct {
 	Backend string `json:"backend"`
@@ -405,13 +476,14 @@ type Stats struct {
 	Open    int    `json:"open"`
 	Idle    int    `json:"idle"`
 	Max     int    `json:"max"`
+	Paused  bool   `json:"paused"`
 }
 
 // Stats returns a snapshot of the pool.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return Stats{Backend: p.opts.Backend, Role: p.opts.Role, Open: p.open, Idle: len(p.idle), Max: p.opts.MaxConnections}
+	return Stats{Backend: p.opts.Backend, Role: p.opts.Role, Open: p.open, Idle: len(p.idle), Max: p.opts.MaxConnections, Paused: p.paused}
 }
 
 // Close closes idle connections and stops lending. Lent connections close

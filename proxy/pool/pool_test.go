@@ -505,3 +505,71 @@ func TestMinIdleRespectsCap(t *testing.T) {
 	l2.Put()
 	wantStats(t, p, 2, 2)
 }
+
+func TestPauseHoldsCheckoutsUntilResume(t *testing.T) {
+	p, _ := newTestPool(t, Options{MaxConnections: 2, CheckoutTimeout: 2 * time.Second})
+	d := &dialer{}
+	checkout(t, p, "k", d).Put()
+	p.Pause()
+	if !p.Stats().Paused {
+		t.Fatal("stats do not say paused")
+	}
+	got := make(chan error, 1)
+	go func() {
+		l, err := p.Checkout(context.Background(), "k", d.dial)
+		if err == nil {
+			l.Put()
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("checkout went on while paused: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	p.Resume()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("resume did not release the waiting checkout")
+	}
+}
+
+func TestPausedCheckoutTimesOutWithPausedError(t *testing.T) {
+	p, _ := newTestPool(t, Options{MaxConnections: 2, CheckoutTimeout: 100 * time.Millisecond})
+	p.Pause()
+	_, err := p.Checkout(context.Background(), "k", (&dialer{}).dial)
+	var pe *PausedError
+	if !errors.As(err, &pe) || pe.Backend != "orders" {
+		t.Fatalf("want PausedError for orders, got %v", err)
+	}
+}
+
+func TestDrainClosesIdleNowAndLentOnReturn(t *testing.T) {
+	p, _ := newTestPool(t, Options{MaxConnections: 3})
+	d := &dialer{}
+	idle := checkout(t, p, "k", d)
+	lent := checkout(t, p, "k", d)
+	idle.Put()
+	p.Drain()
+	if idle.Conn.(*fakeConn).closed.Load() != 1 {
+		t.Fatal("idle connection not closed by Drain")
+	}
+	if lent.Conn.(*fakeConn).closed.Load() != 0 {
+		t.Fatal("a lent connection was closed under its client")
+	}
+	lent.Put()
+	if lent.Conn.(*fakeConn).closed.Load() != 1 {
+		t.Fatal("a connection opened before Drain went back to the pool")
+	}
+	wantStats(t, p, 0, 0)
+	fresh := checkout(t, p, "k", d)
+	fresh.Put()
+	wantStats(t, p, 1, 1) // opened after the drain: kept
+	if d.dials() != 3 {
+		t.Fatalf("%d dials, want 3", d.dials())
+	}
+}

@@ -20,6 +20,7 @@ const (
 	codeInvalidCatalog      = "3D000"
 	codeTooManyConnections  = "53300"
 	codeAdminShutdown       = "57P01"
+	codeCannotConnectNow    = "57P03"
 	codeFeatureNotSupported = "0A000"
 	codeProgramLimit        = "54000"
 )
@@ -83,6 +84,10 @@ func asClientError(backend string, err error) *Error {
 	var ex *pool.ExhaustedError
 	if errors.As(err, &ex) {
 		return &Error{Severity: "FATAL", Code: codeTooManyConnections, Message: ex.Error(), Err: err}
+	}
+	var paused *pool.PausedError
+	if errors.As(err, &paused) {
+		return &Error{Severity: "FATAL", Code: codeCannotConnectNow, Message: paused.Error(), Err: err}
 	}
 	var pg *pgconn.PgError
 	if errors.As(err, &pg) {

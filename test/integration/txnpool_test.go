@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -449,5 +450,69 @@ func TestTransactionOutlivesCredential(t *testing.T) {
 			t.Fatalf("database user %s still exists after its generation drained", user)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestPauseResumeDrain(t *testing.T) {
+	p, port := startTxnStack(t, "pg-txnpause", 4, time.Hour, 2*time.Hour)
+	ctx := context.Background()
+	c := connect(t, txnDSN(port))
+	var pid1 int
+	if err := c.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid1); err != nil {
+		t.Fatal(err)
+	}
+	post := func(verb string) {
+		t.Helper()
+		resp, err := http.Post(p.admin+"/v1/backends/appdb/"+verb, "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s: %s", verb, resp.Status)
+		}
+	}
+
+	post("pause")
+	done := make(chan error, 1)
+	go func() {
+		var n int
+		done <- c.QueryRow(ctx, "select 7").Scan(&n)
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("a transaction ran while the backend was paused: %v", err)
+	case <-time.After(700 * time.Millisecond):
+	}
+	post("resume")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("after resume: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the held transaction did not run after resume")
+	}
+
+	post("drain")
+	var pid2 int
+	if err := c.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid2); err != nil {
+		t.Fatal(err)
+	}
+	if pid2 == pid1 {
+		t.Fatalf("after drain the client still runs on server process %d", pid1)
+	}
+	sc := connect(t, PG.SuperDSN())
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var alive int
+		if err := sc.QueryRow(ctx, "select count(*) from pg_stat_activity where pid = $1", pid1).Scan(&alive); err != nil {
+			t.Fatal(err)
+		}
+		if alive == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drained server process %d still there after 5s", pid1)
+		}
 	}
 }
