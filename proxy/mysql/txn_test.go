@@ -121,6 +121,9 @@ func TestTxnPoolingStatementsMove(t *testing.T) {
 	if _, err := stmt.Exec(1, "x"); err != nil {
 		t.Fatal(err)
 	}
+	// The connection goes back after the answer reached the client.
+	idle := func() bool { return p.pool.Stats().Idle == 1 }
+	waitFor(t, idle)
 	if _, err := b.Exec("select 1"); err != nil {
 		t.Fatal(err)
 	}
@@ -139,10 +142,12 @@ func TestTxnPoolingStatementsMove(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, func() bool { return p.pool.Stats().Idle == 2 })
 	for range 3 {
 		if _, err := stmt.Exec(3, "z"); err != nil {
 			t.Fatal(err)
 		}
+		waitFor(t, func() bool { return p.pool.Stats().Idle == 2 })
 	}
 	logins, _ := f.seen()
 	if len(logins) != 2 {
