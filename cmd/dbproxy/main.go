@@ -4,7 +4,8 @@
 //
 //	dbproxy [--log-format json|console] [--log-level LEVEL] COMMAND [flags]
 //
-// Commands: run, check, version. See root.go for the dispatch.
+// Commands: run, check, version, and the operator commands status, rotate,
+// pause, resume and drain. See root.go for the dispatch.
 package main
 
 import (

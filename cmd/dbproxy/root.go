@@ -27,6 +27,14 @@ Commands:
   check --config FILE   validate FILE; print "ok" or every problem as FILE:LINE:COL: msg
   version               print the version
 
+Operator commands (talk to a running dbproxy's admin API; flags
+--admin HOST:PORT, --config FILE, --token-file FILE):
+  status                pools, credential generations and sessions
+  rotate BACKEND        fetch a new credential and drain the old one
+  pause BACKEND         hold new transactions/sessions back
+  resume BACKEND        let them go on
+  drain BACKEND         replace the backend's upstream connections
+
 Global flags (also accepted after the command):
   --log-format json|console   log encoding (default json)
   --log-level LEVEL           debug, info, warn or error (default info)
@@ -131,6 +139,10 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return checkCmd(rest, stdout, stderr)
 	case "version":
 		return versionCmd(rest, stdout, stderr)
+	case "status":
+		return statusCmd(ctx, rest, stdout, stderr)
+	case "rotate", "pause", "resume", "drain":
+		return actionCmd(ctx, cmd, rest, stdout, stderr)
 	case "help":
 		usage(stdout)
 		return exitOK

@@ -484,7 +484,22 @@ func TestPauseResumeDrain(t *testing.T) {
 		t.Fatalf("a transaction ran while the backend was paused: %v", err)
 	case <-time.After(700 * time.Millisecond):
 	}
-	post("resume")
+	// The operator commands do the same through the admin API.
+	cli := func(args ...string) string {
+		t.Helper()
+		argv := append([]string{args[0], "--admin", strings.TrimPrefix(p.admin, "http://")}, args[1:]...)
+		out, err := exec.Command(dbproxyBinary(t), argv...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dbproxy %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := cli("status"); !strings.Contains(out, "appdb") || !strings.Contains(out, "true") {
+		t.Fatalf("status while paused:\n%s", out)
+	}
+	if out := cli("resume", "appdb"); out != "appdb: resumed\n" {
+		t.Fatalf("resume: %q", out)
+	}
 	select {
 	case err := <-done:
 		if err != nil {
@@ -494,7 +509,7 @@ func TestPauseResumeDrain(t *testing.T) {
 		t.Fatal("the held transaction did not run after resume")
 	}
 
-	post("drain")
+	cli("drain", "appdb")
 	var pid2 int
 	if err := c.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid2); err != nil {
 		t.Fatal(err)
