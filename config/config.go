@@ -139,6 +139,10 @@ type Pool struct {
 	CheckoutTimeout Duration `yaml:"checkout_timeout"`
 	// IdleTimeout closes upstream connections idle this long. Default 5m.
 	IdleTimeout Duration `yaml:"idle_timeout"`
+	// IdleTransactionTimeout ends a transaction-mode session that sits
+	// idle inside a transaction this long, holding a server connection
+	// others wait for. Default 0: off.
+	IdleTransactionTimeout Duration `yaml:"idle_transaction_timeout"`
 }
 
 // Lease tunes how a backend's credentials are rotated before they end.

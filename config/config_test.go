@@ -172,6 +172,8 @@ func TestProblems(t *testing.T) {
 			[]string{`13:17: backends.orders.pool.min_idle: 3 is more than max_connections (2)`}},
 		{"min idle negative", edit(t, "    vault_role: app", "    vault_role: app\n    pool:\n      min_idle: -1"),
 			[]string{`12:17: backends.orders.pool.min_idle: -1; must be 0 or more`}},
+		{"idle transaction timeout negative", edit(t, "    vault_role: app", "    vault_role: app\n    pool:\n      idle_transaction_timeout: -1s"),
+			[]string{`12:33: backends.orders.pool.idle_transaction_timeout: must not be negative`}},
 		{"rotate before within safety margin", edit(t, "    vault_role: app", "    vault_role: app\n    lease:\n      rotate_before: 5s\n      safety_margin: 10s"),
 			[]string{`12:22: backends.orders.lease.rotate_before: 5s is not more than safety_margin (10s)`}},
 		{"negative drain timeout", edit(t, "    vault_role: app", "    vault_role: app\n    lease:\n      drain_timeout: -1s"),

@@ -299,6 +299,12 @@ func (v *validator) backends() {
 		if pool.IdleTimeout < 0 {
 			v.at(p+".pool.idle_timeout", "%s.pool.idle_timeout: must not be negative (0 keeps idle connections open)", p)
 		}
+		switch {
+		case pool.IdleTransactionTimeout < 0:
+			v.at(p+".pool.idle_transaction_timeout", "%s.pool.idle_transaction_timeout: must not be negative (0 turns it off)", p)
+		case pool.IdleTransactionTimeout > 0 && b.Protocol == "mysql":
+			v.at(p+".pool.idle_transaction_timeout", "%s.pool.idle_transaction_timeout: not supported for mysql backends yet; remove it (MariaDB's own idle_transaction_timeout does the same on the server)", p)
+		}
 
 		l := b.Lease
 		for _, d := range []struct {

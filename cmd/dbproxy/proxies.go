@@ -171,7 +171,8 @@ func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
 		requireAuth = "scram-sha-256,md5,password"
 	}
 	return &postgres.Backend{Name: name, Host: host, Port: uint16(port), Database: b.Database,
-		TLS: tc, RequireAuth: requireAuth, ConnectTimeout: b.ConnectTimeout.D(), Mode: b.Pool.Mode}, nil
+		TLS: tc, RequireAuth: requireAuth, ConnectTimeout: b.ConnectTimeout.D(), Mode: b.Pool.Mode,
+		IdleTxnTimeout: b.Pool.IdleTransactionTimeout.D()}, nil
 }
 
 func upstreamTLS(host string, t config.UpstreamTLS) (*tls.Config, error) {

@@ -21,6 +21,7 @@ const (
 	codeTooManyConnections  = "53300"
 	codeAdminShutdown       = "57P01"
 	codeCannotConnectNow    = "57P03"
+	codeIdleInTxnTimeout    = "25P03"
 	codeFeatureNotSupported = "0A000"
 	codeProgramLimit        = "54000"
 )

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dbproxy/dbproxy/proxy/pool"
@@ -65,7 +66,8 @@ type txnSession struct {
 	key  string
 	wmu  sync.Mutex // client writes: the relay and fake answers
 
-	mu sync.Mutex
+	mu       sync.Mutex
+	lastRead atomic.Int64 // unix nanos of the client's last message
 	// writing is true while the client reader writes to up outside mu:
 	// the connection must not go back to the pool under its feet.
 	writing   bool
@@ -152,10 +154,16 @@ func (t *txnSession) watch(killed chan<- string, stop <-chan struct{}) {
 		}
 		t.mu.Lock()
 		l := t.lease
+		waiting := l != nil && len(t.queue) == 0 && !t.writing // on the client
 		t.mu.Unlock()
 		expired = nil
 		if l == nil {
 			continue
+		}
+		if e := t.idleInTransaction(waiting); e != nil {
+			killed <- "idle_in_transaction"
+			t.abort(e)
+			return
 		}
 		expired = l.Gen.Expired()
 		select {
@@ -169,6 +177,19 @@ func (t *txnSession) watch(killed chan<- string, stop <-chan struct{}) {
 			Hint:    "reconnecting is safe: new transactions use a fresh credential"})
 		return
 	}
+}
+
+// idleInTransaction returns the error that ends a session idle inside a
+// transaction past pool.idle_transaction_timeout, or nil.
+func (t *txnSession) idleInTransaction(waiting bool) *Error {
+	limit := t.s.backend.IdleTxnTimeout
+	st := byte(t.s.txStatus.Load())
+	if limit <= 0 || !waiting || st != 'T' && st != 'E' || time.Since(time.Unix(0, t.lastRead.Load())) < limit {
+		return nil
+	}
+	return &Error{Severity: "FATAL", Code: codeIdleInTxnTimeout,
+		Message: fmt.Sprintf("dbproxy closed this session: it stayed idle inside a transaction for more than %s while holding one of backend %s's server connections (pool.idle_transaction_timeout); the transaction was rolled back", limit, t.s.backend.Name),
+		Hint:    "commit or roll back promptly, or raise pool.idle_transaction_timeout"}
 }
 
 // abort tells the client why and closes both sides.
@@ -189,6 +210,7 @@ func (t *txnSession) readClient() (byte, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	t.lastRead.Store(time.Now().UnixNano())
 	typ := hdr[0]
 	if typ == 'X' {
 		return 0, nil, errTerminate

@@ -3,6 +3,7 @@ package postgres
 import (
 	"bytes"
 	"testing"
+	"time"
 )
 
 func TestRequestQueueCompletion(t *testing.T) {
@@ -151,5 +152,36 @@ func TestRememberBoundsBytes(t *testing.T) {
 	}
 	if sum != tr.stmtBytes {
 		t.Fatalf("after forget: stmtBytes %d, actual %d", tr.stmtBytes, sum)
+	}
+}
+
+func TestIdleInTransaction(t *testing.T) {
+	s := &session{backend: &Backend{Name: "orders", IdleTxnTimeout: time.Minute}}
+	tr := &txnSession{s: s}
+	tr.lastRead.Store(time.Now().Add(-2 * time.Minute).UnixNano())
+	for _, c := range []struct {
+		status  byte
+		waiting bool
+		want    bool
+	}{
+		{'T', true, true},
+		{'E', true, true},
+		{'I', true, false},  // between transactions: not holding anything
+		{'T', false, false}, // a query is running
+	} {
+		s.txStatus.Store(uint32(c.status))
+		if e := tr.idleInTransaction(c.waiting); (e != nil) != c.want || e != nil && e.Code != "25P03" {
+			t.Errorf("status %c waiting %v: %v", c.status, c.waiting, e)
+		}
+	}
+	tr.lastRead.Store(time.Now().UnixNano())
+	s.txStatus.Store('T')
+	if e := tr.idleInTransaction(true); e != nil {
+		t.Errorf("a client that just sent something was closed: %v", e)
+	}
+	s.backend.IdleTxnTimeout = 0
+	tr.lastRead.Store(time.Now().Add(-time.Hour).UnixNano())
+	if e := tr.idleInTransaction(true); e != nil {
+		t.Errorf("timeout 0 must be off: %v", e)
 	}
 }

@@ -31,6 +31,9 @@ type Backend struct {
 	ConnectTimeout time.Duration
 	// Mode is session or transaction (pooling).
 	Mode string
+	// IdleTxnTimeout ends a transaction-mode session idle inside a
+	// transaction this long (0: never).
+	IdleTxnTimeout time.Duration
 }
 
 // upstream is one hijacked, authenticated connection to PostgreSQL.

@@ -531,3 +531,46 @@ func TestPauseResumeDrain(t *testing.T) {
 		}
 	}
 }
+
+func TestIdleInTransactionTimeout(t *testing.T) {
+	// checkoutTimeout is pasted into the pool settings: add the limit.
+	_, port := startTxnStackWith(t, "pg-txnidle", 1, time.Hour, 2*time.Hour, "5s, idle_transaction_timeout: 2s")
+	ctx := context.Background()
+	c := connect(t, txnDSN(port))
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	// The only server connection is held; another client waits for it
+	// and gets it once the idle transaction is ended.
+	other := connect(t, txnDSN(port))
+	start := time.Now()
+	var n int
+	if err := other.QueryRow(ctx, "select 2").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("the waiting client: %d %v", n, err)
+	}
+	if waited := time.Since(start); waited < 1500*time.Millisecond || waited > 4500*time.Millisecond {
+		t.Fatalf("the waiting client ran after %v; want about the 2s limit", waited)
+	}
+	_, err = tx.Exec(ctx, "select 1")
+	if sqlstate(err) != "25P03" || !strings.Contains(err.Error(), "idle_transaction_timeout") {
+		t.Fatalf("the idle transaction's client: want 25P03 naming the setting, got %v", err)
+	}
+	// A long query is not idleness.
+	if err := other.QueryRow(ctx, "select 3 from pg_sleep(3)").Scan(&n); err != nil || n != 3 {
+		t.Fatalf("a 3s query outside a transaction: %d %v", n, err)
+	}
+	tx2, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx2.QueryRow(ctx, "select 4 from pg_sleep(3)").Scan(&n); err != nil || n != 4 {
+		t.Fatalf("a 3s query inside a transaction: %d %v", n, err)
+	}
+	if err := tx2.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
