@@ -196,8 +196,17 @@ func TestMySQLTxnPoolingAcrossRotations(t *testing.T) {
 			}
 		})
 	}
-	// Three rotations at half of a 15s max TTL take about 23s; run 27s.
+	// Three rotations at half of a 15s max TTL take about 23s; run 27s,
+	// and longer (up to 45s) if Vault was slow and fewer users were seen.
 	time.Sleep(27 * time.Second)
+	for deadline := start.Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		mu.Lock()
+		seen := len(users)
+		mu.Unlock()
+		if seen >= 4 {
+			break
+		}
+	}
 	close(stop)
 	wg.Wait()
 	t.Logf("%d steps in %v, %d failed, %d distinct database users", ok.Load(), time.Since(start).Round(time.Second), failed.Load(), len(users))

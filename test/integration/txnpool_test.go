@@ -351,8 +351,19 @@ func TestTransactionPoolingAcrossRotations(t *testing.T) {
 	if err := os.WriteFile(script, []byte("\\set a random(1, 1000)\nselect :a::int + 1;\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	out, berr := exec.Command("pgbench", "-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "25", "-f", script, txnDSN(port)).CombinedOutput()
 	time.Sleep(3 * time.Second)
+	// Three rotations take about 23s; wait longer (up to 45s in all) if
+	// Vault was slow and fewer users were seen.
+	for deadline := start.Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		mu.Lock()
+		seen := len(users)
+		mu.Unlock()
+		if seen >= 4 {
+			break
+		}
+	}
 	close(stop)
 	wg.Wait()
 	t.Logf("%d statements ok, %d failed, %d database users", ok.Load(), failed.Load(), len(users))
