@@ -86,7 +86,7 @@ type Server struct {
 
 	// greetings are the login status flags transaction-pool clients are
 	// greeted with, by backend, role and pool key (see txn.go).
-	greetings greetingCache
+	greetings pool.Greetings[uint16]
 
 	mu        sync.Mutex
 	listeners []net.Listener

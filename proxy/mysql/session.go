@@ -154,9 +154,6 @@ func (s *session) backendName() string {
 	return s.dbName
 }
 
-// login authenticates, authorizes and connects upstream. go-mysql calls it
-// (through clientAuth.OnAuthSuccess) after the client's auth exchange and
-// before it sends OK; an error goes to the client as an ERR packet.
 // onlyBackend returns the one mysql backend id is granted, or "".
 func (srv *Server) onlyBackend(id identity.Identity) string {
 	gl, ok := srv.opts.Authorizer.(interface {
@@ -178,6 +175,9 @@ func (srv *Server) onlyBackend(id identity.Identity) string {
 	return only
 }
 
+// login authenticates, authorizes and connects upstream. go-mysql calls it
+// (through clientAuth.OnAuthSuccess) after the client's auth exchange and
+// before it sends OK; an error goes to the client as an ERR packet.
 func (s *session) login(lo ListenerOptions, g *serverGate) error {
 	r := g.resp
 	s.dbName = r.db
@@ -255,7 +255,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 		// Clients of a transaction pool log in without waiting for a free
 		// server connection: the login status is the last one's. The
 		// credential check keeps "no valid credential" a login error.
-		if st, ok := s.srv.greetings.get(greetKey); ok {
+		if st, ok := s.srv.greetings.Get(greetKey); ok {
 			if _, err := pl.Credential(ctx); err != nil {
 				return err
 			}
@@ -272,7 +272,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 		// the connection serves the session's first transaction or
 		// another client's.
 		st := lease.Conn.(*upstream).status
-		s.srv.greetings.put(greetKey, st)
+		s.srv.greetings.Put(greetKey, st)
 		s.status.Store(uint32(st))
 		lease.Put()
 		return nil

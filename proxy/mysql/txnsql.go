@@ -3,7 +3,6 @@ package mysql
 import (
 	"bytes"
 	"regexp"
-	"sync"
 )
 
 // What transaction pooling must know about a statement's text. These are
@@ -84,37 +83,4 @@ func containsFold(q []byte, sub string) bool {
 		}
 	}
 	return false
-}
-
-// maxGreetings bounds the cache: keys include connection attributes such
-// as program_name, which clients choose freely.
-const maxGreetings = 1024
-
-// greetingCache remembers the status flags of the last login per pool
-// key, so transaction-pool clients log in without a server connection.
-type greetingCache struct {
-	mu sync.Mutex
-	m  map[string]uint16
-}
-
-func (c *greetingCache) get(key string) (uint16, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	st, ok := c.m[key]
-	return st, ok
-}
-
-func (c *greetingCache) put(key string, status uint16) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[string]uint16{}
-	}
-	if _, ok := c.m[key]; !ok && len(c.m) >= maxGreetings {
-		for k := range c.m { // evict one; map order is random
-			delete(c.m, k)
-			break
-		}
-	}
-	c.m[key] = status
 }

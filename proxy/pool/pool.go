@@ -356,10 +356,16 @@ func (p *Pool) takeIdleLocked(gen *creds.Generation, key string) *Lease {
 // generation or idle too long. The caller closes them outside the lock.
 func (p *Pool) takeStaleLocked(now time.Time) []*Lease {
 	var stale []*Lease
-	active := 0
-	for _, l := range p.idle {
-		if l.Gen.State() == creds.Active {
-			active++
+	// spare is how many current-generation connections may still time
+	// out without going below min_idle. Every checkout sweeps, so without
+	// min_idle it skips counting.
+	spare := len(p.idle)
+	if p.opts.MinIdle > 0 {
+		spare = -p.opts.MinIdle
+		for _, l := range p.idle {
+			if l.Gen.State() == creds.Active {
+				spare++
+			}
 		}
 	}
 	keep := p.idle[:0]
@@ -368,8 +374,8 @@ func (p *Pool) takeStaleLocked(now time.Time) []*Lease {
 		case l.Gen.State() != creds.Active:
 			stale = append(stale, l)
 			continue
-		case now.Sub(l.lastUsed) > p.opts.IdleTimeout && active > p.opts.MinIdle:
-			active--
+		case now.Sub(l.lastUsed) > p.opts.IdleTimeout && spare > 0:
+			spare--
 			stale = append(stale, l)
 			continue
 		}

@@ -58,7 +58,7 @@ type Server struct {
 	cancels *cancelKeys
 	// greetings are the server parameters transaction-pool clients are
 	// greeted with, by backend, role and startup parameters.
-	greetings greetingCache
+	greetings pool.Greetings[map[string]string]
 
 	mu        sync.Mutex
 	listeners []net.Listener

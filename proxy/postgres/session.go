@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -225,7 +226,7 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 		// Clients of a transaction pool connect without waiting for a
 		// free server connection: the greeting is the last one's. The
 		// credential check keeps "no valid credential" a login error.
-		if params := s.srv.greetings.get(greetKey); params != nil {
+		if params, ok := s.srv.greetings.Get(greetKey); ok {
 			if _, err := pl.Credential(ctx); err != nil {
 				return err
 			}
@@ -241,7 +242,7 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	s.mu.Unlock()
 	params := lease.Conn.(*upstream).params
 	if s.txnMode {
-		s.srv.greetings.put(greetKey, params)
+		s.srv.greetings.Put(greetKey, maps.Clone(params))
 	}
 	return s.greet(m.ProtocolVersion, params)
 }
