@@ -88,3 +88,36 @@ build_bins() {
 		"$GO" build -o bin/devstack ./test/devstack
 	fi
 }
+
+# start_dbproxy WRITE_CONFIG LABEL: picks pport and aport, runs WRITE_CONFIG
+# to write $work/dbproxy.yaml, starts dbproxy (sets proxy_pid) and waits for
+# /readyz; retries on a port lost to a race.
+start_dbproxy() {
+	local attempt st
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		pport="$(free_port)"
+		aport="$(free_port)"
+		"$1"
+		log "starting dbproxy on 127.0.0.1:$pport ($2)"
+		"$bindir/dbproxy" run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
+		proxy_pid=$!
+		st=0
+		wait_ready "$proxy_pid" 30 curl -fsS "http://127.0.0.1:$aport/readyz" || st=$?
+		((st == 0)) && return 0
+		((st == 1)) && grep -q 'address already in use' "$work/dbproxy.log" && continue
+		die "dbproxy did not start (logs in $work)"
+	done
+	die "dbproxy: no free port after 3 attempts"
+}
+
+# finish STATUS: keeps $work on failure or with BENCH_KEEP, else removes it,
+# and exits with STATUS. The scripts' EXIT traps call it after stopping
+# their processes.
+finish() {
+	if (($1 != 0)) || [[ -n "${BENCH_KEEP:-}" ]]; then
+		log "state and logs kept in $work"
+	else
+		rm -rf "$work"
+	fi
+	exit "$1"
+}

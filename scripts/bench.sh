@@ -62,12 +62,7 @@ cleanup() {
 	stop "$proxy_pid" dbproxy
 	stop "$bouncer_pid" pgbouncer
 	stop "$devstack_pid" devstack
-	if ((st != 0)) || [[ -n "${BENCH_KEEP:-}" ]]; then
-		log "state and logs kept in $work"
-	else
-		rm -rf "$work"
-	fi
-	exit "$st"
+	finish "$st"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -146,13 +141,9 @@ EOF
 	die "pgbouncer: no free port after 3 attempts"
 }
 
-# start_dbproxy: sets pport, aport and proxy_pid; retries on a port lost to a race.
-start_dbproxy() {
-	local attempt st
-	for ((attempt = 1; attempt <= 3; attempt++)); do
-		pport="$(free_port)"
-		aport="$(free_port)"
-		cat >"$work/dbproxy.yaml" <<EOF
+# dbproxy_config writes $work/dbproxy.yaml for ports $pport and $aport.
+dbproxy_config() {
+	cat >"$work/dbproxy.yaml" <<EOF
 vault:
   address: $VAULT_ADDR
   auth: { method: token, token_file: $VAULT_TOKEN_FILE }
@@ -178,20 +169,10 @@ identities:
     grants: [ { backend: appdb }, { backend: appdb_txn } ]
 admin: { address: "127.0.0.1:$aport", pprof: true }
 EOF
-		log "starting dbproxy on 127.0.0.1:$pport (session pool)"
-		"$bindir/dbproxy" run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
-		proxy_pid=$!
-		st=0
-		wait_ready "$proxy_pid" 30 curl -fsS "http://127.0.0.1:$aport/readyz" || st=$?
-		((st == 0)) && return 0
-		((st == 1)) && grep -q 'address already in use' "$work/dbproxy.log" && continue
-		die "dbproxy did not start (logs in $work)"
-	done
-	die "dbproxy: no free port after 3 attempts"
 }
 
 start_pgbouncer
-start_dbproxy
+start_dbproxy dbproxy_config "session and transaction pools"
 
 declare -A dsn=(
 	[direct]="host=127.0.0.1 port=$PGPORT dbname=appdb user=bench sslmode=disable"
