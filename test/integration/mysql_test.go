@@ -759,6 +759,39 @@ func myTransaction(dsn string, i int) (string, error) {
 }
 
 // mysqlVaultUsers lists the MariaDB users Vault made for role.
+// waitOnlyLiveMySQLUsers waits up to 20s until mysql.user holds no
+// Vault-made user of role beyond those of p's live generations (at most
+// two: one more during a rotation).
+func waitOnlyLiveMySQLUsers(t *testing.T, p *proxyProc, role string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		live := map[string]bool{}
+		gens := p.leases(t)
+		for _, g := range gens {
+			live[g.Username] = true
+		}
+		users := mysqlVaultUsers(t, role)
+		orphans := 0
+		for _, u := range users {
+			if !live[u] {
+				orphans++
+			}
+		}
+		if len(users) == 0 {
+			t.Fatal("no Vault-made user found in mysql.user: the pattern does not match Vault's user names")
+		}
+		if orphans == 0 && len(gens) <= 2 {
+			t.Logf("users left: %v; live generations: %d", users, len(gens))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("users %v still exist with live generations %+v", users, gens)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 func mysqlVaultUsers(t *testing.T, role string) []string {
 	t.Helper()
 	db, err := sql.Open("mysql", Maria.AdminDSN())
@@ -827,32 +860,7 @@ func TestMySQLRotationUnderLoad(t *testing.T) {
 	}
 	// Superseded generations are revoked once drained: only the live
 	// generation's user (two during a rotation) remains in mysql.user.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		live := s.proxy.leases(t)
-		users := mysqlVaultUsers(t, s.role)
-		liveUsers := map[string]bool{}
-		for _, g := range live {
-			liveUsers[g.Username] = true
-		}
-		orphans := 0
-		for _, u := range users {
-			if !liveUsers[u] {
-				orphans++
-			}
-		}
-		if len(users) == 0 {
-			t.Fatal("no Vault-made user found in mysql.user: the pattern does not match Vault's user names")
-		}
-		if orphans == 0 && len(live) <= 2 {
-			t.Logf("users left: %v; live generations: %d", users, len(live))
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("users %v still exist with live generations %+v", users, live)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	waitOnlyLiveMySQLUsers(t, s.proxy, s.role)
 	if revokes := auditCount(t, s.auditTo, "sys/leases/revoke"); revokes < 3 {
 		t.Fatalf("dbproxy revoked %d leases; want every superseded one (>= 3)", revokes)
 	}

@@ -26,25 +26,7 @@ func startMyTxnStack(t *testing.T, role string, maxConns int, ttl, maxTTL time.D
 	}
 	dir := t.TempDir()
 	port := freePort(t)
-	cfg := fmt.Sprintf(`
-vault:
-  address: %s
-  request_timeout: 2s
-  auth: { method: token, token_file: %q }
-backends:
-  appdb:
-    protocol: mysql
-    address: %s
-    vault_role: %s
-    pool: { mode: transaction, max_connections: %d, checkout_timeout: 10s }
-    lease: { safety_margin: 3s, revoke_grace: 2s, max_issue_per_minute: 20 }
-listeners:
-  - { name: sidecar, protocol: mysql, address: "127.0.0.1:%d", identity: app }
-identities:
-  app:
-    grants: [ { backend: appdb } ]
-admin: { address: "{{ADMIN}}" }
-`, Vault.Addr, vaultTokenFile(t, dir), Maria.Addr(), role, maxConns, port)
+	cfg := txnProxyConfig(t, dir, "mysql", Maria.Addr(), role, fmt.Sprintf("max_connections: %d, checkout_timeout: 10s", maxConns), port)
 	p := startProxy(t, dir, cfg, true)
 	if strings.Contains(p.log(), "runs in session mode") {
 		t.Fatal("dbproxy still warns that mysql backends run in session mode")
@@ -199,14 +181,7 @@ func TestMySQLTxnPoolingAcrossRotations(t *testing.T) {
 	// Three rotations at half of a 15s max TTL take about 23s; run 27s,
 	// and longer (up to 45s) if Vault was slow and fewer users were seen.
 	time.Sleep(27 * time.Second)
-	for deadline := start.Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		mu.Lock()
-		seen := len(users)
-		mu.Unlock()
-		if seen >= 4 {
-			break
-		}
-	}
+	waitForUsers(&mu, users, 4, start.Add(45*time.Second))
 	close(stop)
 	wg.Wait()
 	t.Logf("%d steps in %v, %d failed, %d distinct database users", ok.Load(), time.Since(start).Round(time.Second), failed.Load(), len(users))
@@ -227,32 +202,7 @@ func TestMySQLTxnPoolingAcrossRotations(t *testing.T) {
 	t.Logf("%d transactions committed", total)
 	// Superseded generations are revoked once drained: only the live
 	// generation's user (two during a rotation) remains in mysql.user ...
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		live := map[string]bool{}
-		gens := p.leases(t)
-		for _, g := range gens {
-			live[g.Username] = true
-		}
-		vaultUsers := mysqlVaultUsers(t, role)
-		orphans := 0
-		for _, u := range vaultUsers {
-			if !live[u] {
-				orphans++
-			}
-		}
-		if len(vaultUsers) == 0 {
-			t.Fatal("no Vault-made user found in mysql.user: the pattern does not match Vault's user names")
-		}
-		if orphans == 0 && len(gens) <= 2 {
-			t.Logf("users left: %v; live generations: %d", vaultUsers, len(gens))
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("users %v still exist with live generations %+v", vaultUsers, gens)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	waitOnlyLiveMySQLUsers(t, p, role)
 	// ... and none once dbproxy stops gracefully.
 	for _, c := range clients {
 		_ = c.stmt.Close()

@@ -25,36 +25,18 @@ import (
 // maxConns upstream connections on a role with the given lease times.
 func startTxnStack(t *testing.T, role string, maxConns int, ttl, maxTTL time.Duration) (*proxyProc, int) {
 	t.Helper()
-	return startTxnStackWith(t, role, maxConns, ttl, maxTTL, "10s")
+	return startTxnStackWith(t, role, ttl, maxTTL, fmt.Sprintf("max_connections: %d, checkout_timeout: 10s", maxConns))
 }
 
-func startTxnStackWith(t *testing.T, role string, maxConns int, ttl, maxTTL time.Duration, checkoutTimeout string) (*proxyProc, int) {
+// startTxnStackWith is startTxnStack with the pool settings spelled out.
+func startTxnStackWith(t *testing.T, role string, ttl, maxTTL time.Duration, pool string) (*proxyProc, int) {
 	t.Helper()
 	if err := Vault.ConfigurePostgres(context.Background(), PG, harness.RoleOptions{Mount: Mount, Role: role, DefaultTTL: ttl, MaxTTL: maxTTL}); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	port := freePort(t)
-	cfg := fmt.Sprintf(`
-vault:
-  address: %s
-  request_timeout: 2s
-  auth: { method: token, token_file: %q }
-backends:
-  appdb:
-    protocol: postgres
-    address: %s
-    vault_role: %s
-    pool: { mode: transaction, max_connections: %d, checkout_timeout: %s }
-    lease: { safety_margin: 3s, revoke_grace: 2s, max_issue_per_minute: 20 }
-listeners:
-  - { name: sidecar, protocol: postgres, address: "127.0.0.1:%d", identity: app }
-identities:
-  app:
-    grants: [ { backend: appdb } ]
-admin: { address: "{{ADMIN}}" }
-`, Vault.Addr, vaultTokenFile(t, dir), PG.Addr(), role, maxConns, checkoutTimeout, port)
-	return startProxy(t, dir, cfg, true), port
+	return startProxy(t, dir, txnProxyConfig(t, dir, "postgres", PG.Addr(), role, pool, port), true), port
 }
 
 func txnDSN(port int) string {
@@ -356,14 +338,7 @@ func TestTransactionPoolingAcrossRotations(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	// Three rotations take about 23s; wait longer (up to 45s in all) if
 	// Vault was slow and fewer users were seen.
-	for deadline := start.Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		mu.Lock()
-		seen := len(users)
-		mu.Unlock()
-		if seen >= 4 {
-			break
-		}
-	}
+	waitForUsers(&mu, users, 4, start.Add(45*time.Second))
 	close(stop)
 	wg.Wait()
 	t.Logf("%d statements ok, %d failed, %d database users", ok.Load(), failed.Load(), len(users))
@@ -379,20 +354,9 @@ func TestTransactionPoolingAcrossRotations(t *testing.T) {
 }
 
 func TestTransactionPoolExhausted(t *testing.T) {
-	_, port := startTxnStackWith(t, "pg-txnx", 2, time.Hour, 2*time.Hour, "1s")
+	_, port := startTxnStackWith(t, "pg-txnx", time.Hour, 2*time.Hour, "max_connections: 2, checkout_timeout: 1s")
 	ctx := context.Background()
-	var held []pgx.Tx
-	for range 2 {
-		c := connect(t, txnDSN(port))
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(ctx, "select 1"); err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, tx)
-	}
+	held := []pgx.Tx{holdTxn(t, port), holdTxn(t, port)}
 	// Both server connections are inside transactions. A new client
 	// still connects (no server connection needed to greet it) ...
 	c := connect(t, txnDSN(port))
@@ -448,19 +412,24 @@ func TestTransactionOutlivesCredential(t *testing.T) {
 	}
 	// Vault's user of the closed transaction is gone once it is revoked.
 	sc := connect(t, PG.SuperDSN())
-	gone := time.Now().Add(10 * time.Second)
-	for {
+	waitNone(t, sc, 10*time.Second, "select count(*) from pg_roles where rolname = $1", user)
+}
+
+// waitNone polls a count(*) query until it says 0, or fails the test
+// after timeout.
+func waitNone(t *testing.T, c *pgx.Conn, timeout time.Duration, query string, args ...any) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
 		var n int
-		if err := sc.QueryRow(ctx, "select count(*) from pg_roles where rolname = $1", user).Scan(&n); err != nil {
+		if err := c.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		if n == 0 {
-			break
+			return
 		}
-		if time.Now().After(gone) {
-			t.Fatalf("database user %s still exists after its generation drained", user)
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v, %q %v still counts %d", timeout, query, args, n)
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -528,33 +497,14 @@ func TestPauseResumeDrain(t *testing.T) {
 	if pid2 == pid1 {
 		t.Fatalf("after drain the client still runs on server process %d", pid1)
 	}
-	sc := connect(t, PG.SuperDSN())
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		var alive int
-		if err := sc.QueryRow(ctx, "select count(*) from pg_stat_activity where pid = $1", pid1).Scan(&alive); err != nil {
-			t.Fatal(err)
-		}
-		if alive == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("drained server process %d still there after 5s", pid1)
-		}
-	}
+	// The drained server process goes away.
+	waitNone(t, connect(t, PG.SuperDSN()), 5*time.Second, "select count(*) from pg_stat_activity where pid = $1", pid1)
 }
 
 func TestIdleInTransactionTimeout(t *testing.T) {
-	// checkoutTimeout is pasted into the pool settings: add the limit.
-	_, port := startTxnStackWith(t, "pg-txnidle", 1, time.Hour, 2*time.Hour, "5s, idle_transaction_timeout: 2s")
+	_, port := startTxnStackWith(t, "pg-txnidle", time.Hour, 2*time.Hour, "max_connections: 1, checkout_timeout: 5s, idle_transaction_timeout: 2s")
 	ctx := context.Background()
-	c := connect(t, txnDSN(port))
-	tx, err := c.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "select 1"); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdTxn(t, port)
 	// The only server connection is held; another client waits for it
 	// and gets it once the idle transaction is ended.
 	other := connect(t, txnDSN(port))
@@ -566,7 +516,7 @@ func TestIdleInTransactionTimeout(t *testing.T) {
 	if waited := time.Since(start); waited < 1500*time.Millisecond || waited > 4500*time.Millisecond {
 		t.Fatalf("the waiting client ran after %v; want about the 2s limit", waited)
 	}
-	_, err = tx.Exec(ctx, "select 1")
+	_, err := tx.Exec(ctx, "select 1")
 	if sqlstate(err) != "25P03" || !strings.Contains(err.Error(), "idle_transaction_timeout") {
 		t.Fatalf("the idle transaction's client: want 25P03 naming the setting, got %v", err)
 	}
