@@ -510,7 +510,7 @@ func (s *session) clientToUpstream() error {
 			return &Error{Code: erNetPacketTooLarge, State: "08S01",
 				Message: fmt.Sprintf("Got a packet bigger than dbproxy's limit of %d bytes; send smaller statements or values (e.g. several INSERTs, LOAD DATA in parts)", maxLen)}
 		}
-		m, err := copyPacket(s.cbr, up.bw, n)
+		m, err := copyPacket(s.cbr, upstreamWriter{up.bw}, n)
 		s.bytesIn.Add(int64(m))
 		if err != nil {
 			return err
@@ -518,10 +518,19 @@ func (s *session) clientToUpstream() error {
 		lastSeq, cont = seq, n == maxPayload
 		if s.cbr.Buffered() == 0 {
 			if err := up.bw.Flush(); err != nil {
-				return err
+				return upErr(err)
 			}
 		}
 	}
+}
+
+// upstreamWriter marks its write errors as the upstream's, so the relay
+// can tell a server that hung up mid-command from a client that left.
+type upstreamWriter struct{ w io.Writer }
+
+func (u upstreamWriter) Write(b []byte) (int, error) {
+	n, err := u.w.Write(b)
+	return n, upErr(err)
 }
 
 func outOfOrder(want, got byte) *Error {

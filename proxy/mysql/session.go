@@ -349,6 +349,23 @@ func (s *session) relay(gen *creds.Generation) (string, bool) {
 
 	select {
 	case err := <-cliDone:
+		var ue *upstreamError
+		if errors.As(err, &ue) {
+			// The server hung up while the client's command was being
+			// sent (e.g. a packet over its max_allowed_packet): its ERR
+			// may still be in flight, relay it before closing.
+			select {
+			case <-upDone:
+			case <-time.After(5 * time.Second):
+				_ = up.conn.Close()
+				<-upDone
+			}
+			if !s.track.idle() {
+				s.sendError(&Error{Code: erUnknownError, State: "08S01",
+					Message: fmt.Sprintf("Lost connection to backend %s during a command (%v): the database closed the connection; see its log", s.backend.Name, ue.err)})
+			}
+			return "server_closed", false
+		}
 		if errors.Is(err, errQuit) && s.track.idle() && !s.inTransaction() && !s.dirty.Load() {
 			if uerr := interruptRead(up.conn, upDone); isTimeout(uerr) {
 				return "ok", true
