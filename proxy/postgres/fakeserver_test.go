@@ -62,6 +62,20 @@ func newFakeServer(t testing.TB) *fakeServer {
 	return f
 }
 
+// terminateAll ends every server connection, as pg_terminate_backend
+// does: with a FATAL ErrorResponse first if goodbye.
+func (f *fakeServer) terminateAll(goodbye bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		if goodbye {
+			_, _ = c.Write(frameOf('E', "SFATAL\x00VFATAL\x00C57P01\x00Mterminating connection due to administrator command\x00\x00"))
+		}
+		_ = c.Close()
+	}
+	f.conns = nil
+}
+
 // Canned answers.
 var (
 	fakeRow = func() []byte {
@@ -147,6 +161,7 @@ type relayHarness struct {
 	done   chan string
 	pool   *pool.Pool
 	s      *session
+	fake   *fakeServer
 }
 
 // srvKillIdle is Shutdown's idle sweep: it retries while the session
@@ -203,7 +218,7 @@ func startRelay(t testing.TB, mode string) *relayHarness {
 	}
 	s.lease = lease
 	s.rl.lease, s.rl.up = lease, lease.Conn.(*upstream)
-	h := &relayHarness{client: client, cr: bufio.NewReaderSize(client, 16<<10), done: make(chan string, 1), pool: pl, s: s}
+	h := &relayHarness{client: client, cr: bufio.NewReaderSize(client, 16<<10), done: make(chan string, 1), pool: pl, s: s, fake: f}
 	srv.track(s, true)
 	go func() {
 		s.run()

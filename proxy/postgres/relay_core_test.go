@@ -199,3 +199,28 @@ func TestRelayStalledPipelineGoesDuplex(t *testing.T) {
 		})
 	}
 }
+
+// A pooled connection the server ended while idle costs the client
+// nothing: the request goes to another connection.
+func TestRelayRetriesDeadPooledConnection(t *testing.T) {
+	for _, goodbye := range []bool{false, true} {
+		name := "closed"
+		if goodbye {
+			name = "fatal_then_closed"
+		}
+		t.Run(name, func(t *testing.T) {
+			h := startRelay(t, "transaction")
+			h.roundTrip(t, simpleQuery)
+			h.fake.terminateAll(goodbye)
+			for _, req := range [][]byte{simpleQuery, extendedTxn} {
+				if st := h.roundTrip(t, req); st != 'I' {
+					t.Fatalf("status %c", st)
+				}
+				h.fake.terminateAll(goodbye)
+			}
+			if got := testutil.ToFloat64(h.s.srv.metrics.retries); got != 2 {
+				t.Fatalf("retries = %v, want 2", got)
+			}
+		})
+	}
+}

@@ -71,6 +71,7 @@ type txnSession struct {
 	duplex    *duplex // non-nil while two goroutines relay
 	listening bool    // session mode after LISTEN: answers come unasked
 	copyIn    bool    // between CopyInResponse and the client's CopyDone/Fail
+	retry     retryState
 }
 
 func newTxnSession(s *session) *txnSession {
@@ -121,6 +122,7 @@ func (t *txnSession) forwardFrame() (byte, error) {
 			t.copyIn = false
 			t.mu.Unlock()
 		}
+		t.record(typ, nil)
 		t.note(typ)
 		_, _, _, err := copyFrame(s.cbr, upWriter{t}, s.srv.opts.MaxMessageBytes)
 		return typ, err
@@ -129,6 +131,7 @@ func (t *txnSession) forwardFrame() (byte, error) {
 	if err != nil {
 		return typ, err
 	}
+	t.record(typ, body)
 	t.mu.Lock()
 	err = t.rewrite(typ, body)
 	t.mu.Unlock()
@@ -217,6 +220,9 @@ func (t *txnSession) relayOne() (copyIn bool, err error) {
 	// client side, in their turn.
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.deadOnArrival(typ, up) {
+		return false, errDeadOnArrival
+	}
 	drop, fakes := t.complete(typ)
 	var body []byte
 	n := 0
@@ -399,6 +405,7 @@ func (t *txnSession) attach() error {
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
+	t.armRetry()
 	return nil
 }
 

@@ -158,6 +158,7 @@ var (
 func (t *txnSession) enqueueFrames(frames []byte) error {
 	if len(t.queue) == 0 {
 		// Every earlier answer was written: this one is due now.
+		t.retry.ok = false // the client has part of this request's answer
 		_, err := t.s.cbw.Write(t.s.patchStatus(frames))
 		return err
 	}
