@@ -49,6 +49,8 @@ type Config struct {
 	// ShutdownTimeout bounds how long SIGTERM waits for open sessions.
 	// Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// Runtime tunes the Go runtime. Default: Go's own defaults.
+	Runtime Runtime `yaml:"runtime"`
 
 	// src remembers where each setting was written; nil when the Config
 	// was built in code.
@@ -240,6 +242,59 @@ type Admin struct {
 	// Pprof serves Go's profiler at /debug/pprof/ (behind the token when
 	// one is set). Default false.
 	Pprof bool `yaml:"pprof"`
+}
+
+// Runtime tunes the Go runtime dbproxy runs on. A zero value keeps Go's
+// default for that setting, which also honours the GOMAXPROCS, GOGC and
+// GOMEMLIMIT environment variables; a value written here wins over them.
+// bench/RESULTS.md ("Go runtime settings") has the figures behind the
+// defaults.
+type Runtime struct {
+	// GOMAXPROCS is how many threads run Go code at once. 0 (default):
+	// Go's default, the CPUs available to the process (cgroup quota
+	// included).
+	GOMAXPROCS int `yaml:"gomaxprocs"`
+	// GOGC is the garbage collector's target heap growth in percent. 0
+	// (default): Go's default, 100. -1 turns the proportional collector
+	// off, so the heap is collected only near MemoryLimit, which must then
+	// be set.
+	GOGC int `yaml:"gogc"`
+	// MemoryLimit is a soft limit on the memory the Go runtime uses, with
+	// a unit: B, KiB, MiB, GiB or TiB, e.g. "256MiB". "" (default): no
+	// limit.
+	MemoryLimit string `yaml:"memory_limit"`
+}
+
+// MemoryLimitBytes returns MemoryLimit in bytes, 0 when it is "".
+func (r Runtime) MemoryLimitBytes() (int64, error) {
+	return ParseByteSize(r.MemoryLimit)
+}
+
+// ParseByteSize parses a size with a binary unit as GOMEMLIMIT writes it:
+// "256MiB", "1GiB", "1048576B". "" is 0.
+func ParseByteSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}, {"B", 0}}
+	for _, u := range units {
+		num, ok := strings.CutSuffix(s, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%q is not a size; write a whole number and a unit, like 256MiB or 1GiB", s)
+		}
+		if n > (1<<62)>>u.shift {
+			return 0, fmt.Errorf("%q is too large", s)
+		}
+		return n << u.shift, nil
+	}
+	return 0, fmt.Errorf("%q has no unit; write it like 256MiB or 1GiB (units B, KiB, MiB, GiB, TiB)", s)
 }
 
 // Duration is a time.Duration written in YAML as "30s", "5m" or "1h30m".

@@ -23,6 +23,7 @@ func (c *Config) Validate() error {
 	v.listeners()
 	v.identities()
 	v.admin()
+	v.runtime()
 	if c.ShutdownTimeout <= 0 {
 		v.at("shutdown_timeout", "shutdown_timeout: must be greater than 0 (e.g. 30s); it bounds how long SIGTERM waits for open sessions")
 	}
@@ -547,5 +548,28 @@ func (v *validator) admin() {
 		}
 	} else if !isLoopback(a.Address) {
 		v.at("admin.address", "admin.address: %s is not a loopback address, so admin.token_file is required (a file holding the bearer token for /v1 requests); or listen on 127.0.0.1", a.Address)
+	}
+}
+
+// minMemoryLimit is the smallest runtime.memory_limit accepted: below it the
+// collector would run all the time.
+const minMemoryLimit = 16 << 20
+
+func (v *validator) runtime() {
+	r := v.c.Runtime
+	if r.GOMAXPROCS < 0 {
+		v.at("runtime.gomaxprocs", "runtime.gomaxprocs: %d is negative; write 0 for Go's default (the CPUs available) or a number of threads", r.GOMAXPROCS)
+	}
+	if r.GOGC < -1 {
+		v.at("runtime.gogc", "runtime.gogc: %d is not a GC percentage; write 0 for Go's default (100), a percentage such as 200, or -1 for off (with runtime.memory_limit)", r.GOGC)
+	}
+	n, err := r.MemoryLimitBytes()
+	switch {
+	case err != nil:
+		v.at("runtime.memory_limit", "runtime.memory_limit: %v", err)
+	case r.MemoryLimit != "" && n < minMemoryLimit:
+		v.at("runtime.memory_limit", "runtime.memory_limit: %s is below 16MiB; the collector would run all the time", r.MemoryLimit)
+	case r.GOGC == -1 && r.MemoryLimit == "":
+		v.at("runtime.gogc", "runtime.gogc: -1 turns the collector off, so the heap would grow without bound; set runtime.memory_limit too (e.g. 256MiB), or use a percentage")
 	}
 }

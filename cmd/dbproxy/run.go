@@ -79,6 +79,7 @@ func runCmd(ctx context.Context, g *globalFlags, args []string, stderr io.Writer
 	}
 	log := g.newLogger(stderr)
 	defer func() { _ = log.Sync() }()
+	applyRuntime(cfg.Runtime, log)
 
 	sigs := make(chan os.Signal, 2)
 	stop := notifySignals(sigs)
