@@ -70,6 +70,8 @@ machine_ticks() {
 
 # build_bins: dbproxy and devstack from the working tree into bin/, or with
 # BENCH_REV from that commit (git archive into $work); sets commit and bindir.
+# The measuring tools (bench/floor/pgfloor, bench/floor/myfloor,
+# bench/idleclients) are always built from the working tree into $toolsdir.
 build_bins() {
 	if [[ -n "${BENCH_REV:-}" ]]; then
 		rev="$(git rev-parse --verify "$BENCH_REV^{commit}")" || die "BENCH_REV=$BENCH_REV is not a commit"
@@ -87,11 +89,43 @@ build_bins() {
 		"$GO" build -o bin/dbproxy ./cmd/dbproxy
 		"$GO" build -o bin/devstack ./test/devstack
 	fi
+	toolsdir="$root/bin"
+	log "building the measuring tools: bin/pgfloor, bin/myfloor, bin/idleclients"
+	"$GO" build -o bin/pgfloor ./bench/floor/pgfloor
+	"$GO" build -o bin/myfloor ./bench/floor/myfloor
+	"$GO" build -o bin/idleclients ./bench/idleclients
 }
 
+# start_floor BINARY UPSTREAM READY_CMD...: starts a floor relay on a free
+# port (sets fport and floor_pid) and waits until READY_CMD (run with
+# $fport set) succeeds.
+start_floor() {
+	local bin=$1 upstream=$2 attempt st
+	shift 2
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		fport="$(free_port)"
+		log "starting $(basename "$bin") (the floor) on 127.0.0.1:$fport"
+		"$bin" -listen "127.0.0.1:$fport" -upstream "$upstream" >"$work/floor.log" 2>&1 </dev/null &
+		floor_pid=$!
+		st=0
+		wait_ready "$floor_pid" 30 "$@" || st=$?
+		((st == 0)) && return 0
+		((st == 1)) && grep -q 'address already in use' "$work/floor.log" && continue
+		die "the floor did not start (logs in $work)"
+	done
+	die "floor: no free port after 3 attempts"
+}
+
+# rss_kib PID: resident set size of PID in KiB.
+rss_kib() { awk '/^VmRSS:/ { print $2; exit }' "/proc/$1/status"; }
+
+# metric NAME: the value of an unlabelled metric on dbproxy's /metrics.
+metric() { curl -fsS "http://127.0.0.1:$aport/metrics" | awk -v m="$1" '$1 == m { printf "%.0f", $2; exit }'; }
+
 # start_dbproxy WRITE_CONFIG LABEL: picks pport and aport, runs WRITE_CONFIG
-# to write $work/dbproxy.yaml, starts dbproxy (sets proxy_pid) and waits for
-# /readyz; retries on a port lost to a race.
+# to write $work/dbproxy.yaml, starts dbproxy (sets proxy_pid) with the
+# environment settings in the array proxy_env (e.g. GOGC=200), if any, and
+# waits for /readyz; retries on a port lost to a race.
 start_dbproxy() {
 	local attempt st
 	for ((attempt = 1; attempt <= 3; attempt++)); do
@@ -99,7 +133,7 @@ start_dbproxy() {
 		aport="$(free_port)"
 		"$1"
 		log "starting dbproxy on 127.0.0.1:$pport ($2)"
-		"$bindir/dbproxy" run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
+		env ${proxy_env[@]+"${proxy_env[@]}"} "$bindir/dbproxy" run --config "$work/dbproxy.yaml" >"$work/dbproxy.log" 2>&1 </dev/null &
 		proxy_pid=$!
 		st=0
 		wait_ready "$proxy_pid" 30 curl -fsS "http://127.0.0.1:$aport/readyz" || st=$?

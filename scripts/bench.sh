@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
-# bench.sh (make bench) runs pgbench against one PostgreSQL three ways and
+# bench.sh (make bench) runs pgbench against one PostgreSQL four ways and
 # writes bench/RESULTS.md:
 #
 #   direct     PostgreSQL itself (test/devstack, 127.0.0.1)
 #   pgbouncer  /usr/sbin/pgbouncer in front of it: database appdb in
 #              pool_mode=session, appdb_txn in pool_mode=transaction
+#   floor      bin/pgfloor (bench/floor/pgfloor): the smallest synchronous Go
+#              relay, one goroutine and one server connection per client, no
+#              pooling; the cost floor of Go on this machine (issue 9)
 #   dbproxy    bin/dbproxy, sidecar listener, Vault credentials: backend
 #              appdb in session mode, appdb_txn in transaction mode
 #
-# Workloads (pgbench builtin select-only, -T BENCH_TIME seconds each):
-#   session pools: pgbench -S at 1 client and at 16 clients (-j 2), and
-#   pgbench -S -C (a new connection per transaction) at 4 clients;
-#   transaction pools (16 server connections): pgbench -S and -S -M prepared
-#   at 16 and 64 clients. Direct runs use as many server connections as
-#   clients. A target that cannot run a workload (PgBouncer 1.18 has no
-#   prepared statements in transaction mode) is reported as failed.
-#   One dbproxy run per transaction workload is CPU-profiled (pprof).
+# Workloads (pgbench builtin select-only, -T BENCH_TIME seconds each, the
+# four targets back to back): session pools: -S at 1 and 16 clients, -S -C
+# (a new connection per transaction) at 4 clients; transaction pools (16
+# server connections): -S at 1, 16 and 64 clients, -S -M prepared at 16,
+# -S -C at 4, and -S at a fixed rate (-R BENCH_RATE, 16 clients) for
+# latency average and stddev. Direct and the floor use as many server
+# connections as clients. A target that cannot run a workload (PgBouncer
+# 1.18 has no prepared statements in transaction mode) is reported as failed.
 #
-# Then, where strace and perf are installed and may attach, one short extra
-# 1-client run per proxy under each, for the "where the time goes" notes
-# (syscalls per transaction, kernel share of CPU samples).
+# Then, on the same stack: syscalls per transaction of each proxy (strace -c
+# -f, short 1- and 16-client runs), a CPU profile of dbproxy (pprof) during
+# a transaction-pool 16-client run, RSS per idle client (bin/idleclients
+# holds BENCH_IDLE idle authenticated clients on dbproxy and on PgBouncer),
+# and dbproxy's Go runtime settings (GOMAXPROCS, GOGC, GOMEMLIMIT) compared
+# at 16 clients in the transaction pool.
+#
+# Duration: about 36 runs of BENCH_TIME plus 10 more for the profile and
+# the runtime settings, and about a minute of setup: 10 to 11 minutes at
+# the default 10 s (make bench then runs bench-mysql.sh, about 3 minutes).
 #
 # All traffic stays on 127.0.0.1. State goes to a temporary directory that is
 # removed at the end (kept on failure or with BENCH_KEEP=1); the raw pgbench
 # output goes to bench/bench.log (not committed).
 #
-#   BENCH_TIME   seconds per run (default 15; 21 runs)
+#   BENCH_TIME   seconds per run (default 10)
+#   BENCH_RATE   pgbench -R rate of the fixed-rate run (default 2000 tps)
+#   BENCH_IDLE   idle clients for the memory figure (default 5000)
 #   BENCH_SCALE  pgbench -i scale (default 10)
 #   BENCH_OUT    results file (default bench/RESULTS.md)
 #   BENCH_KEEP   keep the temporary directory
@@ -36,7 +48,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 GO="${GO:-go}"
-T="${BENCH_TIME:-15}"
+T="${BENCH_TIME:-10}"
+rate="${BENCH_RATE:-2000}"
+nidle="${BENCH_IDLE:-5000}"
 scale="${BENCH_SCALE:-10}"
 out="${BENCH_OUT:-$root/bench/RESULTS.md}"
 rawlog="$root/bench/bench.log"
@@ -53,13 +67,22 @@ for c in pgbench psql "$pgbouncer_bin" awk curl; do
 	command -v "$c" >/dev/null || die "$c not found (make deps installs PostgreSQL clients and PgBouncer)"
 done
 
+# Idle clients need a descriptor each in dbproxy, PgBouncer and idleclients.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (($(ulimit -n) < nidle + 500)); then
+	nidle=$(($(ulimit -n) - 500))
+	log "warning: ulimit -n is $(ulimit -n): idle clients lowered to $nidle"
+fi
+
 work="$(mktemp -d /tmp/dbproxy-bench.XXXXXX)"
 chmod 755 "$work" # PostgreSQL and PgBouncer run as another user when we are root
-devstack_pid='' proxy_pid='' bouncer_pid=''
+devstack_pid='' proxy_pid='' bouncer_pid='' floor_pid='' idle_pid=''
 
 cleanup() {
 	local st=$?
+	stop "$idle_pid" idleclients
 	stop "$proxy_pid" dbproxy
+	stop "$floor_pid" pgfloor
 	stop "$bouncer_pid" pgbouncer
 	stop "$devstack_pid" devstack
 	finish "$st"
@@ -124,7 +147,7 @@ pool_mode = session
 ; password in the userlist is for logging in to PostgreSQL (SCRAM).
 auth_type = trust
 auth_file = $bdir/userlist.txt
-max_client_conn = 200
+max_client_conn = $((nidle + 200))
 default_pool_size = 32
 logfile = $bdir/pgbouncer.log
 pidfile = $bdir/pgbouncer.pid
@@ -173,29 +196,44 @@ EOF
 
 start_pgbouncer
 start_dbproxy dbproxy_config "session and transaction pools"
+# floor_ready: the floor answers a query. It relays SCRAM to PostgreSQL, so
+# libpq needs the password for the floor's port too.
+floor_ready() {
+	grep -q "^127.0.0.1:$fport:" "$PGPASSFILE" || printf '127.0.0.1:%s:*:bench:%s\n' "$fport" "$bench_pw" >>"$PGPASSFILE"
+	psql -X -At "host=127.0.0.1 port=$fport dbname=appdb user=bench sslmode=disable" -c 'select 1' </dev/null
+}
+start_floor "$toolsdir/pgfloor" "$PG_ADDR" floor_ready
 
 declare -A dsn=(
 	[direct]="host=127.0.0.1 port=$PGPORT dbname=appdb user=bench sslmode=disable"
 	[pgbouncer]="host=127.0.0.1 port=$bport dbname=appdb user=bench sslmode=disable"
+	[floor]="host=127.0.0.1 port=$fport dbname=appdb user=bench sslmode=disable"
 	[dbproxy]="host=127.0.0.1 port=$pport dbname=appdb user=bench sslmode=disable"
 )
-declare -A ppid=([pgbouncer]=$bouncer_pid [dbproxy]=$proxy_pid)
-for t in direct pgbouncer dbproxy; do
+declare -A ppid=([pgbouncer]=$bouncer_pid [floor]=$floor_pid [dbproxy]=$proxy_pid)
+for t in direct pgbouncer floor dbproxy; do
 	[[ "$(psql -X -At "${dsn[$t]}" -c 'select count(*) from pgbench_branches' </dev/null)" == "$scale" ]] ||
 		die "$t: cannot read pgbench_branches"
 done
 
+
 # --- runs --------------------------------------------------------------------
 
-targets=(direct pgbouncer dbproxy)
-wl_names=("select-only, 1 client" "select-only, 16 clients" "select-only, new connection per txn (-C), 4 clients"
-	"transaction pool: select-only, 16 clients" "transaction pool: select-only, 64 clients"
-	"transaction pool: select-only -M prepared, 16 clients" "transaction pool: select-only -M prepared, 64 clients")
+targets=(direct pgbouncer floor dbproxy)
+wl_names=("session pool: select-only, 1 client" "session pool: select-only, 16 clients"
+	"session pool: select-only, new connection per txn (-C), 4 clients"
+	"transaction pool: select-only, 1 client" "transaction pool: select-only, 16 clients"
+	"transaction pool: select-only, 64 clients" "transaction pool: select-only -M prepared, 16 clients"
+	"transaction pool: select-only, new connection per txn (-C), 4 clients"
+	"transaction pool: select-only at $rate tps (-R), 16 clients")
 wl_flags=("-S -c 1 -j 1" "-S -c 16 -j 2" "-S -C -c 4 -j 2"
-	"-S -c 16 -j 2" "-S -c 64 -j 2" "-S -M prepared -c 16 -j 2" "-S -M prepared -c 64 -j 2")
-# The proxies' database (pool) per workload; direct always uses appdb.
-wl_db=(appdb appdb appdb appdb_txn appdb_txn appdb_txn appdb_txn)
-declare -A tps lat fails logins cpu busy ntx failed_why profile
+	"-S -c 1 -j 1" "-S -c 16 -j 2" "-S -c 64 -j 2" "-S -M prepared -c 16 -j 2" "-S -C -c 4 -j 2"
+	"-S -R $rate -c 16 -j 2")
+# The proxies' database (pool) per workload; direct and the floor use appdb.
+wl_db=(appdb appdb appdb appdb_txn appdb_txn appdb_txn appdb_txn appdb_txn appdb_txn)
+# Workloads by role in the report.
+w_s1=0 w_c_session=2 w_t1=3 w_t16=4 w_t64=5 w_prep=6 w_c_txn=7 w_rate=8
+declare -A tps lat sd lag fails logins cpu busy ntx failed_why
 hz="$(getconf CLK_TCK)"
 : >"$rawlog"
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -206,168 +244,278 @@ fi
 log "warm-up: 3s select-only direct"
 pgbench -n -S -c 2 -j 2 -T 3 "${dsn[direct]}" >>"$rawlog" 2>&1
 
+# pgbench_run KEY PID DSN ARGS...: one pgbench run; its figures go to the
+# arrays above under KEY, with the CPU of PID (none when empty). Returns
+# pgbench's status, or 100 when its output has no figures; its output is
+# in $res.
+pgbench_run() {
+	local k=$1 pid=$2 target_dsn=$3 st=0 l0 l1 b0 m0 b1 m1 c0=0 c1=0 processed
+	shift 3
+	l0="$(upstream_logins)"
+	read -r b0 m0 < <(machine_ticks)
+	[[ -n "$pid" ]] && c0="$(cpu_ticks "$pid")"
+	res="$(timeout $((T + 60)) pgbench "$@" "$target_dsn" 2>&1)" || st=$?
+	[[ -n "$pid" ]] && c1="$(cpu_ticks "$pid")"
+	read -r b1 m1 < <(machine_ticks)
+	l1="$(upstream_logins)"
+	printf '### %s: pgbench %s "%s"\n%s\n\n' "$k" "$*" "$target_dsn" "$res" >>"$rawlog"
+	((st == 0)) || return "$st"
+	tps[$k]="$(awk '/^tps = / { print $3; exit }' <<<"$res")"
+	lat[$k]="$(awk '/^latency average = / { print $4; exit }' <<<"$res")"
+	sd[$k]="$(awk '/^latency stddev = / { print $4; exit }' <<<"$res")"
+	lag[$k]="$(awk '/^rate limit schedule lag: avg / { print $6; exit }' <<<"$res")"
+	fails[$k]="$(awk -F'[:(]' '/^number of failed transactions/ { gsub(/ /, "", $2); print $2; exit }' <<<"$res")"
+	processed="$(awk -F': ' '/^number of transactions actually processed/ { print $2; exit }' <<<"$res")"
+	# No figures: no transaction completed (e.g. the logins of 64 clients
+	# took the whole run on a loaded machine).
+	[[ -n "${tps[$k]}" && -n "${lat[$k]}" ]] || return 100
+	ntx[$k]="${processed:-0}"
+	logins[$k]=$((l1 - l0))
+	busy[$k]="$(awk -v b=$((b1 - b0)) -v m=$((m1 - m0)) 'BEGIN { printf "%.0f", m ? 100 * b / m : 0 }')"
+	cpu[$k]=-
+	[[ -n "$pid" ]] && cpu[$k]="$(us_per_txn $((c1 - c0)) "${ntx[$k]}")"
+	log "$k: tps ${tps[$k]}, latency ${lat[$k]} ms${sd[$k]:+ (stddev ${sd[$k]})}, failed ${fails[$k]:-?}, upstream logins ${logins[$k]}, proxy CPU ${cpu[$k]} us/txn, machine busy ${busy[$k]}%"
+}
+
+# us_per_txn TICKS N: clock ticks as microseconds per transaction.
+us_per_txn() { awk -v c="$1" -v hz="$hz" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "-" }'; }
+
+# target_dsn TARGET WORKLOAD: the DSN of TARGET for workload i (its pool).
+target_dsn() {
+	local d="${dsn[$1]}"
+	[[ $1 == direct || $1 == floor ]] || d="${d/dbname=appdb/dbname=${wl_db[$2]}}"
+	echo "$d"
+}
+
 for i in "${!wl_names[@]}"; do
 	for t in "${targets[@]}"; do
 		# shellcheck disable=SC2206 # word splitting of the flags is intended
 		args=(-n ${wl_flags[$i]} -T "$T")
-		target_dsn="${dsn[$t]}"
-		[[ $t == direct ]] || target_dsn="${target_dsn/dbname=appdb/dbname=${wl_db[$i]}}"
-		log "$t: pgbench ${args[*]} ($target_dsn)"
-		prof_pid=''
-		if [[ $t == dbproxy && ${wl_db[$i]} == appdb_txn ]]; then
-			# CPU profile of the middle of the run.
-			curl -fsS -o "$work/cpu.$i.pprof" "http://127.0.0.1:$aport/debug/pprof/profile?seconds=$((T > 6 ? T - 4 : T))" &
-			prof_pid=$!
-		fi
-		l0="$(upstream_logins)"
-		read -r b0 m0 < <(machine_ticks)
-		c0=0
-		[[ -n "${ppid[$t]:-}" ]] && c0="$(cpu_ticks "${ppid[$t]}")"
+		d="$(target_dsn "$t" "$i")"
+		log "$t: pgbench ${args[*]} ($d)"
 		st=0
-		res="$(timeout $((T + 60)) pgbench "${args[@]}" "$target_dsn" 2>&1)" || st=$?
-		[[ -n "$prof_pid" ]] && { wait "$prof_pid" || true; profile[$i]="$work/cpu.$i.pprof"; }
+		pgbench_run "$i,$t" "${ppid[$t]:-}" "$d" "${args[@]}" || st=$?
 		if ((st != 0)); then
-			printf '%s\n' "$res" >>"$rawlog"
-			[[ $t == pgbouncer && ${wl_db[$i]} == appdb_txn ]] || { printf '%s\n' "$res" >&2; die "$t: pgbench failed"; }
-			# Expected where PgBouncer lacks a feature: report it, go on.
-			failed_why[$i,$t]="$(grep -m1 -o 'ERROR: .*' <<<"$res" | cut -c1-100)"
+			if ((st == 100)); then
+				failed_why[$i,$t]="no transaction completed in $T s"
+			else
+				[[ $t == pgbouncer && ${wl_db[$i]} == appdb_txn ]] || { printf '%s\n' "$res" >&2; die "$t: pgbench failed"; }
+				# Expected where PgBouncer lacks a feature: report it, go on.
+				failed_why[$i,$t]="$(grep -m1 -o 'ERROR: .*' <<<"$res" | cut -c1-100)"
+			fi
 			log "$t: pgbench failed: ${failed_why[$i,$t]:-see $rawlog}"
 			tps[$i,$t]=0 lat[$i,$t]='-' cpu[$i,$t]='-' logins[$i,$t]='-' busy[$i,$t]='-' fails[$i,$t]="all (${failed_why[$i,$t]:-pgbench failed})"
-			continue
 		fi
-		c1=0
-		[[ -n "${ppid[$t]:-}" ]] && c1="$(cpu_ticks "${ppid[$t]}")"
-		read -r b1 m1 < <(machine_ticks)
-		l1="$(upstream_logins)"
-		printf '### %s %s: pgbench %s "%s"\n%s\n\n' "$t" "${wl_names[$i]}" "${args[*]}" "$target_dsn" "$res" >>"$rawlog"
-		k="$i,$t"
-		tps[$k]="$(awk '/^tps = / { print $3; exit }' <<<"$res")"
-		lat[$k]="$(awk '/^latency average = / { print $4; exit }' <<<"$res")"
-		fails[$k]="$(awk -F'[:(]' '/^number of failed transactions/ { gsub(/ /, "", $2); print $2; exit }' <<<"$res")"
-		processed="$(awk -F': ' '/^number of transactions actually processed/ { print $2; exit }' <<<"$res")"
-		[[ -n "${tps[$k]}" && -n "${lat[$k]}" ]] || { printf '%s\n' "$res" >&2; die "$t: cannot parse pgbench output"; }
-		ntx[$k]="${processed:-0}"
-		logins[$k]=$((l1 - l0))
-		busy[$k]="$(awk -v b=$((b1 - b0)) -v m=$((m1 - m0)) 'BEGIN { printf "%.0f", m ? 100 * b / m : 0 }')"
-		# proxy CPU per transaction, in microseconds
-		cpu[$k]="$(awk -v c=$((c1 - c0)) -v hz="$hz" -v n="${processed:-0}" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "-" }')"
-		[[ -n "${ppid[$t]:-}" ]] || cpu[$k]="-"
-		log "$t: tps ${tps[$k]}, latency ${lat[$k]} ms, failed ${fails[$k]:-?}, upstream logins ${logins[$k]}, proxy CPU ${cpu[$k]} us/txn, machine busy ${busy[$k]}%"
 	done
 done
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-# --- where the time goes: syscalls and kernel/user split at 1 client ----------
-# One extra short 1-client run per proxy under `strace -c -f` (syscalls per
-# transaction) and one under `perf record` (share of samples in the kernel),
-# when those tools are here and allowed to attach. The figures of the main
-# runs above are taken without either.
+# --- where the time goes: syscalls per transaction, CPU profile ----------------
+# Short extra runs, not part of the figures above: each proxy under
+# `strace -c -f` at 1 and 16 clients (transaction pools), and dbproxy with a
+# pprof CPU profile at 16 clients in the transaction pool.
 
-# probe_run TARGET SECONDS: a 1-client select-only run; prints transactions.
-probe_run() {
-	timeout $(($2 + 30)) pgbench -n -S -c 1 -j 1 -T "$2" "${dsn[$1]}" 2>&1 |
-		awk -F': ' '/^number of transactions actually processed/ { print $2; exit }'
+# strace_run TARGET CLIENTS: syscalls per transaction of TARGET's process
+# during a 3 s run, as "N (name n, ...)".
+strace_run() {
+	local t=$1 c=$2 spid n
+	strace -f -c -o "$work/strace.$t.$c" -p "${ppid[$t]}" 2>/dev/null &
+	spid=$!
+	sleep 0.5
+	n="$(timeout 40 pgbench -n -S -c "$c" -j "$((c > 1 ? 2 : 1))" -T 3 "$(target_dsn "$t" "$w_t16")" 2>&1 |
+		awk -F': ' '/^number of transactions actually processed/ { print $2; exit }')"
+	kill -INT "$spid" 2>/dev/null || true
+	wait "$spid" 2>/dev/null || true
+	[[ -s "$work/strace.$t.$c" && "${n:-0}" -gt 0 ]] || return 0
+	# Rows: % time, seconds, usecs/call, calls, [errors], syscall.
+	awk -v n="$n" '
+		$1 ~ /^[0-9.]+$/ && $NF != "total" && NF >= 5 {
+			calls = $4 / n; errs = (NF == 6) ? $5 / n : 0; tot += calls
+			if (calls >= 0.05) {
+				s = sprintf("%s %.2f", $NF, calls)
+				if (errs >= 0.05) s = s sprintf(" (%.2f failed)", errs)
+				out = out (out ? ", " : "") s
+			}
+		}
+		END { if (tot > 0) printf "%.2f (%s)", tot, out }' "$work/strace.$t.$c"
 }
 
-declare -A sys_per_txn kernel_share
-for t in pgbouncer dbproxy; do
-	if command -v strace >/dev/null; then
-		strace -f -c -o "$work/strace.$t" -p "${ppid[$t]}" 2>/dev/null &
-		spid=$!
-		sleep 0.5
-		n="$(probe_run "$t" 3)"
-		kill -INT "$spid" 2>/dev/null || true
-		wait "$spid" 2>/dev/null || true
-		if [[ -s "$work/strace.$t" && "${n:-0}" -gt 0 ]]; then
-			# Rows: % time, seconds, usecs/call, calls, [errors], syscall.
-			sys_per_txn[$t]="$(awk -v n="$n" '
-				$1 ~ /^[0-9.]+$/ && $NF != "total" && NF >= 5 {
-					calls = $4 / n; errs = (NF == 6) ? $5 / n : 0; tot += calls
-					if (calls >= 0.05) {
-						s = sprintf("%s %.1f", $NF, calls)
-						if (errs >= 0.05) s = s sprintf(" (%.1f failed)", errs)
-						out = out (out ? ", " : "") s
-					}
-				}
-				END { if (tot > 0) printf "%.1f syscalls per transaction (%s)", tot, out }' "$work/strace.$t")"
-		fi
-	fi
-	if command -v perf >/dev/null; then
-		perf record -q -F 999 -p "${ppid[$t]}" -o "$work/perf.$t" -- sleep 3 >/dev/null 2>&1 &
-		spid=$!
-		probe_run "$t" 4 >/dev/null
-		wait "$spid" 2>/dev/null || true
-		if [[ -s "$work/perf.$t" ]]; then
-			kernel_share[$t]="$(perf report -i "$work/perf.$t" --no-children --sort=dso --stdio 2>/dev/null |
-				awk '$1 ~ /%$/ && $2 ~ /^\[kernel/ { sub(/%/, "", $1); k += $1 } END { if (k > 0) printf "%.0f%%", k }')"
-		fi
-	fi
-	log "$t at 1 client: syscalls ${sys_per_txn[$t]:-n/a}; kernel share of CPU samples ${kernel_share[$t]:-n/a}"
+declare -A sys_per_txn
+if command -v strace >/dev/null; then
+	for c in 1 16; do
+		for t in pgbouncer floor dbproxy; do
+			sys_per_txn[$t,$c]="$(strace_run "$t" "$c")"
+			log "$t at $c clients: ${sys_per_txn[$t,$c]:-n/a} syscalls per transaction"
+		done
+	done
+fi
+
+prof_secs=$((T > 6 ? T - 4 : T))
+log "dbproxy: CPU profile (${prof_secs}s) during pgbench -S -c 16, transaction pool"
+curl -fsS -o "$work/cpu.pprof" "http://127.0.0.1:$aport/debug/pprof/profile?seconds=$prof_secs" &
+prof_pid=$!
+pgbench_run prof "$proxy_pid" "$(target_dsn dbproxy "$w_t16")" -n -S -c 16 -j 2 -T "$T" || log "warning: the profiled run failed"
+wait "$prof_pid" || log "warning: no CPU profile"
+
+# --- idle clients: RSS per idle authenticated client -----------------------------
+
+declare -A idle_before idle_after idle_gor
+# idle_run TARGET PORT: holds $nidle idle clients on the transaction pool
+# of TARGET and records its RSS before and with them.
+idle_run() {
+	local t=$1 port=$2 pid=${ppid[$1]} i g0=''
+	[[ $t == dbproxy ]] && g0="$(metric go_goroutines)"
+	idle_before[$t]="$(rss_kib "$pid")"
+	log "$t: $nidle idle clients (RSS before: ${idle_before[$t]} KiB)"
+	"$toolsdir/idleclients" -addr "127.0.0.1:$port" -n "$nidle" -user bench -database appdb_txn \
+		>"$work/idle.$t.out" 2>"$work/idle.$t.err" </dev/null &
+	idle_pid=$!
+	for ((i = 0; i < 1200; i++)); do
+		grep -q '^ready' "$work/idle.$t.out" && break
+		kill -0 "$idle_pid" 2>/dev/null || die "idleclients on $t failed: $(cat "$work/idle.$t.err")"
+		sleep 0.1
+	done
+	grep -q '^ready' "$work/idle.$t.out" || die "idleclients on $t: not ready after 120s"
+	sleep 2 # let the proxy settle
+	idle_after[$t]="$(rss_kib "$pid")"
+	[[ $t == dbproxy ]] && idle_gor[$t]="$(awk -v a="$(metric go_goroutines)" -v b="$g0" -v n="$nidle" 'BEGIN { printf "%.2f", (a - b) / n }')"
+	stop "$idle_pid" idleclients
+	idle_pid=''
+	log "$t: RSS with $nidle idle clients ${idle_after[$t]} KiB: $(per_idle "$t") KiB per client"
+	sleep 2 # let the proxy close them
+}
+per_idle() { awk -v a="${idle_after[$1]}" -v b="${idle_before[$1]}" -v n="$nidle" 'BEGIN { printf "%.1f", (a - b) / n }'; }
+
+idle_run dbproxy "$pport"
+idle_run pgbouncer "$bport"
+
+# --- Go runtime settings (issue 9, item 7) ---------------------------------------
+# dbproxy restarted with each setting (environment variables, which is what
+# the runtime: section of the configuration sets too), a 2 s warm-up, then
+# pgbench -S -c 16 in the transaction pool. The default runs first and last:
+# the difference between those two is the noise.
+
+rt_names=("default (GOMAXPROCS=$(nproc), GOGC=100)" "GOMAXPROCS=1" "GOGC=200" "GOGC=400"
+	"GOGC=off, GOMEMLIMIT=256MiB" "GOGC=100, GOMEMLIMIT=256MiB" "default again")
+rt_env=("" "GOMAXPROCS=1" "GOGC=200" "GOGC=400" "GOGC=off GOMEMLIMIT=256MiB" "GOMEMLIMIT=256MiB" "")
+declare -A rt_gc rt_rss
+for r in "${!rt_names[@]}"; do
+	stop "$proxy_pid" dbproxy
+	# shellcheck disable=SC2206 # word splitting of the settings is intended
+	proxy_env=(${rt_env[$r]})
+	start_dbproxy dbproxy_config "${rt_names[$r]}"
+	proxy_env=()
+	d="host=127.0.0.1 port=$pport dbname=appdb_txn user=bench sslmode=disable"
+	pgbench -n -S -c 16 -j 2 -T 2 "$d" >>"$rawlog" 2>&1 || die "warm-up with ${rt_names[$r]} failed"
+	g0="$(metric go_gc_duration_seconds_count)"
+	log "dbproxy with ${rt_names[$r]}: pgbench -n -S -c 16 -j 2 -T $T"
+	pgbench_run "rt,$r" "$proxy_pid" "$d" -n -S -c 16 -j 2 -T "$T" || { tps[rt,$r]=0 lat[rt,$r]=- cpu[rt,$r]=- ntx[rt,$r]=0; log "warning: the run with ${rt_names[$r]} failed"; }
+	rt_gc[$r]="$(awk -v a="$(metric go_gc_duration_seconds_count)" -v b="$g0" -v n="${ntx[rt,$r]}" 'BEGIN { printf "%.2f", n ? (a - b) * 1000 / n : 0 }')"
+	rt_rss[$r]="$(rss_kib "$proxy_pid")"
 done
 
 # --- report --------------------------------------------------------------------
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
 fmt_tps() { awk -v x="$1" 'BEGIN { if (x > 0) printf "%.0f", x; else print "failed" }'; }
+# pct A B: A over B as a signed percentage ("+4%").
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%+.0f%%", 100 * (a - b) / b; else print "-" }'; }
+# verdict VALUE OP GOAL: "met" or "missed" (OP is >= or <=).
+verdict() {
+	awk -v v="$1" -v g="$3" -v op="$2" 'BEGIN { if (v == "-" || v == "") { print "n/a"; exit }
+		ok = (op == ">=") ? v + 0 >= g : v + 0 <= g; print ok ? "met" : "**missed**" }'
+}
 
 table() {
-	echo "| Workload | Direct TPS | PgBouncer TPS | dbproxy TPS | dbproxy / direct | dbproxy / PgBouncer | Direct latency ms | PgBouncer latency ms | dbproxy latency ms |"
-	echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+	echo "| Workload | Direct TPS | PgBouncer TPS | floor TPS | dbproxy TPS | dbproxy / floor | dbproxy / PgBouncer | dbproxy / direct |"
+	echo "|---|--:|--:|--:|--:|--:|--:|--:|"
 	for i in "${!wl_names[@]}"; do
-		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${wl_names[$i]}" \
-			"$(fmt_tps "${tps[$i,direct]}")" "$(fmt_tps "${tps[$i,pgbouncer]}")" "$(fmt_tps "${tps[$i,dbproxy]}")" \
-			"$(ratio "${tps[$i,dbproxy]}" "${tps[$i,direct]}")" "$(ratio "${tps[$i,dbproxy]}" "${tps[$i,pgbouncer]}")" \
-			"${lat[$i,direct]}" "${lat[$i,pgbouncer]}" "${lat[$i,dbproxy]}"
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${wl_names[$i]}" \
+			"$(fmt_tps "${tps[$i,direct]}")" "$(fmt_tps "${tps[$i,pgbouncer]}")" "$(fmt_tps "${tps[$i,floor]}")" "$(fmt_tps "${tps[$i,dbproxy]}")" \
+			"$(ratio "${tps[$i,dbproxy]}" "${tps[$i,floor]}")" "$(ratio "${tps[$i,dbproxy]}" "${tps[$i,pgbouncer]}")" \
+			"$(ratio "${tps[$i,dbproxy]}" "${tps[$i,direct]}")"
+	done
+}
+
+cpu_table() {
+	echo "| Workload | PgBouncer µs/txn | floor µs/txn | dbproxy µs/txn | dbproxy / floor | dbproxy / PgBouncer | Latency ms: direct / PgBouncer / floor / dbproxy |"
+	echo "|---|--:|--:|--:|--:|--:|--:|"
+	for i in "${!wl_names[@]}"; do
+		printf '| %s | %s | %s | %s | %s | %s | %s / %s / %s / %s |\n' "${wl_names[$i]}" \
+			"${cpu[$i,pgbouncer]}" "${cpu[$i,floor]}" "${cpu[$i,dbproxy]}" \
+			"$(ratio "${cpu[$i,dbproxy]}" "${cpu[$i,floor]}")" "$(ratio "${cpu[$i,dbproxy]}" "${cpu[$i,pgbouncer]}")" \
+			"${lat[$i,direct]}" "${lat[$i,pgbouncer]}" "${lat[$i,floor]}" "${lat[$i,dbproxy]}"
+	done
+}
+
+rate_table() {
+	local i=$w_rate t
+	echo "| Target | TPS | Latency average ms | Latency stddev ms | Schedule lag average ms | Proxy CPU µs/txn |"
+	echo "|---|--:|--:|--:|--:|--:|"
+	for t in "${targets[@]}"; do
+		printf '| %s | %s | %s | %s | %s | %s |\n' "$t" "$(fmt_tps "${tps[$i,$t]}")" "${lat[$i,$t]}" "${sd[$i,$t]:--}" "${lag[$i,$t]:--}" "${cpu[$i,$t]}"
+	done
+}
+
+targets_table() {
+	local r
+	echo "| Target (issue 9) | Figure in this run | Goal | |"
+	echo "|---|--:|--:|---|"
+	r="$(ratio "${tps[$w_t16,dbproxy]}" "${tps[$w_t16,floor]}")"
+	echo "| -S 16 clients, transaction pool: dbproxy / floor | $r | >= 0.95 | $(verdict "$r" '>=' 0.95) |"
+	r="$(ratio "${tps[$w_t64,dbproxy]}" "${tps[$w_t64,pgbouncer]}")"
+	echo "| -S 64 clients, transaction pool: dbproxy / PgBouncer | $r | >= 1.00 | $(verdict "$r" '>=' 1) |"
+	r="$(ratio "${tps[$w_s1,dbproxy]}" "${tps[$w_s1,floor]}")"
+	echo "| -S 1 client, session pool: dbproxy / floor | $r | >= 0.95 | $(verdict "$r" '>=' 0.95) |"
+	r="$(ratio "${tps[$w_t1,dbproxy]}" "${tps[$w_t1,floor]}")"
+	echo "| -S 1 client, transaction pool: dbproxy / floor | $r | >= 0.95 | $(verdict "$r" '>=' 0.95) |"
+	r="$(ratio "${tps[$w_c_session,dbproxy]}" "${tps[$w_c_session,pgbouncer]}")"
+	echo "| -S -C 4 clients, session pool: dbproxy / PgBouncer | $r | >= 0.90 (aim 1.0) | $(verdict "$r" '>=' 0.9) |"
+	r="$(ratio "${tps[$w_c_txn,dbproxy]}" "${tps[$w_c_txn,pgbouncer]}")"
+	echo "| -S -C 4 clients, transaction pool: dbproxy / PgBouncer | $r | >= 0.90 (aim 1.0) | $(verdict "$r" '>=' 0.9) |"
+	r="$(ratio "${tps[$w_prep,dbproxy]}" "${tps[$w_t16,dbproxy]}")"
+	echo "| -S -M prepared 16 clients, transaction pool: dbproxy prepared / dbproxy simple | $r | >= 0.90 | $(verdict "$r" '>=' 0.9) |"
+	r="$(ratio "${cpu[$w_t16,dbproxy]}" "${cpu[$w_t16,floor]}")"
+	echo "| CPU per transaction, -S 16 clients, transaction pool: dbproxy / floor | $r | <= 1.10 | $(verdict "$r" '<=' 1.1) |"
+	r="$(ratio "${cpu[$w_s1,dbproxy]}" "${cpu[$w_s1,floor]}")"
+	echo "| CPU per transaction, -S 1 client, session pool: dbproxy / floor | $r | <= 1.10 | $(verdict "$r" '<=' 1.1) |"
+	r="$(per_idle dbproxy)"
+	echo "| RSS per idle client, KiB | $r | <= 12 | $(verdict "$r" '<=' 12) |"
+	echo
+	echo "The MySQL targets (dbproxy / floor >= 0.95 in sysbench oltp_read_only, session and transaction pool) are in the MySQL section below."
+}
+
+runtime_table() {
+	local r
+	echo "| dbproxy runtime setting | TPS | vs default (first run) | Latency ms | dbproxy CPU µs/txn | GC cycles per 1000 txn | RSS after the run, MiB |"
+	echo "|---|--:|--:|--:|--:|--:|--:|"
+	for r in "${!rt_names[@]}"; do
+		printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${rt_names[$r]}" "$(fmt_tps "${tps[rt,$r]}")" \
+			"$(pct "${tps[rt,$r]}" "${tps[rt,0]}")" "${lat[rt,$r]}" "${cpu[rt,$r]}" "${rt_gc[$r]}" \
+			"$(awk -v k="${rt_rss[$r]}" 'BEGIN { printf "%.1f", k / 1024 }')"
+	done
+}
+
+idle_table() {
+	local t
+	echo "| Target | Idle clients | RSS before, MiB | RSS with them, MiB | KiB per idle client | Goroutines per idle client |"
+	echo "|---|--:|--:|--:|--:|--:|"
+	for t in dbproxy pgbouncer; do
+		printf '| %s | %s | %.1f | %.1f | %s | %s |\n' "$t" "$nidle" \
+			"$(awk -v k="${idle_before[$t]}" 'BEGIN { print k / 1024 }')" "$(awk -v k="${idle_after[$t]}" 'BEGIN { print k / 1024 }')" \
+			"$(per_idle "$t")" "${idle_gor[$t]:--}"
 	done
 }
 
 cost_table() {
-	echo "| Workload | Target | Proxy CPU µs/txn | Upstream logins | Failed txns | Machine CPU busy |"
-	echo "|---|---|--:|--:|--:|--:|"
+	echo "| Workload | Target | Transactions | Proxy CPU µs/txn | Upstream logins | Failed txns | Machine CPU busy |"
+	echo "|---|---|--:|--:|--:|--:|--:|"
 	for i in "${!wl_names[@]}"; do
 		for t in "${targets[@]}"; do
-			printf '| %s | %s | %s | %s | %s | %s%% |\n' "${wl_names[$i]}" "$t" "${cpu[$i,$t]}" "${logins[$i,$t]}" "${fails[$i,$t]:-?}" "${busy[$i,$t]}"
+			printf '| %s | %s | %s | %s | %s | %s | %s%% |\n' "${wl_names[$i]}" "$t" "${ntx[$i,$t]:--}" "${cpu[$i,$t]}" "${logins[$i,$t]}" "${fails[$i,$t]:-?}" "${busy[$i,$t]}"
 		done
 	done
-}
-
-# us_delta A B: (A - B) ms as microseconds.
-us_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (a - b) * 1000 }'; }
-
-# where: the "Where the time goes" notes, from this run's figures.
-where() {
-	local p1 name
-	echo "- **One client**: a transaction is one query round trip (${lat[0,direct]} ms direct). PgBouncer adds $(us_delta "${lat[0,pgbouncer]}" "${lat[0,direct]}") µs and dbproxy $(us_delta "${lat[0,dbproxy]}" "${lat[0,direct]}") µs to it: two more loopback hops and a proxy wake-up each way. Relaying costs dbproxy ${cpu[0,dbproxy]} µs of CPU per transaction, PgBouncer ${cpu[0,pgbouncer]} µs."
-	if ((busy[1,direct] >= 90)); then
-		if [[ -n "${sys_per_txn[dbproxy]:-}${kernel_share[dbproxy]:-}" ]]; then
-		echo "- **Per transaction, at 1 client** (separate 3 s runs, one under \`strace -c -f\`, one under \`perf record\`; not part of the figures above):"
-		echo "  - PgBouncer: ${sys_per_txn[pgbouncer]:-syscalls not measured}; ${kernel_share[pgbouncer]:-n/a} of its CPU samples in the kernel."
-		echo "  - dbproxy: ${sys_per_txn[dbproxy]:-syscalls not measured}; ${kernel_share[dbproxy]:-n/a} of its CPU samples in the kernel."
-		printf '  - PgBouncer is one thread in an event loop: per query it waits, reads and writes on each side. dbproxy relays each direction in its own goroutine; Go reads a socket until it would block (the failed reads) and then parks the goroutine, so every query also costs goroutine wake-ups across OS threads (futex, epoll, and nanosleep from the runtime'"'"'s spinning threads).'
-		local k1=0 k2=0
-		[[ "${kernel_share[dbproxy]:-}" =~ ^([0-9]+)%$ ]] && k1=${BASH_REMATCH[1]}
-		[[ "${kernel_share[pgbouncer]:-}" =~ ^([0-9]+)%$ ]] && k2=${BASH_REMATCH[1]}
-		if ((k1 >= 70 && k2 >= 70)); then
-			printf ' Both proxies spend most of their CPU in the kernel (sockets, wake-ups), so the gap comes from the extra syscalls and thread wake-ups per query, not from work in dbproxy'"'"'s own code.'
-		fi
-		echo
-	fi
-	echo "- **16 clients**: the machine is ${busy[1,direct]}% busy already direct, so throughput is bounded by CPU, and a proxy's CPU per transaction (dbproxy ${cpu[1,dbproxy]} µs, PgBouncer ${cpu[1,pgbouncer]} µs) is taken from pgbench and PostgreSQL: dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"), PgBouncer/direct = $(ratio "${tps[1,pgbouncer]}" "${tps[1,direct]}")."
-	else
-		echo "- **16 clients**: the machine is ${busy[1,direct]}% busy direct; dbproxy spends ${cpu[1,dbproxy]} µs of CPU per transaction, PgBouncer ${cpu[1,pgbouncer]} µs: dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"), PgBouncer/direct = $(ratio "${tps[1,pgbouncer]}" "${tps[1,direct]}")."
-	fi
-	echo "- **New connection per transaction**: direct, each of the ${ntx[2,direct]} transactions is a PostgreSQL login (${logins[2,direct]} logins seen: fork a backend, SCRAM, load the catalog caches). That is what a pool saves:"
-	for p1 in pgbouncer dbproxy; do
-		name=PgBouncer
-		[[ $p1 == dbproxy ]] && name=dbproxy
-		if ((logins[2,$p1] * 10 < ntx[2,$p1])); then
-			echo "  - $name logged in upstream ${logins[2,$p1]} times for ${ntx[2,$p1]} client connections: each new client gets an idle pooled upstream connection (reset with DISCARD ALL when the previous client left), so it costs only its startup handshake with the proxy. $name spends ${cpu[2,$p1]} µs of CPU per client connection and transaction."
-		else
-			echo "  - $name logged in upstream ${logins[2,$p1]} times for ${ntx[2,$p1]} client connections: most client connections cost a PostgreSQL login as well. $name spends ${cpu[2,$p1]} µs of CPU per client connection and transaction."
-		fi
-	done
-	echo "- **Noise**: before the runs the load average was $load_before (1, 5, 15 min) on $(nproc) CPUs: that is other work on the machine (after them it was $load_after, mostly this benchmark's own pgbench clients and backends). Other work shows in \"Machine CPU busy\" and makes single runs noisy (the 1-client figures vary most between runs); compare ratios from one run, not figures across runs."
 }
 
 # pprof_split FILE: dbproxy's CPU samples by kind, from a pprof profile.
@@ -384,36 +532,59 @@ pprof_split() {
 		END { printf "system calls %.0f%%, Go runtime (scheduler, netpoller, GC) %.0f%%, dbproxy code %.0f%%, libraries (bufio, sync, pgx, zap, ...) %.0f%%", sum["sys"], sum["rt"], sum["own"], sum["lib"] }'
 }
 
-# pprof_top FILE: the functions with the most cumulative CPU, as text.
+# pprof_top FILE FLAGS: the top functions, as text.
 pprof_top() {
-	"$GO" tool pprof -top -cum -nodecount=14 "$bindir/dbproxy" "$1" 2>/dev/null | sed -n '/flat%/,$p'
+	"$GO" tool pprof -top "$2" -nodecount=18 "$bindir/dbproxy" "$1" 2>/dev/null | sed -n '/flat%/,$p'
 }
 
-# where_txn: notes on the transaction-pool runs.
-where_txn() {
-	local i
-	for i in 3 4 5 6; do
-		echo "- **${wl_names[$i]}**: dbproxy/direct = $(ratio "${tps[$i,dbproxy]}" "${tps[$i,direct]}"), dbproxy/PgBouncer = $(ratio "${tps[$i,dbproxy]}" "${tps[$i,pgbouncer]}"); dbproxy used ${cpu[$i,dbproxy]} µs of CPU per transaction (PgBouncer ${cpu[$i,pgbouncer]} µs) and logged in upstream ${logins[$i,dbproxy]} times.${failed_why[$i,pgbouncer]:+ PgBouncer failed this run: \`${failed_why[$i,pgbouncer]}\` (PgBouncer supports prepared statements in transaction mode only from 1.21, with max_prepared_statements).}"
-	done
-	for i in 4 6; do
-		[[ -s "${profile[$i]:-}" ]] || continue
-		echo "- **CPU profile of dbproxy** during \"${wl_names[$i]}\" (\`/debug/pprof/profile\`, $((T > 6 ? T - 4 : T)) s): $(pprof_split "${profile[$i]}")."
+# where: the "Where the time goes" notes, from this run's figures.
+where() {
+	local c t name
+	echo "- **One client**: a transaction is one query round trip (${lat[$w_s1,direct]} ms direct). Through the session pools PgBouncer adds $(us_delta "${lat[$w_s1,pgbouncer]}" "${lat[$w_s1,direct]}") µs, the floor $(us_delta "${lat[$w_s1,floor]}" "${lat[$w_s1,direct]}") µs and dbproxy $(us_delta "${lat[$w_s1,dbproxy]}" "${lat[$w_s1,direct]}") µs: two more loopback hops and a proxy wake-up each way. CPU per transaction: PgBouncer ${cpu[$w_s1,pgbouncer]} µs, floor ${cpu[$w_s1,floor]} µs, dbproxy ${cpu[$w_s1,dbproxy]} µs."
+	echo "- **16 clients**: the machine is ${busy[$w_t16,direct]}% busy direct; whatever CPU a proxy spends per transaction is taken from pgbench and PostgreSQL. Transaction pool: PgBouncer ${cpu[$w_t16,pgbouncer]} µs, floor ${cpu[$w_t16,floor]} µs (no pool: 16 server connections), dbproxy ${cpu[$w_t16,dbproxy]} µs; dbproxy/floor = $(ratio "${tps[$w_t16,dbproxy]}" "${tps[$w_t16,floor]}"), floor/PgBouncer = $(ratio "${tps[$w_t16,floor]}" "${tps[$w_t16,pgbouncer]}")."
+	if [[ -n "${sys_per_txn[dbproxy,16]:-}" ]]; then
+		echo "- **System calls per transaction** (\`strace -c -f -p PID\` during separate 3 s pgbench -S runs, transaction pools; strace slows every call, so only the counts mean anything):"
+		for c in 1 16; do
+			for t in pgbouncer floor dbproxy; do
+				name=$t
+				[[ $t == pgbouncer ]] && name=PgBouncer
+				echo "  - $name, $c client(s): ${sys_per_txn[$t,$c]:-not measured}"
+			done
+		done
+		echo "  - A relay needs 2 reads and 2 writes per transaction (client request in, upstream out, answer in, client out). Go reads a socket until it would block (the failed reads, EAGAIN), then parks the goroutine in the netpoller (epoll_pwait); futex and nanosleep are threads of the Go scheduler waking each other. PgBouncer is one thread in an event loop (epoll_wait, recvfrom, sendto)."
+	fi
+	if [[ -s "$work/cpu.pprof" ]]; then
+		echo "- **CPU profile of dbproxy** during pgbench -S -c 16 in the transaction pool (\`/debug/pprof/profile\`, ${prof_secs} s; that run: $(fmt_tps "${tps[prof]:-0}") TPS, ${cpu[prof]:--} µs CPU/txn): $(pprof_split "$work/cpu.pprof")."
+		echo
+		echo "  By own time (flat):"
 		echo
 		echo '  ```'
-		pprof_top "${profile[$i]}" | sed 's/^/  /'
+		pprof_top "$work/cpu.pprof" -flat | sed 's/^/  /'
 		echo '  ```'
-	done
+		echo
+		echo "  By cumulative time:"
+		echo
+		echo '  ```'
+		pprof_top "$work/cpu.pprof" -cum | sed 's/^/  /'
+		echo '  ```'
+	fi
+	echo "- **New connection per transaction** (-C, 4 clients): direct and through the floor every transaction is a PostgreSQL login (${logins[$w_c_session,direct]} and ${logins[$w_c_session,floor]} logins seen: fork a backend, SCRAM, load the catalog caches); PgBouncer logged in upstream ${logins[$w_c_session,pgbouncer]} times and dbproxy ${logins[$w_c_session,dbproxy]} times (session pools). CPU per client connection and transaction: PgBouncer ${cpu[$w_c_session,pgbouncer]} µs, dbproxy ${cpu[$w_c_session,dbproxy]} µs (session pool), PgBouncer ${cpu[$w_c_txn,pgbouncer]} µs, dbproxy ${cpu[$w_c_txn,dbproxy]} µs (transaction pool)."
+	echo "- **Noise**: before the runs the load average was $load_before (1, 5, 15 min) on $(nproc) CPUs, after them $load_after (this benchmark's own clients and backends included). The runtime table's first and last rows are the same setting: their difference is this run's noise. Compare ratios from one run, not figures across runs."
 }
+
+# us_delta A B: (A - B) ms as microseconds.
+us_delta() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.0f", (a - b) * 1000 }'; }
 
 cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 
 mkdir -p "$(dirname "$out")"
 {
-	cat <<EOF
-# dbproxy benchmark: direct vs PgBouncer vs dbproxy
+	cat <<EOF2
+# dbproxy benchmark: direct, PgBouncer, the floor and dbproxy
 
-Written by \`make bench\` (scripts/bench.sh) on $(date -u '+%Y-%m-%d %H:%M UTC'). Rerun it to refresh;
-the raw pgbench output of the run is in bench/bench.log (not committed).
+Written by \`make bench\` (scripts/bench.sh) on $(date -u '+%Y-%m-%d %H:%M UTC'), dbproxy at commit $commit.
+Rerun it to refresh; the raw pgbench output of the run is in bench/bench.log (not committed).
+This part took $(((SECONDS - t_start) / 60)) min $(((SECONDS - t_start) % 60)) s at $T s per run.
 
 ## Machine and versions
 
@@ -426,76 +597,128 @@ the raw pgbench output of the run is in bench/bench.log (not committed).
 
 ## Setup
 
-Everything runs on this one machine over 127.0.0.1 TCP: pgbench, PostgreSQL, PgBouncer, dbproxy and
-Vault share $(nproc) CPUs, so a proxy's CPU is taken from the client and the server.
+Everything runs on this one machine over 127.0.0.1 TCP: pgbench, PostgreSQL, PgBouncer, the floor, dbproxy
+and Vault share $(nproc) CPUs, so a proxy's CPU is taken from the client and the server.
 
 - **PostgreSQL**: one server from \`test/devstack\` (fsync=off, shared_buffers=32MB, max_connections=200,
   log_connections=on). pgbench data: \`pgbench -i -s $scale\` as the superuser, then
   \`GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC\` and a role \`bench\` with a fixed password.
 - **direct**: pgbench logs in as \`bench\` (scram-sha-256, the server's pg_hba for TCP).
 - **PgBouncer**: \`pool_mode = session\`, \`default_pool_size = 32\` (database \`appdb_txn\`: \`pool_mode=transaction\`,
-  \`pool_size=16\`), \`auth_type = trust\` for clients (like
-  dbproxy's sidecar listener, which does no client authentication), logs in to PostgreSQL as \`bench\` with
-  the password from its userlist (SCRAM). Run as the \`postgres\` user because it refuses to run as root.
+  \`pool_size=16\`), \`auth_type = trust\` for clients (like dbproxy's sidecar listener, which does no client
+  authentication), logs in to PostgreSQL as \`bench\` with the password from its userlist (SCRAM). Run as
+  the \`postgres\` user because it refuses to run as root.
+- **floor**: \`bench/floor/pgfloor\`, a measuring tool, not product code: the smallest Go relay, one
+  goroutine per client, synchronous (request up to Sync/Query, then the answer up to ReadyForQuery), each
+  client on its own server connection dialled at accept; the client's startup and SCRAM exchange are
+  relayed byte for byte. It holds as many server connections as there are clients (16 at 16 clients)
+  and allocates nothing per transaction: what it costs is Go's syscalls, netpoller and scheduler here.
 - **dbproxy**: a sidecar listener bound to identity \`bench\`, backend pool \`mode: session\`,
-  \`max_connections: 32\` (backend \`appdb_txn\`: \`mode: transaction\`, \`max_connections: 16\`), logs in to PostgreSQL with a Vault-issued user (\`$VAULT_MOUNT/creds/$VAULT_PG_ROLE\`,
-  ttl 1h, so no rotation happens during the run), default (info) logging.
+  \`max_connections: 32\` (backend \`appdb_txn\`: \`mode: transaction\`, \`max_connections: 16\`), logs in to
+  PostgreSQL with a Vault-issued user (\`$VAULT_MOUNT/creds/$VAULT_PG_ROLE\`, ttl 1h, so no rotation happens
+  during the run), default (info) logging, Go runtime defaults.
 - Every run uses \`sslmode=disable\` and \`-n\` (no vacuum); a 3 s select-only warm-up runs first. Runs go
-  workload by workload, the three targets back to back.
+  workload by workload, the four targets back to back.
 
 ## Commands
 
 \`\`\`sh
 pgbench -i -s $scale -q "\$SUPERUSER_DSN"
-EOF
+EOF2
 	for i in "${!wl_names[@]}"; do
 		echo "pgbench -n ${wl_flags[$i]} -T $T \"\$DSN\"    # ${wl_names[$i]}"
 	done
-	cat <<EOF
+	cat <<EOF2
 
-# DSN, one per target:
+# DSN, one per target (the proxies' dbname is appdb_txn for the transaction pool):
 direct:    ${dsn[direct]/port=$PGPORT/port=\$PG_PORT}
 pgbouncer: ${dsn[pgbouncer]/port=$bport/port=\$PGBOUNCER_PORT}
+floor:     ${dsn[floor]/port=$fport/port=\$FLOOR_PORT}
 dbproxy:   ${dsn[dbproxy]/port=$pport/port=\$DBPROXY_PORT}
+
+# the floor and the idle-client tool
+bin/pgfloor -listen 127.0.0.1:\$FLOOR_PORT -upstream 127.0.0.1:\$PG_PORT
+bin/idleclients -addr 127.0.0.1:\$PORT -n $nidle -user bench -database appdb_txn
 \`\`\`
 
 ## Results
 
-TPS as reported by pgbench (without initial connection time; with \`-C\` including reconnection times),
-latency average in ms. Ratios are dbproxy's TPS over the other's (1.00 = as fast).
+TPS as reported by pgbench (without initial connection time; with \`-C\` including reconnection times).
+Ratios are dbproxy's TPS over the other's (1.00 = as fast).
 
-EOF
+EOF2
 	table
-	cat <<EOF
+	cat <<EOF2
 
-What each run cost: CPU of the proxy process per transaction (utime+stime from /proc/PID/stat over
-the run), logins PostgreSQL saw during the run (\`connection authorized\` lines in its log), and how busy
-the whole machine was (/proc/stat).
+CPU of the proxy process per transaction (utime+stime from /proc/PID/stat over the run, divided by the
+transactions pgbench processed), and latency average:
 
-EOF
-	cost_table
-	cat <<EOF
+EOF2
+	cpu_table
+	cat <<EOF2
+
+### Fixed rate
+
+\`pgbench -n -S -R $rate -c 16 -j 2 -T $T\`, transaction pools: pgbench schedules $rate transactions per second;
+the latency counts from the scheduled start, so it includes waiting for a busy client (the schedule lag).
+
+EOF2
+	rate_table
+	cat <<EOF2
+
+### Targets
+
+EOF2
+	targets_table
+	cat <<EOF2
+
+### Go runtime settings
+
+dbproxy restarted with each setting (as environment variables; the configuration's \`runtime:\` section sets
+the same), a 2 s warm-up, then \`pgbench -n -S -c 16 -j 2 -T $T\` in the transaction pool. The first and last
+rows are the same default setting: their difference is the noise of this run. GC cycles from
+\`go_gc_duration_seconds_count\` on /metrics.
+
+EOF2
+	runtime_table
+	cat <<EOF2
+
+### Idle clients
+
+\`bin/idleclients\` opens $nidle client connections to the transaction pool (startup message, AuthenticationOk,
+ReadyForQuery) and holds them idle; the figure is the proxy's RSS (VmRSS) with them minus before, over
+$nidle. dbproxy's goroutines from \`go_goroutines\` on /metrics.
+
+EOF2
+	idle_table
+	cat <<EOF2
 
 ## Where the time goes
 
-EOF
+EOF2
 	where
-	cat <<EOF
+	cat <<EOF2
 
-## Transaction pooling
+## Every run
 
-Both proxies lend one of 16 server connections per transaction (PgBouncer \`pool_mode=transaction\`,
-\`pool_size=16\`; dbproxy backend \`appdb_txn\` with \`mode: transaction\`, \`max_connections: 16\`); direct runs
-hold one server connection per client. With \`-M prepared\`, dbproxy prepares each statement once per server
-connection under its own name and maps the client's name to it.
+Transactions, CPU of the proxy per transaction, logins PostgreSQL saw during the run (\`connection
+authorized\` lines in its log), failed transactions and how busy the whole machine was (/proc/stat).
 
-EOF
-	where_txn
+EOF2
+	cost_table
 } >"$out"
 
 echo
 table
 echo
-cost_table
+cpu_table
+echo
+rate_table
+echo
+targets_table
+echo
+runtime_table
+echo
+idle_table
 echo
 log "wrote $out in $((SECONDS - t_start))s (raw pgbench output: $rawlog)"

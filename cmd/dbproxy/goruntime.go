@@ -15,6 +15,9 @@ import (
 // config.Validate has already rejected values Go would misread (a memory
 // limit without a unit, GOGC below -1).
 func applyRuntime(r config.Runtime, log *zap.Logger) {
+	if r == (config.Runtime{}) {
+		return // nothing to apply or to tell
+	}
 	if r.GOMAXPROCS > 0 {
 		runtime.GOMAXPROCS(r.GOMAXPROCS)
 	}
@@ -24,13 +27,9 @@ func applyRuntime(r config.Runtime, log *zap.Logger) {
 	if n, err := r.MemoryLimitBytes(); err == nil && n > 0 {
 		debug.SetMemoryLimit(n)
 	}
-	gogc := zap.Int("gogc", r.GOGC)
-	if r.GOGC == 0 {
-		gogc = zap.String("gogc", "go default")
-	}
-	log.Info("go runtime",
+	log.Info("go runtime settings applied",
 		zap.Int("gomaxprocs", runtime.GOMAXPROCS(0)),
-		gogc,
+		zap.Int("gogc", r.GOGC), // 0: Go's default
 		zap.Int64("memory_limit_bytes", debug.SetMemoryLimit(-1)), // -1 reads it
 	)
 }
