@@ -120,7 +120,8 @@ start_floor() {
 rss_kib() { awk '/^VmRSS:/ { print $2; exit }' "/proc/$1/status"; }
 
 # metric NAME: the value of an unlabelled metric on dbproxy's /metrics.
-metric() { curl -fsS "http://127.0.0.1:$aport/metrics" | awk -v m="$1" '$1 == m { printf "%.0f", $2; exit }'; }
+# (awk reads to the end: an early exit would fail curl, and pipefail the script)
+metric() { curl -fsS "http://127.0.0.1:$aport/metrics" | awk -v m="$1" '$1 == m && v == "" { v = $2 } END { if (v != "") printf "%.0f", v }'; }
 
 # start_dbproxy WRITE_CONFIG LABEL: picks pport and aport, runs WRITE_CONFIG
 # to write $work/dbproxy.yaml, starts dbproxy (sets proxy_pid) with the

@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
 # bench-mysql.sh (make bench-mysql; make bench runs it after bench.sh) runs
-# sysbench oltp_read_only against one MariaDB two ways and writes the
+# sysbench oltp_read_only against one MariaDB four ways and writes the
 # section "## MySQL/MariaDB: sysbench oltp_read_only" at the end of
 # bench/RESULTS.md (that line and everything after it is replaced; the rest
 # of the file, bench.sh's PostgreSQL results, is kept):
 #
 #   direct   MariaDB itself (test/devstack --mariadb, 127.0.0.1), as the
 #            admin user
-#   dbproxy  bin/dbproxy, sidecar listener (no client password), session
-#            pool, logging in to MariaDB with Vault-issued users
+#   floor        bin/myfloor (bench/floor/myfloor): the smallest synchronous
+#                Go relay, one goroutine and one server connection per
+#                client, handshake relayed verbatim (so as the admin user);
+#                the cost floor of Go on this machine (issue 9)
+#   dbproxy      bin/dbproxy, sidecar listener (no client password), session
+#                pool (backend appdb), logging in to MariaDB with Vault-issued
+#                users
+#   dbproxy_txn  the same dbproxy, transaction pool of 16 server connections
+#                (backend appdb_txn, same upstream database)
 #
 # Workload: sysbench oltp_read_only (per transaction BEGIN, 10 point
 # selects, 4 range selects, COMMIT; server-side prepared statements) on 4
 # tables of 10000 rows, at 1 and at 16 threads, --time BENCH_TIME seconds
-# each, the two targets back to back.
+# each, the four targets back to back: 8 runs, about 3 minutes with setup
+# at the default 10 s.
 #
 # All traffic stays on 127.0.0.1. State goes to a temporary directory that is
 # removed at the end (kept on failure or with BENCH_KEEP=1); the raw sysbench
 # output goes to bench/bench-mysql.log (not committed).
 #
-#   BENCH_TIME   seconds per run (default 15; 4 runs)
+#   BENCH_TIME   seconds per run (default 10; 8 runs)
 #   BENCH_OUT    results file (default bench/RESULTS.md)
 #   BENCH_KEEP   keep the temporary directory
 #   BENCH_REV    build dbproxy and devstack from this commit instead of the
@@ -29,7 +37,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 GO="${GO:-go}"
-T="${BENCH_TIME:-15}"
+T="${BENCH_TIME:-10}"
 tables=4
 table_size=10000
 out="${BENCH_OUT:-$root/bench/RESULTS.md}"
@@ -49,11 +57,12 @@ done
 
 work="$(mktemp -d /tmp/dbproxy-bench-mysql.XXXXXX)"
 chmod 755 "$work"
-devstack_pid='' proxy_pid=''
+devstack_pid='' proxy_pid='' floor_pid=''
 
 cleanup() {
 	local st=$?
 	stop "$proxy_pid" dbproxy
+	stop "$floor_pid" myfloor
 	stop "$devstack_pid" devstack
 	finish "$st"
 }
@@ -97,13 +106,13 @@ db="$MARIADB_DATABASE"
 )
 unset MYSQL_PWD
 
-common=(--db-driver=mysql --mysql-db="$db" --mysql-ssl=off --tables="$tables" --table-size="$table_size")
+common=(--db-driver=mysql --mysql-ssl=off --tables="$tables" --table-size="$table_size")
 direct_auth=(--mysql-host="$MYSQL_HOST" --mysql-port="$MYSQL_TCP_PORT" --mysql-user="$MARIADB_ADMIN_USER" --mysql-password="$MARIADB_ADMIN_PASSWORD")
 # As shown in logs and RESULTS.md: no password.
 direct_shown="--mysql-host=$MYSQL_HOST --mysql-port=\$MYSQL_TCP_PORT --mysql-user=$MARIADB_ADMIN_USER --mysql-password=\$ADMIN_PASSWORD"
 
 log "sysbench oltp_read_only prepare: $tables tables of $table_size rows in $db, as $MARIADB_ADMIN_USER"
-sysbench oltp_read_only "${common[@]}" "${direct_auth[@]}" prepare >"$work/prepare.log" 2>&1 ||
+sysbench oltp_read_only "${common[@]}" --mysql-db="$db" "${direct_auth[@]}" prepare >"$work/prepare.log" 2>&1 ||
 	{ cat "$work/prepare.log" >&2; die "sysbench prepare failed"; }
 admin_sql "ANALYZE TABLE $(seq -s, -f 'sbtest%g' 1 "$tables")" >/dev/null
 
@@ -126,16 +135,27 @@ backends:
     vault_mount: $VAULT_MOUNT
     vault_role: $VAULT_MYSQL_ROLE
     pool: { mode: session, max_connections: 32 }
+  ${db}_txn:
+    protocol: mysql
+    address: $MARIADB_ADDR
+    database: $db
+    vault_mount: $VAULT_MOUNT
+    vault_role: $VAULT_MYSQL_ROLE
+    pool: { mode: transaction, max_connections: 16 }
 listeners:
   - { name: bench, protocol: mysql, address: "127.0.0.1:$pport", auth: listener, identity: bench }
 identities:
   bench:
-    grants: [ { backend: $db } ]
+    grants: [ { backend: $db }, { backend: ${db}_txn } ]
 admin: { address: "127.0.0.1:$aport" }
 EOF
 }
 
-start_dbproxy dbproxy_config "mysql, session pool"
+start_dbproxy dbproxy_config "mysql, session and transaction pools"
+floor_ready() {
+	mariadb --defaults-extra-file="$work/admin.cnf" --port="$fport" -N -B -e 'SELECT 1' </dev/null
+}
+start_floor "$toolsdir/myfloor" "$MARIADB_ADDR" floor_ready
 
 proxy_auth=(--mysql-host=127.0.0.1 --mysql-port="$pport" --mysql-user=bench --mysql-password=)
 proxy_shown="--mysql-host=127.0.0.1 --mysql-port=\$DBPROXY_PORT --mysql-user=bench --mysql-password="
@@ -151,9 +171,9 @@ log "dbproxy reads sbtest1 as $vault_user (Vault: $VAULT_MOUNT/creds/$VAULT_MYSQ
 
 # --- runs --------------------------------------------------------------------
 
-targets=(direct dbproxy)
+targets=(direct floor dbproxy dbproxy_txn)
 threads=(1 16)
-declare -A ppid=([dbproxy]=$proxy_pid)
+declare -A ppid=([floor]=$floor_pid [dbproxy]=$proxy_pid [dbproxy_txn]=$proxy_pid)
 declare -A tps qps lat p95 errs recon cpu dbcpu busy logins ntx machcpu stmts execs prepares
 hz="$(getconf CLK_TCK)"
 : >"$rawlog"
@@ -163,7 +183,7 @@ if awk -v l="${load_before%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; 
 fi
 
 log "warm-up: 3s oltp_read_only direct, 2 threads"
-sysbench oltp_read_only "${common[@]}" "${direct_auth[@]}" --threads=2 --time=3 run >>"$rawlog" 2>&1 ||
+sysbench oltp_read_only "${common[@]}" --mysql-db="$db" "${direct_auth[@]}" --threads=2 --time=3 run >>"$rawlog" 2>&1 ||
 	die "warm-up failed (see $rawlog)"
 
 # field NAME TEXT: the first number after "NAME:" in sysbench's report.
@@ -176,11 +196,12 @@ us_per_txn() { awk -v c="$1" -v hz="$hz" -v n="$2" 'BEGIN { if (n > 0) printf "%
 
 for n in "${threads[@]}"; do
 	for t in "${targets[@]}"; do
-		if [[ $t == direct ]]; then
-			auth=("${direct_auth[@]}") shown="$direct_shown"
-		else
-			auth=("${proxy_auth[@]}") shown="${proxy_shown/\$DBPROXY_PORT/$pport}"
-		fi
+		case $t in
+		direct) auth=(--mysql-db="$db" "${direct_auth[@]}") shown="--mysql-db=$db $direct_shown" ;;
+		floor) auth=(--mysql-db="$db" "${direct_auth[@]/--mysql-port=$MYSQL_TCP_PORT/--mysql-port=$fport}") shown="--mysql-db=$db ${direct_shown/\$MYSQL_TCP_PORT/$fport}" ;;
+		dbproxy) auth=(--mysql-db="$db" "${proxy_auth[@]}") shown="--mysql-db=$db ${proxy_shown/\$DBPROXY_PORT/$pport}" ;;
+		dbproxy_txn) auth=(--mysql-db="${db}_txn" "${proxy_auth[@]}") shown="--mysql-db=${db}_txn ${proxy_shown/\$DBPROXY_PORT/$pport}" ;;
+		esac
 		args=(oltp_read_only "${common[@]}" "${auth[@]}" --threads="$n" --time="$T" --report-interval=0 run)
 		shown="sysbench oltp_read_only ${common[*]} $shown --threads=$n --time=$T --report-interval=0 run"
 		log "$t: $shown"
@@ -237,60 +258,63 @@ per_query() { awk -v u="$1" -v q="${qps[$2,direct]}" -v t="${tps[$2,direct]}" 'B
 qpt() { awk -v q="${qps[$1,direct]}" -v t="${tps[$1,direct]}" 'BEGIN { if (t > 0) printf "%.0f", q / t; else print "-" }'; }
 
 table() {
-	echo "| Threads | Direct TPS | dbproxy TPS | dbproxy / direct | Direct QPS | dbproxy QPS | Direct latency avg / 95th ms | dbproxy latency avg / 95th ms | Errors direct / dbproxy |"
+	echo "| Threads | Direct TPS | floor TPS | dbproxy session TPS | dbproxy txn TPS | session / floor | txn / floor | session / direct | txn / direct |"
 	echo "|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 	for n in "${threads[@]}"; do
-		printf '| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s |\n' "$n" \
-			"$(rnd "${tps[$n,direct]}")" "$(rnd "${tps[$n,dbproxy]}")" "$(ratio "${tps[$n,dbproxy]}" "${tps[$n,direct]}")" \
-			"$(rnd "${qps[$n,direct]}")" "$(rnd "${qps[$n,dbproxy]}")" \
-			"${lat[$n,direct]}" "${p95[$n,direct]}" "${lat[$n,dbproxy]}" "${p95[$n,dbproxy]}" \
-			"${errs[$n,direct]}" "${errs[$n,dbproxy]}"
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" \
+			"$(rnd "${tps[$n,direct]}")" "$(rnd "${tps[$n,floor]}")" "$(rnd "${tps[$n,dbproxy]}")" "$(rnd "${tps[$n,dbproxy_txn]}")" \
+			"$(ratio "${tps[$n,dbproxy]}" "${tps[$n,floor]}")" "$(ratio "${tps[$n,dbproxy_txn]}" "${tps[$n,floor]}")" \
+			"$(ratio "${tps[$n,dbproxy]}" "${tps[$n,direct]}")" "$(ratio "${tps[$n,dbproxy_txn]}" "${tps[$n,direct]}")"
 	done
 }
 
+# targets_table: issue 9's MySQL targets, from this run.
+targets_table() {
+	local r t name
+	echo "| Target (issue 9) | Figure in this run | Goal | |"
+	echo "|---|--:|--:|---|"
+	for t in dbproxy dbproxy_txn; do
+		name="session pool"
+		[[ $t == dbproxy_txn ]] && name="transaction pool"
+		r="$(ratio "${tps[16,$t]}" "${tps[16,floor]}")"
+		echo "| oltp_read_only 16 threads, $name: dbproxy / floor | $r | >= 0.95 | $(verdict "$r" '>=' 0.95) |"
+		r="$(ratio "${cpu[16,$t]}" "${cpu[16,floor]}")"
+		echo "| CPU per transaction, 16 threads, $name: dbproxy / floor | $r | <= 1.10 | $(verdict "$r" '<=' 1.1) |"
+	done
+}
+
+# verdict VALUE OP GOAL: "met" or "missed" (OP is >= or <=).
+verdict() {
+	awk -v v="$1" -v g="$3" -v op="$2" 'BEGIN { if (v == "-" || v == "") { print "n/a"; exit }
+		ok = (op == ">=") ? v + 0 >= g : v + 0 <= g; print ok ? "met" : "**missed**" }'
+}
+
 cost_table() {
-	echo "| Threads | Target | Transactions | dbproxy CPU µs/txn | MariaDB CPU µs/txn | Machine CPU µs/txn | Statements/txn at MariaDB (prepared executions) | Prepares | Upstream logins | Reconnects | Machine CPU busy |"
-	echo "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+	echo "| Threads | Target | Transactions | TPS | QPS | Latency avg / 95th ms | Proxy CPU µs/txn | MariaDB CPU µs/txn | Machine CPU µs/txn | Statements/txn at MariaDB (prepared executions) | Prepares | Upstream logins | Errors / reconnects | Machine CPU busy |"
+	echo "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 	for n in "${threads[@]}"; do
 		for t in "${targets[@]}"; do
-			printf '| %s | %s | %s | %s | %s | %s | %s (%s) | %s | %s | %s | %s%% |\n' "$n" "$t" "${ntx[$n,$t]}" "${cpu[$n,$t]}" \
+			printf '| %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s (%s) | %s | %s | %s / %s | %s%% |\n' "$n" "$t" "${ntx[$n,$t]}" \
+				"$(rnd "${tps[$n,$t]}")" "$(rnd "${qps[$n,$t]}")" "${lat[$n,$t]}" "${p95[$n,$t]}" "${cpu[$n,$t]}" \
 				"${dbcpu[$n,$t]}" "${machcpu[$n,$t]}" "${stmts[$n,$t]}" "${execs[$n,$t]}" "${prepares[$n,$t]}" \
-				"${logins[$n,$t]}" "${recon[$n,$t]:-?}" "${busy[$n,$t]}"
+				"${logins[$n,$t]}" "${errs[$n,$t]:-?}" "${recon[$n,$t]:-?}" "${busy[$n,$t]}"
 		done
 	done
 }
 
 # where: the "Where the time goes" notes, from this run's figures.
 where() {
-	local add1 add16 db16 rest16 extra rest1d rest1p
-	add1="$(us_delta "${lat[1,dbproxy]}" "${lat[1,direct]}")"
-	# Machine CPU per transaction not spent in dbproxy or MariaDB.
-	rest1d="$(awk -v m="${machcpu[1,direct]}" -v d="${dbcpu[1,direct]}" 'BEGIN { printf "%.0f", m - d }')"
-	rest1p="$(awk -v m="${machcpu[1,dbproxy]}" -v d="${dbcpu[1,dbproxy]}" -v p="${cpu[1,dbproxy]}" 'BEGIN { printf "%.0f", m - d - p }')"
-	echo "- **1 thread**: a transaction is $(qpt 1) statements, each a round trip (BEGIN, 10 point selects, 4 range selects, COMMIT), ${lat[1,direct]} ms direct. dbproxy adds $add1 µs per transaction, about $(per_query "$add1" 1) µs per statement: two more loopback hops and a proxy wake-up each way. Relaying costs dbproxy ${cpu[1,dbproxy]} µs of CPU per transaction (about $(per_query "${cpu[1,dbproxy]}" 1) µs per statement); MariaDB itself spends ${dbcpu[1,direct]} µs direct and ${dbcpu[1,dbproxy]} µs through dbproxy. dbproxy/direct = $(ratio "${tps[1,dbproxy]}" "${tps[1,direct]}"). The machine was ${busy[1,direct]}% busy direct and ${busy[1,dbproxy]}% through dbproxy; what it spent per transaction outside dbproxy and MariaDB (sysbench, kernel work charged to neither, and other work on the machine) was $rest1d µs direct and $rest1p µs through dbproxy. sysbench does the same work per transaction either way, so where those two differ by much, other work on the machine is part of the gap."
-	add16="$(awk -v a="${machcpu[16,dbproxy]}" -v b="${machcpu[16,direct]}" 'BEGIN { printf "%.0f", a - b }')"
-	db16="$(awk -v a="${dbcpu[16,dbproxy]}" -v b="${dbcpu[16,direct]}" 'BEGIN { printf "%.0f", a - b }')"
-	rest16="$(awk -v t="$add16" -v p="${cpu[16,dbproxy]}" -v d="$db16" 'BEGIN { printf "%.0f", t - p - d }')"
-	if ((busy[16,direct] >= 90)); then
-		extra="the machine is ${busy[16,direct]}% busy already direct, so throughput is bounded by CPU, and every µs a transaction costs anywhere is taken from sysbench and MariaDB."
-	else
-		extra="the machine is ${busy[16,direct]}% busy direct."
-	fi
-	echo "- **16 threads**: $extra The whole machine spends ${machcpu[16,direct]} µs of CPU per transaction direct and ${machcpu[16,dbproxy]} µs through dbproxy ($add16 µs more): dbproxy's own ${cpu[16,dbproxy]} µs, MariaDB's $db16 µs more than direct (${dbcpu[16,direct]} → ${dbcpu[16,dbproxy]} µs), and $rest16 µs more for everything else on the machine (sysbench, whose CPU is not measured apart, and other work). dbproxy/direct = $(ratio "${tps[16,dbproxy]}" "${tps[16,direct]}"), 95th percentile latency ${p95[16,direct]} ms direct, ${p95[16,dbproxy]} ms through dbproxy."
-	local n same=1
+	local n t
+	echo "- **1 thread**: a transaction is $(qpt 1) statements, each a round trip (BEGIN, 10 point selects, 4 range selects, COMMIT), ${lat[1,direct]} ms direct. Per transaction the floor adds $(us_delta "${lat[1,floor]}" "${lat[1,direct]}") µs, dbproxy $(us_delta "${lat[1,dbproxy]}" "${lat[1,direct]}") µs (session pool) and $(us_delta "${lat[1,dbproxy_txn]}" "${lat[1,direct]}") µs (transaction pool): two more loopback hops and a proxy wake-up each way per statement. CPU per transaction: floor ${cpu[1,floor]} µs (about $(per_query "${cpu[1,floor]}" 1) µs per statement), dbproxy ${cpu[1,dbproxy]} µs session, ${cpu[1,dbproxy_txn]} µs transaction pool."
+	echo "- **16 threads**: the machine is ${busy[16,direct]}% busy direct, so every µs a transaction costs anywhere is taken from sysbench and MariaDB. The whole machine spends ${machcpu[16,direct]} µs of CPU per transaction direct, ${machcpu[16,floor]} µs through the floor (its own ${cpu[16,floor]} µs), ${machcpu[16,dbproxy]} µs through dbproxy's session pool (its own ${cpu[16,dbproxy]} µs) and ${machcpu[16,dbproxy_txn]} µs through its transaction pool (its own ${cpu[16,dbproxy_txn]} µs); MariaDB ${dbcpu[16,direct]}, ${dbcpu[16,floor]}, ${dbcpu[16,dbproxy]} and ${dbcpu[16,dbproxy_txn]} µs."
 	for n in "${threads[@]}"; do
-		awk -v a="${stmts[$n,dbproxy]}" -v b="${stmts[$n,direct]}" -v x="${execs[$n,dbproxy]}" -v y="${execs[$n,direct]}" \
-			'BEGIN { d = a - b; e = x - y; exit !(d < 0.05 && d > -0.05 && e < 0.05 && e > -0.05) }' || same=0
-	done
-	if ((same)); then
-		echo "- **Statements**: MariaDB counted ${stmts[1,direct]} statements per transaction, ${execs[1,direct]} of them prepared-statement executions, in every run, direct and through dbproxy alike: the session pool relays sysbench's binary protocol and adds no statements of its own."
-	else
-		for n in "${threads[@]}"; do
-			echo "- **Statements at $n threads**: MariaDB counted ${stmts[$n,direct]} statements per transaction direct (${execs[$n,direct]} prepared-statement executions) and ${stmts[$n,dbproxy]} through dbproxy (${execs[$n,dbproxy]})."
+		for t in "${targets[@]}"; do
+			awk -v a="${stmts[$n,$t]}" -v b="${stmts[$n,direct]}" 'BEGIN { d = a - b; exit !(d > 0.05 || d < -0.05) }' || continue
+			echo "- **Statements, $t at $n threads**: MariaDB counted ${stmts[$n,$t]} statements per transaction (${execs[$n,$t]} prepared executions, ${prepares[$n,$t]} prepares) against ${stmts[$n,direct]} direct: what the pool adds (state applied or reset on a server connection) or saves."
 		done
-	fi
-	echo "- **Logins**: direct, every sysbench connection is a MariaDB login (${logins[1,direct]} at 1 thread, ${logins[16,direct]} at 16). dbproxy's session pool lends each client connection an idle upstream connection (reset with COM_RESET_CONNECTION when the previous client left) and logs in upstream (as the pool's Vault user) only when none is idle: MariaDB counted ${logins[1,dbproxy]} new connection(s) during the 1-thread dbproxy run and ${logins[16,dbproxy]} during the 16-thread one."
-	echo "- **Noise**: before the runs the load average was $load_before (1, 5, 15 min) on $(nproc) CPUs: that is other work on the machine (after them it was $load_after, this benchmark's own sysbench threads and MariaDB included). Other work shows in \"Machine CPU busy\" and in the machine CPU per transaction; compare ratios from one run, not figures across runs."
+	done
+	echo "- **Logins**: direct and through the floor every sysbench connection is a MariaDB login (${logins[16,direct]} and ${logins[16,floor]} at 16 threads). dbproxy logs in (as the pool's Vault user) only when no pooled connection is idle: ${logins[16,dbproxy]} (session pool) and ${logins[16,dbproxy_txn]} (transaction pool) at 16 threads."
+	echo "- **Noise**: before the runs the load average was $load_before (1, 5, 15 min) on $(nproc) CPUs, after them $load_after (this benchmark's own sysbench threads and MariaDB included). Compare ratios from one run, not figures across runs."
 }
 
 cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
@@ -312,23 +336,29 @@ $(date -u '+%Y-%m-%d %H:%M UTC'). The raw sysbench output of the run is in bench
 
 ### Setup
 
-Everything runs on this one machine over 127.0.0.1 TCP: sysbench, MariaDB, dbproxy and Vault share
-$(nproc) CPUs, so dbproxy's CPU is taken from sysbench and MariaDB.
+Everything runs on this one machine over 127.0.0.1 TCP: sysbench, MariaDB, the floor, dbproxy and Vault
+share $(nproc) CPUs, so a proxy's CPU is taken from sysbench and MariaDB.
 
 - **MariaDB**: one server from \`test/devstack --mariadb\` (innodb_buffer_pool_size=64M,
   innodb_flush_log_at_trx_commit=2, no binary log, performance_schema on). sysbench tables: \`prepare\`
   as the admin user (\`$MARIADB_ADMIN_USER\`, ALL PRIVILEGES) into database \`$db\`, then \`ANALYZE TABLE\`.
 - **direct**: sysbench logs in as \`$MARIADB_ADMIN_USER\` with its password (mysql_native_password).
+- **floor**: \`bench/floor/myfloor\`, a measuring tool, not product code: the smallest Go relay, one goroutine
+  per client, synchronous (one command, then its complete answer), each client on its own server connection
+  dialled at accept; the handshake is relayed verbatim, so sysbench logs in as \`$MARIADB_ADMIN_USER\` as
+  direct. It allocates nothing per command: what it costs is Go's syscalls, netpoller and scheduler here.
 - **dbproxy**: a sidecar listener (\`auth: listener\`, identity \`bench\`, no client password: sysbench sends
   user \`bench\` and an empty password), backend \`$db\` (the client's database names the backend) with
   pool \`mode: session\`, \`max_connections: 32\`; it logs in to MariaDB with a Vault-issued user
   (\`$VAULT_MOUNT/creds/$VAULT_MYSQL_ROLE\`, ttl 1h, so no rotation happens during the run; its creation statements
   grant SELECT, INSERT, UPDATE, DELETE on \`$db.*\`, so it reads the sysbench tables), default (info) logging.
+  **dbproxy_txn** is the same dbproxy through backend \`${db}_txn\` (same upstream database \`$db\`), pool
+  \`mode: transaction\`, \`max_connections: 16\`.
   Before the runs the script checks through dbproxy that \`CURRENT_USER()\` is a Vault user (this run:
   \`${vault_user%%@*}\`) and that sbtest1 has $table_size rows.
 - Every run uses \`--mysql-ssl=off\` and sysbench's default server-side prepared statements
   (\`--db-ps-mode=auto\`); a 3 s warm-up direct at 2 threads runs first. Runs go thread count by thread count,
-  the two targets back to back.
+  the four targets back to back.
 
 ### Commands
 
@@ -341,8 +371,13 @@ EOF
 	cat <<EOF
 
 # AUTH, one per target:
-direct:  $direct_shown
-dbproxy: $proxy_shown
+direct:      --mysql-db=$db $direct_shown
+floor:       --mysql-db=$db ${direct_shown/MYSQL_TCP_PORT/FLOOR_PORT}
+dbproxy:     --mysql-db=$db $proxy_shown
+dbproxy_txn: --mysql-db=${db}_txn $proxy_shown
+
+# the floor
+bin/myfloor -listen 127.0.0.1:\$FLOOR_PORT -upstream 127.0.0.1:\$MYSQL_TCP_PORT
 \`\`\`
 
 (\`\$MYSQL_TCP_PORT\` and \`\$ADMIN_PASSWORD\` are MariaDB's port and the admin password from devstack's stack.env:
@@ -350,17 +385,26 @@ MYSQL_TCP_PORT, MARIADB_ADMIN_PASSWORD.)
 
 ### Results
 
-Transactions and queries per second as reported by sysbench, latency of one transaction in ms (average and
-95th percentile), errors sysbench ignored. The ratio is dbproxy's TPS over direct's (1.00 = as fast).
+Transactions per second as reported by sysbench; ratios are dbproxy's TPS over the floor's and direct's
+(1.00 = as fast). Session: backend \`$db\` (session pool); txn: backend \`${db}_txn\` (transaction pool).
 
 EOF
 	table
 	cat <<EOF
 
-What each run cost: CPU per transaction of dbproxy, of MariaDB (mariadbd) and of the whole machine
-(utime+stime from /proc/PID/stat, busy jiffies from /proc/stat, over the run); what MariaDB counted during
-the run (\`SHOW GLOBAL STATUS\`: \`Questions\` and \`Com_stmt_execute\` per transaction, \`Com_stmt_prepare\`,
-\`Connections\` as upstream logins); and how busy the whole machine was.
+#### Targets
+
+EOF
+	targets_table
+	cat <<EOF
+
+#### Every run
+
+Queries per second and latency of one transaction (average and 95th percentile) as sysbench reports them;
+CPU per transaction of the proxy process, of MariaDB (mariadbd) and of the whole machine (utime+stime
+from /proc/PID/stat, busy jiffies from /proc/stat, over the run); what MariaDB counted during the run
+(\`SHOW GLOBAL STATUS\`: \`Questions\` and \`Com_stmt_execute\` per transaction, \`Com_stmt_prepare\`,
+\`Connections\` as upstream logins); errors sysbench ignored; and how busy the whole machine was.
 
 EOF
 	cost_table
@@ -387,6 +431,8 @@ mv "$tmp" "$out"
 
 echo
 table
+echo
+targets_table
 echo
 cost_table
 echo

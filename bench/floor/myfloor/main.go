@@ -201,24 +201,15 @@ func (r *relay) status() uint16 {
 }
 
 // lenenc decodes a length-encoded integer: its value and size (0 if short).
-func lenenc(p []byte) (uint64, int) {
-	size := 1
-	switch {
-	case len(p) == 0:
+func lenenc(p []byte) (v uint64, size int) {
+	if len(p) == 0 || p[0] == 0xfb || p[0] == 0xff {
 		return 0, 0
-	case p[0] < 0xfb:
+	} else if p[0] < 0xfb {
 		return uint64(p[0]), 1
-	case p[0] == 0xfc:
-		size = 3
-	case p[0] == 0xfd:
-		size = 4
-	case p[0] == 0xfe:
-		size = 9
 	}
-	if size == 1 || len(p) < size {
+	if size = [3]int{3, 4, 9}[p[0]-0xfc]; len(p) < size {
 		return 0, 0
 	}
-	var v uint64
 	for i := size - 1; i >= 1; i-- {
 		v = v<<8 | uint64(p[i])
 	}
