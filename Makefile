@@ -9,8 +9,11 @@
 #   make test              all of the above but build and lint
 #   make demo              dbproxy + PostgreSQL + Vault left running in ./demo (scripts/demo.sh)
 #   make demo-stop         stop the demo (pid files in ./demo)
-#   make bench             pgbench: direct vs PgBouncer vs dbproxy, then bench-mysql -> bench/RESULTS.md
-#   make bench-mysql       sysbench oltp_read_only: MariaDB direct vs dbproxy -> its section of bench/RESULTS.md
+#   make bench             pgbench: direct vs PgBouncer vs the Go floor (bench/floor) vs dbproxy, strace,
+#                          pprof, idle-client RSS, Go runtime settings; then bench-mysql -> bench/RESULTS.md
+#                          (about 15 minutes at the default BENCH_TIME=10)
+#   make bench-mysql       sysbench oltp_read_only: MariaDB direct vs the floor vs dbproxy session and
+#                          transaction pools -> its section of bench/RESULTS.md (about 3 minutes)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
