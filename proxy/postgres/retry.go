@@ -72,8 +72,8 @@ func (t *txnSession) deadOnArrival(typ byte, up *upstream) bool {
 func (t *txnSession) canRetry(err error) bool {
 	r := &t.retry
 	var ue *upstreamError
-	return r.ok && r.retries < maxRetries && t.s.txnMode && !t.s.interrupted() &&
-		t.s.bytesOut.Load() == r.bytes && errors.As(err, &ue) && t.duplex == nil
+	return t.duplex == nil && r.ok && r.retries < maxRetries && t.s.txnMode && !t.s.interrupted() &&
+		t.s.bytesOut.Load() == r.bytes && errors.As(err, &ue)
 }
 
 // resend closes the dead connection, checks out another and sends the
