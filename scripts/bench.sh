@@ -196,6 +196,7 @@ EOF
 
 start_pgbouncer
 start_dbproxy dbproxy_config "session and transaction pools"
+pport0=$pport # the runtime settings restart dbproxy on other ports
 # floor_ready: the floor answers a query. It relays SCRAM to PostgreSQL, so
 # libpq needs the password for the floor's port too.
 floor_ready() {
@@ -634,7 +635,7 @@ EOF2
 direct:    ${dsn[direct]/port=$PGPORT/port=\$PG_PORT}
 pgbouncer: ${dsn[pgbouncer]/port=$bport/port=\$PGBOUNCER_PORT}
 floor:     ${dsn[floor]/port=$fport/port=\$FLOOR_PORT}
-dbproxy:   ${dsn[dbproxy]/port=$pport/port=\$DBPROXY_PORT}
+dbproxy:   ${dsn[dbproxy]/port=$pport0/port=\$DBPROXY_PORT}
 
 # the floor and the idle-client tool
 bin/pgfloor -listen 127.0.0.1:\$FLOOR_PORT -upstream 127.0.0.1:\$PG_PORT
