@@ -97,15 +97,16 @@ build_bins() {
 }
 
 # start_floor BINARY UPSTREAM READY_CMD...: starts a floor relay on a free
-# port (sets fport and floor_pid) and waits until READY_CMD (run with
-# $fport set) succeeds.
+# port (sets fport and floor_pid), with the environment settings in the
+# array floor_env, if any, and waits until READY_CMD (run with $fport set)
+# succeeds.
 start_floor() {
 	local bin=$1 upstream=$2 attempt st
 	shift 2
 	for ((attempt = 1; attempt <= 3; attempt++)); do
 		fport="$(free_port)"
 		log "starting $(basename "$bin") (the floor) on 127.0.0.1:$fport"
-		"$bin" -listen "127.0.0.1:$fport" -upstream "$upstream" >"$work/floor.log" 2>&1 </dev/null &
+		env ${floor_env[@]+"${floor_env[@]}"} "$bin" -listen "127.0.0.1:$fport" -upstream "$upstream" >"$work/floor.log" 2>&1 </dev/null &
 		floor_pid=$!
 		st=0
 		wait_ready "$floor_pid" 30 "$@" || st=$?

@@ -28,7 +28,7 @@
 # at 16 clients in the transaction pool.
 #
 # Duration: about 36 runs of BENCH_TIME plus 10 more for the profile and
-# the runtime settings, and about a minute of setup: 10 to 11 minutes at
+# the runtime settings (dbproxy's and the floor's), and about a minute of setup: 10 to 11 minutes at
 # the default 10 s (make bench then runs bench-mysql.sh, about 3 minutes).
 #
 # All traffic stays on 127.0.0.1. State goes to a temporary directory that is
@@ -416,6 +416,20 @@ for r in "${!rt_names[@]}"; do
 	rt_rss[$r]="$(rss_kib "$proxy_pid")"
 done
 
+# The same for the floor: does GOMAXPROCS move Go's floor itself?
+fl_names=("floor, default (GOMAXPROCS=$(nproc))" "floor, GOMAXPROCS=1")
+fl_env=("" "GOMAXPROCS=1")
+for r in "${!fl_names[@]}"; do
+	stop "$floor_pid" pgfloor
+	# shellcheck disable=SC2206 # word splitting of the settings is intended
+	floor_env=(${fl_env[$r]})
+	start_floor "$toolsdir/pgfloor" "$PG_ADDR" floor_ready
+	floor_env=()
+	d="host=127.0.0.1 port=$fport dbname=appdb user=bench sslmode=disable"
+	log "${fl_names[$r]}: pgbench -n -S -c 16 -j 2 -T $T"
+	pgbench_run "fl,$r" "$floor_pid" "$d" -n -S -c 16 -j 2 -T "$T" || { tps[fl,$r]=0 lat[fl,$r]=- cpu[fl,$r]=- ntx[fl,$r]=0; log "warning: the run with ${fl_names[$r]} failed"; }
+done
+
 # --- report --------------------------------------------------------------------
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -489,12 +503,16 @@ targets_table() {
 
 runtime_table() {
 	local r
-	echo "| dbproxy runtime setting | TPS | vs default (first run) | Latency ms | dbproxy CPU µs/txn | GC cycles per 1000 txn | RSS after the run, MiB |"
+	echo "| Runtime setting | TPS | vs dbproxy default (first run) | Latency ms | CPU µs/txn | GC cycles per 1000 txn | RSS after the run, MiB |"
 	echo "|---|--:|--:|--:|--:|--:|--:|"
 	for r in "${!rt_names[@]}"; do
 		printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${rt_names[$r]}" "$(fmt_tps "${tps[rt,$r]}")" \
 			"$(pct "${tps[rt,$r]}" "${tps[rt,0]}")" "${lat[rt,$r]}" "${cpu[rt,$r]}" "${rt_gc[$r]}" \
 			"$(awk -v k="${rt_rss[$r]}" 'BEGIN { printf "%.1f", k / 1024 }')"
+	done
+	for r in "${!fl_names[@]}"; do
+		printf '| %s | %s | %s | %s | %s | - | - |\n' "${fl_names[$r]}" "$(fmt_tps "${tps[fl,$r]}")" \
+			"$(pct "${tps[fl,$r]}" "${tps[rt,0]}")" "${lat[fl,$r]}" "${cpu[fl,$r]}"
 	done
 }
 
@@ -677,8 +695,9 @@ EOF2
 
 dbproxy restarted with each setting (as environment variables; the configuration's \`runtime:\` section sets
 the same), a 2 s warm-up, then \`pgbench -n -S -c 16 -j 2 -T $T\` in the transaction pool. The first and last
-rows are the same default setting: their difference is the noise of this run. GC cycles from
-\`go_gc_duration_seconds_count\` on /metrics.
+rows for dbproxy are the same default setting: their difference is the noise of this run. GC cycles from
+\`go_gc_duration_seconds_count\` on /metrics. The last two rows are the floor (bin/pgfloor, 16 server
+connections, no pool) restarted the same way: what GOMAXPROCS does to Go's floor itself.
 
 EOF2
 	runtime_table
