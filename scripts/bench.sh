@@ -401,6 +401,7 @@ rt_names=("default (GOMAXPROCS=$(nproc), GOGC=100)" "GOMAXPROCS=1" "GOGC=200" "G
 	"GOGC=off, GOMEMLIMIT=256MiB" "GOGC=100, GOMEMLIMIT=256MiB" "default again")
 rt_env=("" "GOMAXPROCS=1" "GOGC=200" "GOGC=400" "GOGC=off GOMEMLIMIT=256MiB" "GOMEMLIMIT=256MiB" "")
 declare -A rt_gc rt_rss
+last_rt=$((${#rt_names[@]} - 1))
 for r in "${!rt_names[@]}"; do
 	stop "$proxy_pid" dbproxy
 	# shellcheck disable=SC2206 # word splitting of the settings is intended
@@ -514,6 +515,23 @@ runtime_table() {
 		printf '| %s | %s | %s | %s | %s | - | - |\n' "${fl_names[$r]}" "$(fmt_tps "${tps[fl,$r]}")" \
 			"$(pct "${tps[fl,$r]}" "${tps[rt,0]}")" "${lat[fl,$r]}" "${cpu[fl,$r]}"
 	done
+}
+
+# runtime_notes: which settings beat the default by more than this run's
+# noise (the spread between the two default runs).
+runtime_notes() {
+	local r hi lo better=()
+	hi="$(awk -v a="${tps[rt,0]}" -v b="${tps[rt,$last_rt]}" 'BEGIN { print (a > b) ? a : b }')"
+	lo="$(awk -v a="${tps[rt,0]}" -v b="${tps[rt,$last_rt]}" 'BEGIN { print (a < b) ? a : b }')"
+	for ((r = 1; r < last_rt; r++)); do
+		awk -v x="${tps[rt,$r]}" -v hi="$hi" -v lo="$lo" 'BEGIN { exit !(x > hi + (hi - lo)) }' && better+=("${rt_names[$r]}")
+	done
+	echo "The two default runs differ by $(pct "$hi" "$lo") in TPS: a setting has to beat the better of them by more than that to count."
+	if ((${#better[@]})); then
+		echo "Beyond that noise in this run: $(printf '%s; ' "${better[@]}" | sed 's/; $//'). Repeat the run before changing a default on one figure."
+	else
+		echo "No setting beat the default beyond that noise in this run, so dbproxy keeps Go's defaults (\`runtime:\` left out)."
+	fi
 }
 
 idle_table() {
@@ -701,6 +719,8 @@ connections, no pool) restarted the same way: what GOMAXPROCS does to Go's floor
 
 EOF2
 	runtime_table
+	echo
+	runtime_notes
 	cat <<EOF2
 
 ### Idle clients
