@@ -29,7 +29,7 @@ func applyRuntime(r config.Runtime, log *zap.Logger) {
 	}
 	log.Info("go runtime settings applied",
 		zap.Int("gomaxprocs", runtime.GOMAXPROCS(0)),
-		zap.Int("gogc", r.GOGC), // 0: Go's default
+		zap.Int("gogc", r.GOGC),                                   // 0: Go's default
 		zap.Int64("memory_limit_bytes", debug.SetMemoryLimit(-1)), // -1 reads it
 	)
 }
