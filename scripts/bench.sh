@@ -20,7 +20,9 @@
 # connections as clients. A target that cannot run a workload (PgBouncer
 # 1.18 has no prepared statements in transaction mode) is reported as failed.
 #
-# Then, on the same stack: syscalls per transaction of each proxy (strace -c
+# First, before the stack starts, dbproxy's own relay benchmarks (go test
+# -bench '^BenchmarkRelay' -benchmem ./proxy/..., about 15 s). Then, on the
+# same stack: syscalls per transaction of each proxy (strace -c
 # -f, short 1- and 16-client runs), a CPU profile of dbproxy (pprof) during
 # a transaction-pool 16-client run, RSS per idle client (bin/idleclients
 # holds BENCH_IDLE idle authenticated clients on dbproxy and on PgBouncer),
@@ -95,6 +97,14 @@ upstream_logins() { grep -c 'connection authorized' "$PG_LOG" || true; }
 # --- build and start the stack ---------------------------------------------
 
 build_bins
+
+# The relay's own Go benchmarks (issue 9: 0 allocs/op), before the stack
+# starts: in process, over loopback to a fake server.
+log "go test -bench '^BenchmarkRelay' -benchmem ./proxy/..."
+gosrc="$root"
+[[ -z "${BENCH_REV:-}" ]] || gosrc="$work/src"
+gobench="$(cd "$gosrc" && "$GO" test -run '^$' -bench '^BenchmarkRelay' -benchmem ./proxy/... 2>&1 |
+	grep -E '^(Benchmark|cpu:|FAIL|--- FAIL|panic)')" || true
 
 log "starting devstack (PostgreSQL + Vault) in $work/stack"
 "$bindir/devstack" --dir "$work/stack" --ttl 1h --max-ttl 24h >"$work/devstack.log" 2>&1 </dev/null &
@@ -732,6 +742,15 @@ $nidle. dbproxy's goroutines from \`go_goroutines\` on /metrics.
 EOF2
 	idle_table
 	cat <<EOF2
+
+### Relay benchmarks (Go)
+
+\`go test -run '^\$' -bench '^BenchmarkRelay' -benchmem ./proxy/...\` at the same commit, before the stack started:
+dbproxy's relay in process, over loopback to a small fake server, per protocol and pool mode.
+
+\`\`\`
+${gobench:-no BenchmarkRelay benchmarks at this commit}
+\`\`\`
 
 ## Where the time goes
 
