@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,7 @@ type session struct {
 
 	pool    *pool.Pool
 	poolKey string
+	appName string // dbproxy:identity[:client application_name]
 	dialer  pool.DialFunc
 	txnMode bool
 	rl      *txnSession
@@ -220,7 +222,20 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(s.srv.opts.StartupTimeout))
 	defer cancel()
-	s.pool, s.poolKey, s.txnMode = pl, p.key(appName), b.Mode == "transaction"
+	s.pool, s.txnMode, s.appName = pl, b.Mode == "transaction", appName
+	poolApp := appName
+	if s.txnMode {
+		// The client's application name is session state applied per
+		// transaction, not part of the pool key: clients that differ only
+		// in it share server connections.
+		poolApp = "dbproxy:" + id.Name
+		runtime["application_name"] = poolApp
+		if appName != poolApp {
+			s.rl.sets = []setStmt{{name: "application_name", sql: "SET application_name = '" + strings.ReplaceAll(appName, "'", "''") + "'"}}
+			s.rl.setTag = stateTag(s.rl.sets)
+		}
+	}
+	s.poolKey = p.key(poolApp)
 	s.dialer = func(ctx context.Context, gen *creds.Generation) (pool.Conn, error) {
 		u, err := dial(ctx, b, gen, runtime)
 		if err != nil {
@@ -284,6 +299,9 @@ func (s *session) greet(version uint32, params map[string]string) error {
 	}
 	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
 	for k, v := range params {
+		if k == "application_name" {
+			v = s.appName // the server connection may have been opened for another client
+		}
 		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
 	}
 	pid, secret := s.srv.cancels.issue(s)
