@@ -60,8 +60,12 @@ type Generation struct {
 	reason        string
 	deadline      time.Time // drain deadline, set when draining starts
 	refs          int
-	drainCh       chan struct{}
-	expireCh      chan struct{}
+	// opRevoke: an operator revoke (Source.Revoke) owns the Vault call for
+	// this lease; leaseRevoked: that call succeeded, so retiring the
+	// generation needs none.
+	opRevoke, leaseRevoked bool
+	drainCh                chan struct{}
+	expireCh               chan struct{}
 }
 
 func newGeneration(src *Source, n uint64) *Generation {
@@ -183,7 +187,7 @@ func (g *Generation) expire() {
 func (g *Generation) retireIfUnused() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.state == Active || g.refs > 0 {
+	if g.state == Active || g.refs > 0 || g.opRevoke && !g.leaseRevoked {
 		return false
 	}
 	g.expireLocked()
