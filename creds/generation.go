@@ -136,6 +136,8 @@ type Info struct {
 	Deadline    time.Time `json:"drain_deadline,omitzero"`
 	Renewals    int       `json:"renewals"`
 	Connections int       `json:"connections"`
+	// TTLSeconds is the lease duration Vault granted at issue.
+	TTLSeconds int `json:"ttl_seconds"`
 }
 
 // Info returns a snapshot for display.
@@ -147,6 +149,7 @@ func (g *Generation) Info() Info {
 		Username: g.Username, State: g.state.String(), Reason: g.reason,
 		IssuedAt: g.IssuedAt, LeaseEnd: g.leaseEnd, HardEnd: g.hardEnd,
 		Deadline: g.deadline, Renewals: g.renewals, Connections: g.refs,
+		TTLSeconds: int(g.ttl.Seconds()),
 	}
 }
 

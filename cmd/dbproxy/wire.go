@@ -24,6 +24,7 @@ func startProxies(ctx context.Context, cfg *config.Config, deps Deps) ([]Service
 		deps.Admin.MountV1(st)
 		deps.Admin.MountRevoke(st)
 		deps.Admin.MountStatus(st)
+		deps.Admin.MountReport(st)
 	}
 	return []Service{st}, nil
 }

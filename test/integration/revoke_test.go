@@ -94,6 +94,20 @@ func TestOperatorRevoke(t *testing.T) {
 			t.Errorf("session %s: got %v, want 57P01 naming the operator revoke", name, err)
 		}
 	}
+	// The report counts what just happened and asks Vault for its version.
+	out, err = dbproxyCLI(t, s.proxy, "report")
+	if err != nil {
+		t.Fatalf("report: %v\n%s", err, out)
+	}
+	t.Logf("dbproxy report:\n%s", out)
+	flat = strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"HASHICORP VAULT DYNAMIC SECRETS REPORT", "Vault Version: 1.", "Cluster Status: active",
+		"database/creds/revoke-app (postgres): 2", "Total Active: 1", "initial 1, revoke 1", "Operator revokes / rotations: 1 / 0"} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+
 	var newUser string
 	if err := connect(t, dsn).QueryRow(ctx, "select current_user").Scan(&newUser); err != nil {
 		t.Fatal(err)
