@@ -43,10 +43,10 @@ func (f fakeReporter) Report(context.Context) any { return f.r }
 func TestReportCommand(t *testing.T) {
 	now := time.Now()
 	r := &leaseReport{GeneratedAt: now, Since: now.Add(-2 * time.Hour),
-		Vault:   reportVault{Address: "https://vault:8200", Health: &creds.VaultHealth{Version: "1.21.0", Initialized: true}},
-		Engines: []reportEngine{{Mount: "database", Plugins: []string{"mysql", "postgres"}, Backends: []string{"inv", "orders"}, Roles: []string{"ro", "rw"}}},
-		Issued:  []reportCount{{Path: "database/creds/rw", Protocol: "postgres", Count: 7}, {Path: "database/creds/ro", Protocol: "mysql", Count: 2}},
-		Active:  []reportCount{{Path: "database/creds/rw", Count: 2}},
+		Vault:     reportVault{Address: "https://vault:8200", Health: &creds.VaultHealth{Version: "1.21.0", Initialized: true}},
+		Engines:   []reportEngine{{Mount: "database", Plugins: []string{"mysql", "postgres"}, Backends: []string{"inv", "orders"}, Roles: []string{"ro", "rw"}}},
+		Issued:    []reportCount{{Path: "database/creds/rw", Protocol: "postgres", Count: 7}, {Path: "database/creds/ro", Protocol: "mysql", Count: 2}},
+		Active:    []reportCount{{Path: "database/creds/rw", Count: 2}},
 		Lifecycle: reportLifecycle{AverageTTLSeconds: 600, Renewals: 40, CappedRenewals: 3, Revocations: 5, ExpiredNotRenewed: 1},
 		Security:  reportSecurity{RefusedClients: 4, SecretsInConfig: "none"},
 		Rotations: map[string]float64{"initial": 2, "max_ttl": 5},
