@@ -129,6 +129,9 @@ func (s *Source) cut(ctx context.Context, g *Generation) (RevokedLease, bool) {
 	g.mu.Lock()
 	g.leaseRevoked = r.Result == "ok" || r.Result == "gone"
 	g.opRevoke = g.leaseRevoked // after an error the source loop retries the revoke
+	// Again: the rotation that superseded g may have set its own reason
+	// since; once g is expired nothing changes it.
+	g.reason = RevokeReason
 	g.expireLocked()
 	g.mu.Unlock()
 	s.log.Warn("credential revoked by an operator; closing its connections",

@@ -216,8 +216,8 @@ EOF
 	trap - EXIT
 	cat <<EOF
 
-The demo is running ($((SECONDS - t0))s in all); dbproxy keeps rotating the credential
-every $max_ttl / 2 or so. Connect through dbproxy (no password: the
+The demo is running ($((SECONDS - t0))s in all). dbproxy keeps rotating the credential at
+half its max TTL ($max_ttl), so \`dbproxy status\` shows a new generation every few seconds. Connect through dbproxy (no password: the
 listener is the identity $identity, and Vault makes the database user):
 
     psql "host=127.0.0.1 port=$port dbname=appdb user=$identity"
@@ -238,13 +238,16 @@ EOF
 client_loop() {
 	local dsn=$1 n=$((loop_seconds / 3)) i out users
 	log "one psql session, a query every 3s for ${loop_seconds}s, across live rotations (lease ttl $ttl, max ttl $max_ttl)"
-	out="$(for ((i = 1; i <= n; i++)); do
+	# tee to a file, not /dev/stderr: opening that truncates a log file
+	# the caller redirected stderr to.
+	for ((i = 1; i <= n; i++)); do
 		echo "select to_char(clock_timestamp(), 'HH24:MI:SS') || '  query $i  ran as ' || current_user;"
 		if ((i < n)); then echo '\! sleep 3'; fi
-	done | PGCONNECT_TIMEOUT=10 psql -X -q -At -v ON_ERROR_STOP=1 "$dsn" 2>&1 | tee /dev/stderr)" || {
+	done | PGCONNECT_TIMEOUT=10 psql -X -q -At -v ON_ERROR_STOP=1 "$dsn" 2>&1 | tee "$dir/client-loop.log" || {
 		tail_log "$dir/dbproxy.log"
 		die "the client loop failed: a rotation reached the client"
 	}
+	out="$(<"$dir/client-loop.log")"
 	users="$(grep -o 'ran as v-[^ ]*' <<<"$out" | sort -u | wc -l)"
 	log "the session ran as $users different Vault-made users without reconnecting or seeing an error"
 	((users >= 2)) || die "no rotation happened during the loop (is DEMO_MAX_TTL much longer than DEMO_LOOP_SECONDS?)"

@@ -48,7 +48,7 @@ func reportCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 // printReport lays the report out as a Vault dynamic secrets report.
 func printReport(w io.Writer, r *leaseReport) {
-	line := func(label string, v any) { fmt.Fprintf(w, "%-32s%v\n", label+":", v) }
+	line := func(label string, v any) { fmt.Fprintf(w, "%-40s %v\n", label+":", v) }
 	fmt.Fprintln(w, "HASHICORP VAULT DYNAMIC SECRETS REPORT (dbproxy)")
 	fmt.Fprintln(w, strings.Repeat("=", 48))
 	line("Vault Address", r.Vault.Address)

@@ -95,15 +95,16 @@ func TestOperatorRevoke(t *testing.T) {
 		}
 	}
 	// The report counts what just happened and asks Vault for its version.
+	revokeOut := out
 	out, err = dbproxyCLI(t, s.proxy, "report")
 	if err != nil {
 		t.Fatalf("report: %v\n%s", err, out)
 	}
 	t.Logf("dbproxy report:\n%s", out)
-	flat = strings.Join(strings.Fields(out), " ")
+	report := strings.Join(strings.Fields(out), " ")
 	for _, want := range []string{"HASHICORP VAULT DYNAMIC SECRETS REPORT", "Vault Version: 1.", "Cluster Status: active",
 		"database/creds/revoke-app (postgres): 2", "Total Active: 1", "initial 1, revoke 1", "Operator revokes / rotations: 1 / 0"} {
-		if !strings.Contains(flat, want) {
+		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
 	}
@@ -113,6 +114,6 @@ func TestOperatorRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	if newUser == oldUser || !strings.Contains(flat, newUser) {
-		t.Errorf("new session runs as %s (old %s); revoke output:\n%s", newUser, oldUser, out)
+		t.Errorf("new session runs as %s (old %s); revoke output:\n%s", newUser, oldUser, revokeOut)
 	}
 }
