@@ -217,7 +217,8 @@ EOF
 	cat <<EOF
 
 The demo is running ($((SECONDS - t0))s in all). dbproxy keeps rotating the credential at
-half its max TTL ($max_ttl), so \`dbproxy status\` shows a new generation every few seconds. Connect through dbproxy (no password: the
+half its max TTL ($max_ttl): see bin/dbproxy status --config $dir/dbproxy.yaml.
+ Connect through dbproxy (no password: the
 listener is the identity $identity, and Vault makes the database user):
 
     psql "host=127.0.0.1 port=$port dbname=appdb user=$identity"
