@@ -117,3 +117,43 @@ func TestOperatorRevoke(t *testing.T) {
 		t.Errorf("new session runs as %s (old %s); revoke output:\n%s", newUser, oldUser, revokeOut)
 	}
 }
+
+// TestOperatorRevokeMySQL: the same runbook on a MariaDB backend; the
+// session on the revoked credential gets 1927 naming the operator revoke
+// and the Vault-made user is dropped.
+func TestOperatorRevokeMySQL(t *testing.T) {
+	s := startMyLeaseStack(t, "revoke-my", time.Minute, 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	db := openMy(t, fmt.Sprintf("app@tcp(127.0.0.1:%d)/appdb?timeout=10s", s.port))
+	db.SetMaxOpenConns(1)
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var oldUser string
+	if err := conn.QueryRowContext(ctx, "select substring_index(current_user(), '@', 1)").Scan(&oldUser); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err := dbproxyCLI(t, s.proxy, "revoke", "appdb", "--role", "revoke-my")
+	if err != nil {
+		t.Fatalf("revoke: %v\n%s", err, out)
+	}
+	if flat := strings.Join(strings.Fields(out), " "); !strings.Contains(flat, "app mysql revoke-my 1 0") || !strings.Contains(flat, oldUser+" 1 ok") {
+		t.Errorf("revoke output:\n%s", out)
+	}
+	var one int
+	err = conn.QueryRowContext(ctx, "select 1").Scan(&one)
+	if myCode(err) != 1927 || !strings.Contains(err.Error(), "an operator revoked it") {
+		t.Errorf("session on the revoked credential: got %v, want 1927 naming the operator revoke", err)
+	}
+	if slices.Contains(mysqlVaultUsers(t, "revoke-my"), oldUser) {
+		t.Errorf("database user %s still exists after the revoke", oldUser)
+	}
+	newUser, err := myTransaction(fmt.Sprintf("app@tcp(127.0.0.1:%d)/appdb?timeout=10s", s.port), 1)
+	if err != nil || newUser == oldUser {
+		t.Errorf("new session: %q, %v (old user %s)", newUser, err, oldUser)
+	}
+}
