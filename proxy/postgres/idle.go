@@ -55,7 +55,7 @@ func (s *session) borrowBuffers() {
 // waitIdle gives the buffers back, if nothing is left in them, and waits
 // for the client's next bytes. It reports whether it waited that way.
 func (s *session) waitIdle() (bool, error) {
-	if s.cbr.Buffered() > 0 || s.cbw.Buffered() > 0 || s.in.off < s.in.n || s.rl.duplex != nil {
+	if s.rl.duplex != nil || s.cbr.Buffered() > 0 || s.cbw.Buffered() > 0 || s.in.off < s.in.n {
 		return false, nil
 	}
 	// Only the session goroutine touches the buffers outside duplex.

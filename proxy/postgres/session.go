@@ -246,7 +246,7 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 			return s.greet(m.ProtocolVersion, params)
 		}
 	}
-	lease, err := pl.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+	lease, err := s.checkoutAlive(ctx)
 	if err != nil {
 		return err
 	}
@@ -259,6 +259,21 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 		s.srv.greetings.Put(greetKey, maps.Clone(params))
 	}
 	return s.greet(m.ProtocolVersion, params)
+}
+
+// checkoutAlive checks a connection out for a new session, skipping
+// pooled ones the server ended while they were idle: a session-mode
+// client keeps its connection, so a dead one would fail its first query.
+func (s *session) checkoutAlive(ctx context.Context) (*pool.Lease, error) {
+	for {
+		// Each dead one is closed, so this ends with a live or new one.
+		lease, err := s.pool.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+		if err != nil || lease.Conn.(*upstream).alive() {
+			return lease, err
+		}
+		s.log.Info("pooled server connection was closed by the server; using another")
+		lease.Close()
+	}
 }
 
 // greet sends what PostgreSQL sends after authentication.

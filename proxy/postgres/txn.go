@@ -416,14 +416,20 @@ func (t *txnSession) attach() error {
 	if err != nil {
 		return &checkoutError{err}
 	}
+	t.hold(lease)
+	return nil
+}
+
+// hold makes lease the session's connection for the request at hand.
+func (t *txnSession) hold(lease *pool.Lease) {
 	t.mu.Lock()
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	t.mu.Unlock()
+	s := t.s
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
 	t.armRetry()
-	return nil
 }
 
 // maybeRelease gives the connection back at a transaction boundary:
