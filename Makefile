@@ -6,6 +6,7 @@
 #   make vault             Vault + database plugins, cached (scripts/build-vault.sh)
 #   make test-unit         every package but test/integration
 #   make test-integration  real PostgreSQL, MariaDB and Vault (slow)
+#   make fuzz              every fuzz target for FUZZTIME (default 20s) each
 #   make test              all of the above but build and lint
 #   make demo              dbproxy + PostgreSQL + Vault left running in ./demo (scripts/demo.sh)
 #   make demo-stop         stop the demo (pid files in ./demo)
@@ -27,8 +28,9 @@ INTEGRATION_FLAGS ?= -count=1 -timeout 20m -v
 # race found there fails the test that saw it.
 export DBPROXY_BUILD_FLAGS ?= $(RACE)
 LOGDIR ?= .cache
+FUZZTIME ?= 20s
 
-.PHONY: build lint deps vault test-unit test-integration test clean
+.PHONY: build lint deps vault test-unit test-integration fuzz test clean
 
 build:
 	$(GO) build -o bin/dbproxy ./cmd/dbproxy
@@ -53,6 +55,22 @@ test-unit:
 	pkgs="$$($(GO) list ./... | grep -v /test/integration)"; \
 	$(GO) test $(UNIT_FLAGS) $$pkgs
 
+# go test fuzzes one target of one package at a time, so each target found
+# by `func Fuzz` in a _test.go file gets its own run. New inputs are not
+# minimized (that would take time from fuzzing); a failing input is written
+# to the package's testdata/fuzz/NAME/ and the run fails: fix the bug, and
+# commit the file as a seed.
+fuzz:
+	@st=0; \
+	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' --exclude-dir='.*' --exclude-dir=test . | sort); do \
+	  dir=$$(dirname $$f); \
+	  for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    echo ">> fuzz $$dir $$name for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 0s $$dir || st=1; \
+	  done; \
+	done; \
+	exit $$st
+
 # The full log stays in $(LOGDIR)/test-integration.log; the summary follows.
 test-integration:
 	@mkdir -p $(LOGDIR)
@@ -63,11 +81,13 @@ test-integration:
 	exit $$st
 
 # deps (apt, mostly I/O) and the Vault build (CPU) overlap; the tests run
-# one after the other, and integration runs even when unit tests failed.
+# one after the other (unit, fuzz, integration), and each runs even when
+# an earlier one failed.
 test:
 	$(MAKE) -j2 --output-sync=target deps vault
 	@st=0; \
 	$(MAKE) test-unit || st=1; \
+	$(MAKE) fuzz || st=1; \
 	$(MAKE) test-integration || st=1; \
 	exit $$st
 
