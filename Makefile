@@ -62,7 +62,7 @@ test-unit:
 # commit the file as a seed.
 fuzz:
 	@st=0; \
-	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' --exclude-dir='.*' --exclude-dir=test . | sort); do \
+	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' --exclude-dir='.?*' --exclude-dir=test . | sort); do \
 	  dir=$$(dirname $$f); \
 	  for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
 	    echo ">> fuzz $$dir $$name for $(FUZZTIME)"; \
