@@ -82,7 +82,7 @@ func FuzzTracker(f *testing.F) {
 		f.Add(cat([]byte{exec}, pkt(1), col, eofCursor, []byte{fetch}, row, eof), deprecateEOF)
 		f.Add(cat([]byte{list}, col, col, eof), deprecateEOF)
 		f.Add(cat([]byte{qry}, pkt(0xfb, 'f')), deprecateEOF) // LOCAL INFILE
-		f.Add(cat(errp, ok), deprecateEOF)                     // unsolicited ERR, then a stray OK
+		f.Add(cat(errp, ok), deprecateEOF)                    // unsolicited ERR, then a stray OK
 		f.Add(cat([]byte{7, 0, qry}, []byte{0x20, 0xff}, ok), deprecateEOF)
 		f.Add(cat([]byte{qry}, pkt(0xfc, 0xff, 0xff), col, []byte{0x21, 0xfe, 0xff}), deprecateEOF)
 	}

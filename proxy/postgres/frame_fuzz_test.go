@@ -17,7 +17,7 @@ func fuzzFrame(typ byte, body []byte) []byte {
 }
 
 // FuzzFrames feeds arbitrary bytes, as a client sends them after startup,
-// through copyFrame and readFrame with an arbitrary reader buffer and
+// through copyFrame, readFrame and skipFrame with an arbitrary reader buffer and
 // message limit, and checks both against a plain model of the framing:
 // whole frames come out byte for byte, a length under 4 or over the limit
 // is refused before anything of that frame is written, a short stream ends
@@ -51,6 +51,7 @@ func FuzzFrames(f *testing.F) {
 		size := max(int(bufSize), 16)
 		checkCopyFrames(t, in, size, maxLen)
 		checkReadFrames(t, in, size, maxLen)
+		checkSkipFrames(t, in, size, maxLen)
 	})
 }
 
@@ -128,6 +129,25 @@ func checkReadFrames(t *testing.T, in []byte, bufSize, maxLen int) {
 			return
 		case err != nil || typ != in[pos] || !bytes.Equal(body, in[pos+5:pos+want]):
 			t.Fatalf("readFrame at %d: typ %q, %d byte body, err %v", pos, typ, len(body), err)
+		}
+		pos += want
+	}
+}
+
+func checkSkipFrames(t *testing.T, in []byte, bufSize, maxLen int) {
+	r := bufio.NewReaderSize(bytes.NewReader(in), bufSize)
+	pos := 0
+	for {
+		want, refused, truncated := modelFrame(in[pos:], maxLen)
+		typ, err := skipFrame(r, maxLen)
+		switch {
+		case refused || truncated:
+			if err == nil {
+				t.Fatalf("skipFrame at %d: no error for a bad or truncated frame", pos)
+			}
+			return
+		case err != nil || typ != in[pos]:
+			t.Fatalf("skipFrame at %d: typ %q, err %v", pos, typ, err)
 		}
 		pos += want
 	}
