@@ -48,15 +48,20 @@ func (s *Server) crossSite(r *http.Request) string {
 			"a web page can reach the API under its own name through DNS rebinding. Call the API by the address it "+
 			"listens on, or list the name in admin.allowed_hosts", r.Host, s.ownAddr())
 	}
-	if o := r.Header.Get("Origin"); o != "" && !sameOrigin(o, r.Host) {
-		return fmt.Sprintf("Origin %q is not this API's origin (Host %q): a web page on another site sent the request", o, r.Host)
+	origin := r.Header.Get("Origin")
+	if origin != "" && !originIsHost(origin, r.Host) {
+		return fmt.Sprintf("Origin %q is not this API's origin (Host %q): a web page on another site sent the request", origin, r.Host)
 	}
 	if sfs := r.Header.Get("Sec-Fetch-Site"); sfs != "" && sfs != "same-origin" && sfs != "none" {
 		return fmt.Sprintf("Sec-Fetch-Site is %q: the browser says a page on another site sent the request", sfs)
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return fmt.Sprintf("Content-Type %q: send no body, or a body with Content-Type: application/json "+
+		// A form or text body is what a page can send cross-site without
+		// a CORS preflight. One with an Origin equal to Host (checked
+		// above) comes from a page this listener served: the status
+		// page's own forms.
+		if mt, _, err := mime.ParseMediaType(ct); (err != nil || mt != "application/json") && origin == "" {
+			return fmt.Sprintf("Content-Type %q without an Origin: send no body, or a body with Content-Type: application/json "+
 				"(text/plain and form bodies are what a web page can send without asking first)", ct)
 		}
 	} else if r.ContentLength != 0 {
@@ -139,9 +144,9 @@ func (s *Server) ownAddr() string {
 	return s.opts.Address
 }
 
-// sameOrigin reports whether an Origin header names the same scheme-less
-// host:port as the Host header, default ports filled in by the scheme.
-func sameOrigin(origin, hostport string) bool {
+// originIsHost reports whether an Origin header names the same host:port
+// as the Host header, default ports filled in by the scheme.
+func originIsHost(origin, hostport string) bool {
 	u, err := url.Parse(origin)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return false // includes "null": an opaque, sandboxed or file origin

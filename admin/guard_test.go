@@ -77,6 +77,8 @@ func TestGuardRules(t *testing.T) {
 		{"text/plain", "POST", "127.0.0.1:9187", []string{"Content-Type", "text/plain"}, "", 403, "Content-Type"},
 		{"form", "POST", "127.0.0.1:9187", []string{"Content-Type", "application/x-www-form-urlencoded"}, "a=b", 403, "Content-Type"},
 		{"multipart", "POST", "127.0.0.1:9187", []string{"Content-Type", "multipart/form-data; boundary=x"}, "", 403, "Content-Type"},
+		{"form from this listener's own page", "POST", "127.0.0.1:9187", []string{"Origin", "http://127.0.0.1:9187", "Content-Type", "application/x-www-form-urlencoded"}, "a=b", 200, ""},
+		{"form from another local port", "POST", "127.0.0.1:9187", []string{"Origin", "http://localhost:3000", "Content-Type", "application/x-www-form-urlencoded"}, "a=b", 403, "Origin"},
 		{"json", "POST", "127.0.0.1:9187", []string{"Content-Type", "application/json; charset=utf-8"}, "{}", 200, ""},
 		{"body without type", "POST", "127.0.0.1:9187", nil, "x", 403, "Content-Type"},
 		{"DELETE is guarded too", "DELETE", "evil.example", nil, "", 403, "Host"},
