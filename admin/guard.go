@@ -115,7 +115,7 @@ func splitHost(hostport, def string) (host, port string) {
 func ownHostsFor(configured string, bound net.Addr) map[string]bool {
 	out := map[string]bool{}
 	ch, cp := splitHost(configured, "80")
-	if cp != "0" {
+	if ch != "" && cp != "0" {
 		out[ch+":"+cp] = true
 	}
 	t, ok := bound.(*net.TCPAddr)
@@ -123,7 +123,9 @@ func ownHostsFor(configured string, bound net.Addr) map[string]bool {
 		return out
 	}
 	port := strconv.Itoa(t.Port)
-	out[ch+":"+port] = true
+	if ch != "" {
+		out[ch+":"+port] = true
+	}
 	out[strings.ToLower(t.IP.String())+":"+port] = true
 	if t.IP.IsUnspecified() {
 		addrs, _ := net.InterfaceAddrs()

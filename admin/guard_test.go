@@ -66,6 +66,7 @@ func TestGuardRules(t *testing.T) {
 		{"rebinding name", "POST", "evil.example:9187", nil, "", 403, "DNS rebinding"},
 		{"localhost lookalike", "POST", "localhost.evil.example", nil, "", 403, "Host"},
 		{"no host", "POST", "", nil, "", 403, "Host"},
+		{"port only", "POST", ":9187", nil, "", 403, "Host"},
 		{"same origin", "POST", "127.0.0.1:9187", []string{"Origin", "http://127.0.0.1:9187"}, "", 200, ""},
 		{"foreign origin", "POST", "127.0.0.1:9187", []string{"Origin", "http://evil.example"}, "", 403, "Origin"},
 		{"origin other port", "POST", "127.0.0.1:9187", []string{"Origin", "http://127.0.0.1:8080"}, "", 403, "Origin"},
