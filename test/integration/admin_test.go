@@ -136,7 +136,7 @@ func TestRotateIssuanceCap(t *testing.T) {
 		t.Fatalf("CLI rotate over the cap: %v\n%s", err, out)
 	}
 
-	if n := auditCount(t, s.auditTo, "database/creds/"+s.role); n != maxIssue {
+	if n := auditCount(t, s.auditTo, Mount+"/creds/"+s.role); n != maxIssue {
 		t.Errorf("Vault issued %d credentials, want %d", n, maxIssue)
 	}
 	if l := p.leases(t); l[len(l)-1].Generation != maxIssue {
