@@ -105,7 +105,7 @@ type Lease struct {
 
 	pool     *Pool
 	epoch    uint64 // the pool's drain epoch when it was opened
-	lastUsed int64 // coarse unix nanos (pool.clock)
+	lastUsed int64  // coarse unix nanos (pool.clock)
 	idle     bool   // in the idle list (for the state label)
 	holder   Holder // while lent; guarded by pool.mu
 	// busyG and idleG are this connection's gauge children, looked up

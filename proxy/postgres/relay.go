@@ -71,6 +71,9 @@ func (s *session) step(ph *int) error {
 	}
 	if *ph == phRequest {
 		if err := s.request(); err != nil {
+			if t.canRetry(err) {
+				return t.resend(err, false)
+			}
 			if !s.refusable(err) {
 				return err
 			}
@@ -85,6 +88,9 @@ func (s *session) step(ph *int) error {
 		*ph = phAnswer
 	}
 	if err := s.answer(); err != nil {
+		if t.canRetry(err) {
+			return t.resend(err, true)
+		}
 		return err
 	}
 	*ph = phIdle
