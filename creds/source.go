@@ -108,8 +108,8 @@ type Source struct {
 	retryAt      time.Time
 	lastErr      error
 	failingSince time.Time
-	issued       []time.Time // issuances in the last minute, oldest first
-	capWaiting   bool        // a due rotation waits for the issuance cap
+	issued       []time.Time   // issuances in the last minute, oldest first
+	capWaiting   bool          // a due rotation waits for the issuance cap
 	changed      chan struct{} // closed and replaced when cur changes or a fetch fails
 }
 
