@@ -6,7 +6,7 @@
 #   make vault             Vault + database plugins, cached (scripts/build-vault.sh)
 #   make test-unit         every package but test/integration
 #   make test-integration  real PostgreSQL, MariaDB and Vault (slow)
-#   make fuzz              every fuzz target for FUZZTIME (default 20s) each
+#   make fuzz              every fuzz target for FUZZTIME (default 20s) each (scripts/fuzz.sh)
 #   make test              all of the above but build and lint
 #   make demo              dbproxy + PostgreSQL + Vault left running in ./demo (scripts/demo.sh)
 #   make demo-stop         stop the demo (pid files in ./demo)
@@ -55,21 +55,11 @@ test-unit:
 	pkgs="$$($(GO) list ./... | grep -v /test/integration)"; \
 	$(GO) test $(UNIT_FLAGS) $$pkgs
 
-# go test fuzzes one target of one package at a time, so each target found
-# by `func Fuzz` in a _test.go file gets its own run. New inputs are not
-# minimized (that would take time from fuzzing); a failing input is written
-# to the package's testdata/fuzz/NAME/ and the run fails: fix the bug, and
-# commit the file as a seed.
+# Every fuzz target for FUZZTIME each (scripts/fuzz.sh). A failing input
+# is written to the package's testdata/fuzz/NAME/ and the run fails: fix
+# the bug and commit the file as a seed.
 fuzz:
-	@st=0; \
-	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' --exclude-dir='.?*' --exclude-dir=test . | sort); do \
-	  dir=$$(dirname $$f); \
-	  for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
-	    echo ">> fuzz $$dir $$name for $(FUZZTIME)"; \
-	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 0s $$dir || st=1; \
-	  done; \
-	done; \
-	exit $$st
+	FUZZTIME=$(FUZZTIME) GO=$(GO) scripts/fuzz.sh
 
 # The full log stays in $(LOGDIR)/test-integration.log; the summary follows.
 test-integration:
