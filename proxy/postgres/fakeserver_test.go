@@ -206,11 +206,12 @@ func startRelay(t testing.TB, mode string) *relayHarness {
 	}
 	t.Cleanup(func() { _ = client.Close(); _ = sc.Close() })
 	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc,
-		cbr: bufio.NewReaderSize(sc, 16<<10), cbw: bufio.NewWriterSize(sc, 32<<10),
 		id: identity.Identity{Name: "app"}, backend: &Backend{Name: "b", Mode: mode},
 		pool: pl, poolKey: "k", dialer: dial, txnMode: mode == "transaction"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.rl = newTxnSession(s)
+	s.in.conn = sc
+	s.borrowBuffers()
 	s.txStatus.Store('I')
 	lease, err := pl.CheckoutFor(s.ctx, "k", dial, s)
 	if err != nil {

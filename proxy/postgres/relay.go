@@ -58,7 +58,7 @@ const (
 func (s *session) step(ph *int) error {
 	t := s.rl
 	if *ph == phIdle {
-		if t.outstanding() && t.duplex == nil {
+		if t.duplex == nil && t.outstanding() {
 			// Never wait for the client while the server owes it an
 			// answer: say so rather than hang.
 			return errInvariant
@@ -108,7 +108,10 @@ func (s *session) awaitRequest() error {
 		return nil
 	}
 	s.armIdleTxn()
-	_, err := s.cbr.Peek(1)
+	waited, err := s.waitIdle()
+	if !waited {
+		_, err = s.cbr.Peek(1)
+	}
 	if s.idleArmed && err == nil {
 		s.idleArmed = false
 		_ = s.client.SetReadDeadline(time.Time{})
@@ -149,6 +152,10 @@ func (s *session) answer() error {
 			t.startDuplex()
 			return nil // the client's COPY data follows
 		}
+	}
+	if t.listening && !s.txnMode {
+		// Notifications arrive unasked from now on.
+		t.startDuplex()
 	}
 	return t.flushClient()
 }

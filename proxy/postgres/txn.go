@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -159,14 +160,30 @@ func (t *txnSession) note(typ byte) {
 	if typ == 'S' && t.copyIn {
 		return // ignored by the server during COPY FROM STDIN
 	}
-	if typ == 'Q' && !t.listening && !t.s.txnMode {
-		if q, _ := t.s.cbr.Peek(min(5+16, t.s.cbr.Buffered())); len(q) > 5 && startsWithFold(q[5:], "listen") {
-			t.listening = true
-		}
+	if (typ == 'Q' || typ == 'P') && !t.listening && !t.s.txnMode {
+		t.listening = isListen(t.s.cbr, typ)
 	}
 	t.mu.Lock()
 	t.queue = append(t.queue, request{typ: typ})
 	t.mu.Unlock()
+}
+
+// isListen reports a LISTEN in the Query or Parse message at the head
+// of r (a statement name before a Parse's query is skipped).
+func isListen(r *bufio.Reader, typ byte) bool {
+	f, _ := r.Peek(min(5+128, r.Buffered()))
+	if len(f) < 5 {
+		return false
+	}
+	q := f[5:]
+	if typ == 'P' {
+		_, rest, ok := cstring(q)
+		if !ok {
+			return false
+		}
+		q = rest
+	}
+	return startsWithFold(q, "listen")
 }
 
 // body returns the whole body of the next client message and whether
@@ -399,20 +416,26 @@ func (t *txnSession) attach() error {
 	if err != nil {
 		return &checkoutError{err}
 	}
+	t.hold(lease)
+	return nil
+}
+
+// hold makes lease the session's connection for the request at hand.
+func (t *txnSession) hold(lease *pool.Lease) {
 	t.mu.Lock()
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	t.mu.Unlock()
+	s := t.s
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
 	t.armRetry()
-	return nil
 }
 
 // maybeRelease gives the connection back at a transaction boundary:
 // nothing outstanding and the server idle outside a transaction.
 func (t *txnSession) maybeRelease() {
-	if t.lease == nil || t.outstanding() || t.duplex != nil || byte(t.s.txStatus.Load()) != 'I' || t.up.bw.Buffered() > 0 {
+	if t.duplex != nil || t.lease == nil || t.outstanding() || byte(t.s.txStatus.Load()) != 'I' || t.up.bw.Buffered() > 0 {
 		return
 	}
 	t.release(true)
