@@ -244,7 +244,7 @@ func newRelayPair(t *testing.T, deprecateEOF bool, maxMsg int) *relayPair {
 	up := &upstream{conn: uc, br: bufio.NewReaderSize(uc, 64<<10), bw: bufio.NewWriterSize(uc, 64<<10), threadID: 9}
 	gen := &creds.Generation{N: 1, Username: "v"}
 	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, cbr: bufio.NewReaderSize(sc, 64<<10),
-		cbw: bufio.NewWriterSize(sc, 64<<10), killCh: make(chan killReason, 1), backend: &Backend{Name: "appdb"},
+		cbw: bufio.NewWriterSize(sc, 64<<10), backend: &Backend{Name: "appdb"},
 		track: newTracker(deprecateEOF), lease: &pool.Lease{Conn: up, Gen: gen}}
 	s.nextSeq.Store(1)
 	p := &relayPair{s: s, client: &pipeClient{c: cc}, server: &pipeClient{c: us}, result: make(chan string, 1), reusable: make(chan bool, 1)}
