@@ -60,13 +60,19 @@ func benchRelay(b *testing.B, mode string, execute bool) {
 // in Bench mode and returns its address.
 func benchProxy(b *testing.B, mode string) string {
 	f := &fakeServer{Bench: true}
-	up := f.start(b)
-	gen := &creds.Generation{N: 1, Username: "v-bench"}
-	pl := pool.New(fakeCreds{gen}, pool.Options{Backend: "appdb", Role: "r", MaxConnections: 2, Metrics: pool.NewMetrics(nil)})
-	b.Cleanup(pl.Close)
+	_, addr := loopbackProxy(b, mode, f, fakeCreds{&creds.Generation{N: 1, Username: "v-bench"}})
+	return addr
+}
+
+// loopbackProxy starts a Server with backend appdb in front of f, its
+// pool taking credentials from c, listening on loopback TCP.
+func loopbackProxy(tb testing.TB, mode string, f *fakeServer, c pool.Credentials, setup ...func(*Server)) (*Server, string) {
+	up := f.start(tb)
+	pl := pool.New(c, pool.Options{Backend: "appdb", Role: "r", MaxConnections: 4, Metrics: pool.NewMetrics(nil)})
+	tb.Cleanup(pl.Close)
 	policy, err := identity.NewPolicy(map[string]identity.Spec{"app": {Grants: []identity.Grant{{Backend: "appdb", Role: "r"}}}})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	srv := NewServer(Options{
 		Backends:   map[string]*Backend{"appdb": {Name: "appdb", Addr: up, Database: "appdb", ConnectTimeout: 5 * time.Second, Mode: mode}},
@@ -74,17 +80,20 @@ func benchProxy(b *testing.B, mode string) string {
 		Authorizer: policy,
 		Log:        zap.NewNop(),
 	})
+	for _, f := range setup {
+		f(srv)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	srv.Serve(ln, appListener(nil, false))
-	b.Cleanup(func() {
+	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_, _ = srv.Shutdown(ctx)
 	})
-	return ln.Addr().String()
+	return srv, ln.Addr().String()
 }
 
 func benchPacket(payload []byte) []byte {
@@ -97,19 +106,24 @@ func benchPacket(payload []byte) []byte {
 // benchClient is a client that knows just enough of the protocol to log
 // in and tell where an answer ends, without allocating.
 type benchClient struct {
-	c net.Conn
-	r *bufio.Reader
+	c  net.Conn
+	r  *bufio.Reader
+	id uint32 // the connection id of the greeting
 }
 
-func dialBench(b *testing.B, addr string) *benchClient {
+func dialBench(b testing.TB, addr string) *benchClient {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { c.Close() })
 	bc := &benchClient{c: c, r: bufio.NewReaderSize(c, 64<<10)}
-	if _, _, err := readPacket(bc.r, 1<<16); err != nil {
+	_, g, err := readPacket(bc.r, 1<<16)
+	if err != nil || len(g) < 1 {
 		b.Fatal(err)
+	}
+	if v := bytes.IndexByte(g, 0); v > 0 && len(g) >= v+5 {
+		bc.id = binary.LittleEndian.Uint32(g[v+1:])
 	}
 	resp := handshakeResponse41(testClientCaps, "app", nil, "appdb", gomysql.AUTH_NATIVE_PASSWORD)
 	login := benchPacket(resp)

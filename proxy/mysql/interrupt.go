@@ -55,6 +55,11 @@ func (s *session) interrupt(r killReason, gen *creds.Generation) {
 		_ = s.client.SetReadDeadline(past)
 		return
 	}
+	// The client first: a goroutine woken (from the upstream or a read)
+	// may at once set a write deadline of its own to send the ERR, which
+	// must not be undone; so the write deadline before the read's.
+	_ = s.client.SetWriteDeadline(past)
+	_ = s.client.SetReadDeadline(past)
 	s.mu.Lock()
 	if s.lease != nil && (gen == nil || s.lease.Gen == gen) {
 		if c := s.lease.Conn.(*upstream).conn; c != nil {
@@ -66,7 +71,6 @@ func (s *session) interrupt(r killReason, gen *creds.Generation) {
 	if cancel != nil && r >= killShutdown {
 		cancel() // a checkout waiting for a connection
 	}
-	_ = s.client.SetDeadline(past)
 }
 
 // stopReason is the reason that stops the session now, or killNone.

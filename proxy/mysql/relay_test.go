@@ -246,6 +246,7 @@ func newRelayPair(t *testing.T, deprecateEOF bool, maxMsg int) *relayPair {
 	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, cbr: bufio.NewReaderSize(sc, 64<<10),
 		cbw: bufio.NewWriterSize(sc, 64<<10), backend: &Backend{Name: "appdb"},
 		track: newTracker(deprecateEOF), lease: &pool.Lease{Conn: up, Gen: gen}}
+	s.cbr, s.cbw = bufio.NewReaderSize(clientIO{s}, 64<<10), bufio.NewWriterSize(clientIO{s}, 64<<10)
 	s.nextSeq.Store(1)
 	p := &relayPair{s: s, client: &pipeClient{c: cc}, server: &pipeClient{c: us}, result: make(chan string, 1), reusable: make(chan bool, 1)}
 	go func() {
