@@ -38,13 +38,14 @@ func (r killReason) rank() killReason { return min(r, killShutdown) }
 func (s *session) kill(r killReason) { s.interrupt(r, nil) }
 
 // interrupt records r, unless a reason as strong is recorded, and wakes
-// the session goroutine. A lease end touches the upstream only if it is
-// of gen; an idle shutdown only the client's read.
+// the session goroutine (again: a deadline may have been reset since). A
+// lease end touches the upstream only if it is of gen; an idle shutdown
+// only the client's read.
 func (s *session) interrupt(r killReason, gen *creds.Generation) {
 	for {
 		cur := killReason(s.reason.Load())
 		if cur != killNone && cur.rank() >= r.rank() {
-			return
+			break
 		}
 		if s.reason.CompareAndSwap(uint32(cur), uint32(r)) {
 			break
@@ -193,65 +194,24 @@ func (c clientIO) Write(p []byte) (int, error) {
 	}
 }
 
-// holding is called when the session takes a connection of gen: the
-// server watches gen's drain deadline, and a deadline already past stops
-// the session now.
-func (s *session) holding(gen *creds.Generation) {
-	if gen != s.watched {
-		s.srv.watchGeneration(gen)
-		s.watched = gen
+// Interrupt implements pool.Holder: the generation of a lent connection
+// reached its drain deadline. The pool tells every holder of that
+// generation; a session that has since given the connection back (or
+// holds another) is not stopped.
+func (s *session) Interrupt() {
+	s.mu.Lock()
+	l := s.lease
+	s.mu.Unlock()
+	if l != nil && s.srv.expired(l.Gen) {
+		s.interrupt(killLeaseEnd, l.Gen)
 	}
+}
+
+// holding is called when the session has published a new lease in
+// s.lease: a drain deadline that passed before (the pool's Interrupt
+// found no lease to stop) stops the session now.
+func (s *session) holding(gen *creds.Generation) {
 	if s.srv.expired(gen) {
 		s.interrupt(killLeaseEnd, gen)
 	}
-}
-
-// leaseEnded stops the session if it holds a connection of gen.
-func (s *session) leaseEnded(gen *creds.Generation) {
-	s.mu.Lock()
-	held := s.lease != nil && s.lease.Gen == gen
-	s.mu.Unlock()
-	if held {
-		s.interrupt(killLeaseEnd, gen)
-	}
-}
-
-// expired reports that gen is past its drain deadline.
-func (srv *Server) expired(gen *creds.Generation) bool {
-	select {
-	case <-srv.expiredCh(gen):
-		return true
-	default:
-		return false
-	}
-}
-
-// watchGeneration starts, once per generation, the goroutine that stops
-// the sessions holding one of its connections at its drain deadline.
-// Sessions holding none are left alone: their next command checks out a
-// connection of the newest generation.
-func (srv *Server) watchGeneration(gen *creds.Generation) {
-	ch := srv.expiredCh(gen)
-	if ch == nil {
-		return // never expires (tests)
-	}
-	srv.mu.Lock()
-	if srv.watched[gen] {
-		srv.mu.Unlock()
-		return
-	}
-	srv.watched[gen] = true
-	srv.mu.Unlock()
-	go func() {
-		defer func() {
-			srv.mu.Lock()
-			delete(srv.watched, gen)
-			srv.mu.Unlock()
-		}()
-		select {
-		case <-ch:
-			srv.forEachSession(func(s *session) { s.leaseEnded(gen) })
-		case <-srv.stopped:
-		}
-	}()
 }

@@ -141,17 +141,19 @@ type swapCreds struct {
 
 func (s *swapCreds) Current(context.Context) (*creds.Generation, error) { return s.gen.Load(), nil }
 
+// TestDrainDeadline: at a generation's drain deadline the pool calls
+// Interrupt on the holders of its connections (here the test does, for
+// every session: generations cannot be expired outside creds).
 func TestDrainDeadline(t *testing.T) {
 	gen1 := &creds.Generation{N: 1, Username: "v-one"}
 	gen2 := &creds.Generation{N: 2, Username: "v-two"}
-	expired := make(chan struct{})
+	var expired atomic.Bool
 	deadlines := func(srv *Server) {
-		srv.expiredCh = func(g *creds.Generation) <-chan struct{} {
-			if g == gen1 {
-				return expired
-			}
-			return nil
-		}
+		srv.expired = func(g *creds.Generation) bool { return g == gen1 && expired.Load() }
+	}
+	deadline := func(srv *Server) {
+		expired.Store(true)
+		srv.forEachSession(func(s *session) { s.Interrupt() })
 	}
 	src := &swapCreds{}
 	src.gen.Store(gen1)
@@ -164,9 +166,12 @@ func TestDrainDeadline(t *testing.T) {
 	if p := idle.ask(t, "select 1"); p[0] != 0xfe {
 		t.Fatalf("select: %q", p)
 	}
-	// A rotation, then generation 1's drain deadline.
+	// A rotation (which closes generation 1's idle connections: the
+	// pool sees gen1 as active, so Drain stands in), then generation 1's
+	// drain deadline.
 	src.gen.Store(gen2)
-	close(expired)
+	srv.opts.Pool("appdb", "r").Drain()
+	deadline(srv)
 	_, p := holder.next(t)
 	wantErr(t, p, erConnectionKilled, "its transaction outlived the database credential")
 	holder.closed(t)
@@ -178,14 +183,14 @@ func TestDrainDeadline(t *testing.T) {
 	waitFor(t, func() bool { return len(srv.Sessions()) == 1 })
 
 	// In session mode every session holds its connection.
-	expired = make(chan struct{})
+	expired.Store(false)
 	src.gen.Store(gen1)
-	_, addr = loopbackProxy(t, "session", &fakeServer{}, src, deadlines)
+	srv, addr = loopbackProxy(t, "session", &fakeServer{}, src, deadlines)
 	s := dialBench(t, addr)
 	if p := s.ask(t, "select 1"); p[0] != 0xfe {
 		t.Fatalf("select: %q", p)
 	}
-	close(expired)
+	deadline(srv)
 	_, p = s.next(t)
 	wantErr(t, p, erConnectionKilled, "has reached the end of its lease")
 	s.closed(t)

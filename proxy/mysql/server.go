@@ -89,17 +89,15 @@ type Server struct {
 	// greeted with, by backend, role and pool key (see txn.go).
 	greetings pool.Greetings[uint16]
 
-	// expiredCh is a generation's drain deadline (tests replace it).
-	expiredCh func(*creds.Generation) <-chan struct{}
+	// expired reports a generation past its drain deadline (tests
+	// replace it: they cannot expire a generation).
+	expired func(*creds.Generation) bool
 
 	mu        sync.Mutex
 	listeners []net.Listener
 	sessions  map[*session]struct{}
 	byID      map[uint32]*session
-	watched   map[*creds.Generation]bool // generations whose deadline a goroutine watches
 	closing   chan struct{}
-	stopped   chan struct{} // closed when Shutdown has returned
-	stopOnce  sync.Once
 	wg        sync.WaitGroup
 }
 
@@ -123,8 +121,7 @@ func NewServer(o Options) *Server {
 	return &Server{
 		opts: o, log: o.Log, metrics: o.Metrics, gm: map[string]*server.Server{},
 		sessions: make(map[*session]struct{}), byID: make(map[uint32]*session), closing: make(chan struct{}),
-		watched: map[*creds.Generation]bool{}, stopped: make(chan struct{}),
-		expiredCh: (*creds.Generation).Expired,
+		expired: func(g *creds.Generation) bool { return g.State() >= creds.Expired },
 	}
 }
 
@@ -201,7 +198,6 @@ func (srv *Server) Shutdown(ctx context.Context) (int, error) {
 	}
 	srv.mu.Unlock()
 
-	defer srv.stopOnce.Do(func() { close(srv.stopped) })
 	done := make(chan struct{})
 	go func() { srv.wg.Wait(); close(done) }()
 	tick := time.NewTicker(50 * time.Millisecond)

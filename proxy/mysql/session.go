@@ -52,11 +52,10 @@ type session struct {
 	lease  *pool.Lease
 	cancel context.CancelFunc // ends a checkout in transaction pooling
 
-	reason  atomic.Uint32     // a killReason: why the session is being stopped (interrupt.go)
-	stop    killReason        // the reason that stopped a client read or write
-	waiting bool              // reading the first bytes of the next command
-	watched *creds.Generation // the generation last passed to watchGeneration
-	torn    bool              // a server packet reached the client in part
+	reason  atomic.Uint32 // a killReason: why the session is being stopped (interrupt.go)
+	stop    killReason    // the reason that stopped a client read or write
+	waiting bool          // reading the first bytes of the next command
+	torn    bool          // a server packet reached the client in part
 
 	status   atomic.Uint32 // server status flags of the last OK/EOF
 	nextSeq  atomic.Uint32 // sequence number an ERR from dbproxy should carry
@@ -261,25 +260,28 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 			return nil
 		}
 	}
+	if !s.txnMode {
+		lease, err := pl.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.lease = lease
+		s.mu.Unlock()
+		s.status.Store(uint32(lease.Conn.(*upstream).status))
+		return nil
+	}
 	lease, err := pl.Checkout(ctx, s.poolKey, s.dialer)
 	if err != nil {
 		return err
 	}
-	if s.txnMode {
-		// One login proves the backend takes this key's capabilities;
-		// the connection serves the session's first transaction or
-		// another client's.
-		st := lease.Conn.(*upstream).status
-		s.srv.greetings.Put(greetKey, st)
-		s.status.Store(uint32(st))
-		lease.Put()
-		return nil
-	}
-	s.mu.Lock()
-	s.lease = lease
-	s.mu.Unlock()
-	up := lease.Conn.(*upstream)
-	s.status.Store(uint32(up.status))
+	// One login proves the backend takes this key's capabilities; the
+	// connection serves the session's first transaction or another
+	// client's.
+	st := lease.Conn.(*upstream).status
+	s.srv.greetings.Put(greetKey, st)
+	s.status.Store(uint32(st))
+	lease.Put()
 	return nil
 }
 

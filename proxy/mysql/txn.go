@@ -247,7 +247,7 @@ func (t *txnSession) hold(kind respKind) (bool, error) {
 func (t *txnSession) attach() error {
 	s := t.s
 	// Checkout bounds the wait with the pool's checkout_timeout.
-	lease, err := s.pool.Checkout(t.ctx, s.poolKey, s.dialer)
+	lease, err := s.pool.CheckoutFor(t.ctx, s.poolKey, s.dialer, s)
 	if err != nil {
 		return fmt.Errorf("checkout for backend %s: %w", s.backend.Name, err)
 	}
