@@ -2,6 +2,7 @@ package mysql
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -259,7 +260,7 @@ func (u upstreamWriter) Write(b []byte) (int, error) {
 // upstream buffer runs empty. It returns the last status flags the
 // answer carried (ok false: none).
 func (s *session) relayAnswer(up *upstream) (status uint16, ok bool, err error) {
-	cont, done := false, false
+	cont, done, hangup := false, false, false
 	for {
 		n, seq, head, err := peekPacket(up.br)
 		if err != nil {
@@ -275,6 +276,7 @@ func (s *session) relayAnswer(up *upstream) (status uint16, ok bool, err error) 
 				status, ok = ev.status, true
 			}
 			done = ev.done && s.track.idle()
+			hangup = done && closesConnection(head)
 		}
 		s.nextSeq.Store(uint32(seq + 1))
 		if done {
@@ -287,7 +289,10 @@ func (s *session) relayAnswer(up *upstream) (status uint16, ok bool, err error) 
 		}
 		cont = n == maxPayload
 		if done && !cont {
-			return status, ok, s.flushClient()
+			if err := s.flushClient(); err != nil || !hangup {
+				return status, ok, err
+			}
+			return status, ok, errHangup
 		}
 		if up.br.Buffered() == 0 {
 			if err := s.flushClient(); err != nil {
@@ -295,6 +300,21 @@ func (s *session) relayAnswer(up *upstream) (status uint16, ok bool, err error) 
 			}
 		}
 	}
+}
+
+// errHangup ends a session whose server said it closes the connection.
+var errHangup = upErr(errors.New("the server closes the connection after its error"))
+
+// closesConnection reports an ERR after which the server closes the
+// connection (packet too large, connection killed, shutdown, the network
+// errors): the session ends with it, as it would without dbproxy, and the
+// connection is not used again.
+func closesConnection(b []byte) bool {
+	if len(b) < 3 || b[0] != 0xff {
+		return false
+	}
+	code := binary.LittleEndian.Uint16(b[1:])
+	return code == erServerShutdown || code >= 1152 && code <= 1161 || code == erConnectionKilled || code == 4031
 }
 
 // toClient copies one server packet of n payload bytes from r to the

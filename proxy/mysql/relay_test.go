@@ -397,3 +397,19 @@ func TestRelayLeaseEndAndServerLoss(t *testing.T) {
 		t.Fatalf("ended %s", r)
 	}
 }
+
+// TestRelayServerHangsUpAfterERR: after an ERR with which the server
+// closes the connection (here: packet too large) the session ends too.
+func TestRelayServerHangsUpAfterERR(t *testing.T) {
+	p := newRelayPair(t, false, 0)
+	_ = p.client.write(append([]byte{gomysql.COM_QUERY}, "select 1"...))
+	_, _, _ = p.server.read(t)
+	tooLarge := append([]byte{0xff, 0x81, 0x04, '#'}, "08S01Got a packet bigger than 'max_allowed_packet' bytes"...)
+	go func() { _ = p.server.write(tooLarge) }()
+	if _, b, err := p.client.read(t); err != nil || errCode(b) != erNetPacketTooLarge {
+		t.Fatalf("client got %q, %v", b, err)
+	}
+	if r, reusable := p.end(t); r != "server_closed" || reusable {
+		t.Fatalf("ended %s reusable %v", r, reusable)
+	}
+}

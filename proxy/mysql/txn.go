@@ -416,7 +416,10 @@ func (t *txnSession) answer(kind respKind, swallow bool, first func([]byte)) ([]
 	}
 	s.bytesOut.Add(int64(4 + len(head0)))
 	if done {
-		return head0, s.flushClient()
+		if err := s.flushClient(); err != nil || !closesConnection(head0) {
+			return head0, err
+		}
+		return head0, errHangup
 	}
 	st, ok, err := s.relayAnswer(up)
 	t.took(kind, st, ok)
