@@ -11,8 +11,9 @@ import (
 
 // Stopping a session. Its one goroutine blocks in reads and writes on
 // the client and the upstream, so whoever stops it (KILL from another
-// session, Shutdown, a generation's drain deadline) records why and sets
-// deadlines in the past on both connections. The goroutine sees a timeout
+// session, Shutdown, the pool at a generation's drain deadline through
+// Interrupt) records why and sets deadlines in the past on both
+// connections. The goroutine sees a timeout
 // and asks stopReason what it means. A softer reason may not apply by the
 // time the goroutine looks (the idle session got a command, the
 // transaction ended before its credential did): then it is cleared with
