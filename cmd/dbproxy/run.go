@@ -121,7 +121,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 			}
 			token = t
 		}
-		adm = admin.New(admin.Options{Address: cfg.Admin.Address, Registry: reg, Logger: log, Token: token})
+		adm = admin.New(admin.Options{Address: cfg.Admin.Address, Registry: reg, Logger: log, Token: token, AllowedHosts: cfg.Admin.AllowedHosts})
 		if cfg.Admin.Pprof {
 			adm.MountPprof()
 		}
@@ -154,6 +154,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 		adm.SetReady(true)
 	}
 	log.Info("dbproxy started", zap.String("version", version), zap.Int("services", len(services)))
+	notify(log, "READY=1")
 
 	select {
 	case s := <-sigs:
@@ -175,6 +176,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 		}
 	}()
 
+	notify(log, "STOPPING=1")
 	if adm != nil {
 		adm.SetReady(false)
 	}
@@ -217,4 +219,12 @@ func shutdownServices(ctx context.Context, services []Service, log *zap.Logger) 
 	}
 	wg.Wait()
 	return total
+}
+
+// notify is sdNotify with its failure logged: a unit that expects
+// notifications and gets none is restarted by systemd, so say why.
+func notify(log *zap.Logger, state string) {
+	if err := sdNotify(state); err != nil {
+		log.Warn("service manager notification failed", zap.String("state", state), zap.Error(err))
+	}
 }

@@ -49,6 +49,9 @@ type upstream struct {
 	// prepared holds the statements the proxy prepared here under its own
 	// names (transaction pooling); only the session's relay touches it.
 	prepared map[string]bool
+	// tag names the session state a transaction-mode client applied here
+	// (txnstate.go); 0 is the state it logged in with.
+	tag uint64
 }
 
 // dial logs in to the backend with g's credential via pgconn, then takes
@@ -105,6 +108,7 @@ func (u *upstream) Reset(ctx context.Context) error {
 	_ = u.conn.SetDeadline(dl)
 	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
 	clear(u.prepared) // DISCARD ALL drops them
+	u.tag = 0
 	buf, _ := (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
 	if _, err := u.bw.Write(buf); err != nil {
 		return err
