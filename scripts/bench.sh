@@ -399,6 +399,13 @@ idle_run() {
 }
 per_idle() { awk -v a="${idle_after[$1]}" -v b="${idle_before[$1]}" -v n="$nidle" 'BEGIN { printf "%.1f", (a - b) / n }'; }
 
+# A fresh dbproxy (its pool warmed by one query), so that heap left over
+# from the runs above neither hides nor inflates what idle clients cost.
+stop "$proxy_pid" dbproxy
+start_dbproxy dbproxy_config "fresh, for the idle clients"
+ppid[dbproxy]=$proxy_pid
+psql -X -At "host=127.0.0.1 port=$pport dbname=appdb_txn user=bench sslmode=disable" -c 'select 1' >/dev/null </dev/null ||
+	die "the fresh dbproxy does not answer"
 idle_run dbproxy "$pport"
 idle_run pgbouncer "$bport"
 
@@ -740,7 +747,8 @@ EOF2
 
 \`bin/idleclients\` opens $nidle client connections to the transaction pool (startup message, AuthenticationOk,
 ReadyForQuery) and holds them idle; the figure is the proxy's RSS (VmRSS) with them minus before, over
-$nidle. dbproxy's goroutines from \`go_goroutines\` on /metrics.
+$nidle. dbproxy is restarted first (one query warms its pool), so the heap grown by the runs above does not
+absorb them; PgBouncer has run all along. dbproxy's goroutines from \`go_goroutines\` on /metrics.
 
 EOF2
 	idle_table
