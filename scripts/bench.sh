@@ -127,6 +127,15 @@ CREATE ROLE bench LOGIN PASSWORD '$bench_pw';
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC;
 VACUUM ANALYZE;
 EOF
+# The bench role logs in without a password over 127.0.0.1 (trust, the
+# first line of pg_hba.conf), like the proxies' clients: direct and the
+# floor then pay no SCRAM per connection either, so -C and the start of
+# every run (16 or 64 logins before -R's schedule and -T's clock are
+# fair) measure the path, not password hashing.
+hba="$(psql -X -At "$PG_SUPER_DSN" -c 'SHOW hba_file' </dev/null)"
+{ printf 'host all bench 127.0.0.1/32 trust\n'; cat "$hba"; } >"$work/pg_hba.conf"
+cat "$work/pg_hba.conf" >"$hba" # keeps the file's owner
+psql -X -At "$PG_SUPER_DSN" -c 'SELECT pg_reload_conf()' >/dev/null </dev/null
 
 # PgBouncer refuses to run as root: run it as the user PostgreSQL runs as.
 bdir="$work/pgbouncer"
@@ -625,7 +634,7 @@ where() {
 		pprof_top "$work/cpu.pprof" -cum | sed 's/^/  /'
 		echo '  ```'
 	fi
-	echo "- **New connection per transaction** (-C, 4 clients): direct and through the floor every transaction is a PostgreSQL login (${logins[$w_c_session,direct]} and ${logins[$w_c_session,floor]} logins seen: fork a backend, SCRAM, load the catalog caches); PgBouncer logged in upstream ${logins[$w_c_session,pgbouncer]} times and dbproxy ${logins[$w_c_session,dbproxy]} times (session pools). CPU per client connection and transaction: PgBouncer ${cpu[$w_c_session,pgbouncer]} µs, dbproxy ${cpu[$w_c_session,dbproxy]} µs (session pool), PgBouncer ${cpu[$w_c_txn,pgbouncer]} µs, dbproxy ${cpu[$w_c_txn,dbproxy]} µs (transaction pool)."
+	echo "- **New connection per transaction** (-C, 4 clients): direct and through the floor every transaction is a PostgreSQL login (${logins[$w_c_session,direct]} and ${logins[$w_c_session,floor]} logins seen: fork a backend, load the catalog caches; no password, see Setup); PgBouncer logged in upstream ${logins[$w_c_session,pgbouncer]} times and dbproxy ${logins[$w_c_session,dbproxy]} times (session pools). CPU per client connection and transaction: PgBouncer ${cpu[$w_c_session,pgbouncer]} µs, dbproxy ${cpu[$w_c_session,dbproxy]} µs (session pool), PgBouncer ${cpu[$w_c_txn,pgbouncer]} µs, dbproxy ${cpu[$w_c_txn,dbproxy]} µs (transaction pool)."
 	echo "- **Noise**: before the runs the load average was $load_before (1, 5, 15 min) on $(nproc) CPUs, after them $load_after (this benchmark's own clients and backends included). The runtime table's first and last rows are the same setting: their difference is this run's noise. Compare ratios from one run, not figures across runs."
 }
 
@@ -660,15 +669,18 @@ and Vault share $(nproc) CPUs, so a proxy's CPU is taken from the client and the
 - **PostgreSQL**: one server from \`test/devstack\` (fsync=off, shared_buffers=32MB, max_connections=200,
   log_connections=on). pgbench data: \`pgbench -i -s $scale\` as the superuser, then
   \`GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC\` and a role \`bench\` with a fixed password.
-- **direct**: pgbench logs in as \`bench\` (scram-sha-256, the server's pg_hba for TCP).
+- **direct**: pgbench logs in as \`bench\`, without a password: the script puts
+  \`host all bench 127.0.0.1/32 trust\` first in pg_hba.conf, so that direct and the floor pay no SCRAM per
+  connection, like the proxies' clients (the proxies log in upstream with passwords: PgBouncer as \`bench\`,
+  dbproxy as a Vault user with SCRAM).
 - **PgBouncer**: \`pool_mode = session\`, \`default_pool_size = 32\` (database \`appdb_txn\`: \`pool_mode=transaction\`,
   \`pool_size=16\`), \`auth_type = trust\` for clients (like dbproxy's sidecar listener, which does no client
-  authentication), logs in to PostgreSQL as \`bench\` with the password from its userlist (SCRAM). Run as
-  the \`postgres\` user because it refuses to run as root.
+  authentication), logs in to PostgreSQL as \`bench\` (its userlist holds the password; trust lets it in). Run
+  as the \`postgres\` user because it refuses to run as root.
 - **floor**: \`bench/floor/pgfloor\`, a measuring tool, not product code: the smallest Go relay, one
   goroutine per client, synchronous (request up to Sync/Query, then the answer up to ReadyForQuery), each
-  client on its own server connection dialled at accept; the client's startup and SCRAM exchange are
-  relayed byte for byte. It holds as many server connections as there are clients (16 at 16 clients)
+  client on its own server connection dialled at accept; the client's startup (and authentication, were
+  there any) is relayed byte for byte. It holds as many server connections as there are clients (16 at 16 clients)
   and allocates nothing per transaction: what it costs is Go's syscalls, netpoller and scheduler here.
 - **dbproxy**: a sidecar listener bound to identity \`bench\`, backend pool \`mode: session\`,
   \`max_connections: 32\` (backend \`appdb_txn\`: \`mode: transaction\`, \`max_connections: 16\`), logs in to
