@@ -671,8 +671,8 @@ and Vault share $(nproc) CPUs, so a proxy's CPU is taken from the client and the
   \`GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC\` and a role \`bench\` with a fixed password.
 - **direct**: pgbench logs in as \`bench\`, without a password: the script puts
   \`host all bench 127.0.0.1/32 trust\` first in pg_hba.conf, so that direct and the floor pay no SCRAM per
-  connection, like the proxies' clients (the proxies log in upstream with passwords: PgBouncer as \`bench\`,
-  dbproxy as a Vault user with SCRAM).
+  connection, like the proxies' clients (dbproxy logs in upstream as a Vault user, with SCRAM; PgBouncer as
+  \`bench\`, which trust lets in).
 - **PgBouncer**: \`pool_mode = session\`, \`default_pool_size = 32\` (database \`appdb_txn\`: \`pool_mode=transaction\`,
   \`pool_size=16\`), \`auth_type = trust\` for clients (like dbproxy's sidecar listener, which does no client
   authentication), logs in to PostgreSQL as \`bench\` (its userlist holds the password; trust lets it in). Run
