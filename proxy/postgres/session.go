@@ -161,7 +161,7 @@ func (s *session) startup(lo ListenerOptions) error {
 			s.srv.cancel(context.Background(), m.ProcessID, m.SecretKey)
 			return errCancelHandled
 		case *pgproto3.StartupMessage:
-			return s.login(lo, m, tlsState)
+			return s.tokenThenLogin(lo, m, tlsState)
 		}
 	}
 }
@@ -360,6 +360,10 @@ func (s *session) relay(gen *creds.Generation) (string, bool) {
 		return "lease_end", false
 	case r := <-s.killCh:
 		s.stopRelay(up, upDone, cliDone)
+		if r == killTokenExpired { // password.go
+			s.sendFatal(s.tokenExpiredError())
+			return "token_expired", false
+		}
 		msg := "dbproxy is shutting down"
 		if r == killIdleShutdown {
 			msg = "dbproxy is shutting down; this idle session was closed"

@@ -142,6 +142,11 @@ func (t *txnSession) watch(killed chan<- string, stop <-chan struct{}) {
 		case <-stop:
 			return
 		case r := <-t.s.killCh:
+			if r == killTokenExpired { // password.go
+				killed <- "token_expired"
+				t.abort(t.s.tokenExpiredError())
+				return
+			}
 			killed <- "shutdown"
 			msg := "dbproxy is shutting down"
 			if r == killIdleShutdown {
