@@ -414,6 +414,9 @@ func (s *session) relay(gen *creds.Generation) (string, bool) {
 	case r := <-s.killCh:
 		s.stopRelay(up, upDone, cliDone)
 		switch r {
+		case killTokenExpired: // password.go
+			s.sendError(s.tokenExpiredError())
+			return "token_expired", false
 		case killByClient:
 			s.sendError(&Error{Code: erConnectionKilled, State: "70100", Message: "Connection was killed (KILL CONNECTION through dbproxy)"})
 			return "killed", false

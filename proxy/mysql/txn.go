@@ -148,6 +148,10 @@ func (t *txnSession) watch(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case r := <-t.s.killCh:
+			if r == killTokenExpired { // password.go
+				t.interrupt(t.s.tokenExpiredError(), "token_expired")
+				return
+			}
 			t.interrupt(killError(r), killResult(r))
 			return
 		case <-t.wake:
