@@ -84,6 +84,11 @@ func (s *session) readPassword(limit int, kind string) (string, error) {
 	}
 	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
 	if n < 1 || n > limit+1 {
+		// Read a modest excess away, so that closing the connection does
+		// not reset it before the client has read why.
+		if n > 0 && n <= 4*limit {
+			_, _ = io.CopyN(io.Discard, s.cbr, int64(n))
+		}
 		return "", fatal(codeInvalidAuth, fmt.Sprintf("%s refused: the password is %d bytes; dbproxy accepts at most %d", kind, max(n-1, 0), limit))
 	}
 	body := make([]byte, n)
