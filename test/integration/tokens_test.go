@@ -35,15 +35,14 @@ import (
 // server TLS (not required, so that a client may try cleartext), and a
 // PostgreSQL unix socket.
 type tokenStack struct {
-	proxy            *proxyProc
-	dir              string
-	pgTLS, myTLS     int // ports
-	sockDir          string
-	sockPort         int
-	ca               *testCA
-	myTLSName        string // go-sql-driver TLS config trusting ca
-	pgTLSOpts        string // libpq options for verify-full against ca
-	tokensInTheClear []string
+	proxy        *proxyProc
+	dir          string
+	pgTLS, myTLS int // ports
+	sockDir      string
+	sockPort     int
+	ca           *testCA
+	myTLSName    string // go-sql-driver TLS config trusting ca
+	pgTLSOpts    string // libpq options for verify-full against ca
 }
 
 // startTokenStack starts dbproxy with listeners of the given auth (vault_token
