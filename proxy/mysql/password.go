@@ -10,6 +10,7 @@ import (
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/server"
+	"go.uber.org/zap"
 
 	"github.com/dbproxy/dbproxy/identity"
 )
@@ -65,6 +66,9 @@ func (a *clientAuth) tokenListener(c *server.Conn) (ListenerOptions, error) {
 	id, err := lo.Token.Authenticate(ctx, string(data))
 	if err != nil {
 		var ie *identity.Error
+		if errors.As(err, &ie) && ie.Reason == identity.ReasonTokenCheckFailed && ie.Err != nil {
+			a.s.log.Warn("cannot check a client's token", zap.String("kind", kind), zap.NamedError("cause", ie.Err))
+		}
 		if errors.As(err, &ie) {
 			return lo, &Error{Code: erAccessDenied, State: "28000", Message: fmt.Sprintf("Access denied: %s refused: %s", kind, ie.Msg), Err: err}
 		}

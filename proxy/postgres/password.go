@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
 
 	"github.com/dbproxy/dbproxy/identity"
 )
@@ -59,10 +61,21 @@ func (s *session) tokenLogin(lo ListenerOptions, m *pgproto3.StartupMessage, st 
 	defer cancel()
 	id, err := lo.Token.Authenticate(ctx, token)
 	if err != nil {
+		logCheckFailure(s.log, kind, err)
 		return lo, fmt.Errorf("%s refused: %w", kind, err)
 	}
 	lo.Authenticate = func(net.Conn, *tls.ConnectionState) (identity.Identity, error) { return id, nil }
 	return lo, nil
+}
+
+// logCheckFailure logs why a token could not be checked at all (Vault or
+// the JWKS URL unreachable): the client is told only to retry. The cause
+// names URLs and statuses, never the token.
+func logCheckFailure(log *zap.Logger, kind string, err error) {
+	var ie *identity.Error
+	if errors.As(err, &ie) && ie.Reason == identity.ReasonTokenCheckFailed && ie.Err != nil {
+		log.Warn("cannot check a client's token", zap.String("kind", kind), zap.NamedError("cause", ie.Err))
+	}
 }
 
 func (lo ListenerOptions) tokenLimit() int {
