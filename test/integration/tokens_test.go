@@ -123,6 +123,17 @@ func psqlToken(t *testing.T, token string, args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
+// mariadbToken runs the mariadb client with the token in MYSQL_PWD.
+func mariadbToken(t *testing.T, token string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "mariadb", append([]string{"--no-defaults", "--batch", "--skip-column-names", "--connect-timeout=10"}, args...)...)
+	cmd.Env = append(os.Environ(), "MYSQL_PWD="+token)
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
 // assertTokensNotLogged fails if any token, or the signature part of a
 // JWT, appears in dbproxy's log.
 func (s *tokenStack) assertTokensNotLogged(t *testing.T, tokens ...string) {
@@ -298,6 +309,15 @@ func TestVaultTokenAuth(t *testing.T) {
 	}
 	_, err = myConn(t, s.myDSN(good, "allowCleartextPasswords=true"))
 	wantMyRefused(t, "go-sql-driver without TLS", err, 1045, "only over TLS")
+	myArgs := []string{"-h", "127.0.0.1", "-P", strconv.Itoa(s.myTLS), "-u", "app", "mydb", "-e", "select 1"}
+	out, err = mariadbToken(t, good, append([]string{"--ssl", "--ssl-ca=" + s.ca.CertPEM}, myArgs...)...)
+	if err != nil || out != "1" {
+		t.Fatalf("mariadb client over TLS: %q, %v", out, err)
+	}
+	out, err = mariadbToken(t, good, append([]string{"--skip-ssl"}, myArgs...)...)
+	if err == nil || !strings.Contains(out, "only over TLS") {
+		t.Fatalf("mariadb client without TLS: %q, %v; want 1045 naming TLS", out, err)
+	}
 
 	_, err = pgConn(t, s.pgDSN(revoked, s.pgTLSOpts))
 	wantRefused(t, "revoked token", err, "28000", "Vault does not accept this token")
