@@ -253,7 +253,7 @@ func vaultClientToken(t *testing.T, ttl time.Duration, meta map[string]string, p
 	defer cancel()
 	no := false
 	s, err := Vault.Client.Auth().Token().CreateOrphanWithContext(ctx, &api.TokenCreateRequest{
-		Policies: policies, Metadata: meta, TTL: ttl.String(), Renewable: &no, NoDefaultPolicy: true,
+		Policies: policies, Metadata: meta, TTL: ttl.String(), Renewable: &no,
 	})
 	if err != nil {
 		t.Fatal(err)
