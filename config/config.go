@@ -266,6 +266,9 @@ type Match struct {
 	CertCN string `yaml:"cert_cn"`
 	// UnixUID matches the peer uid on a unix socket.
 	UnixUID *int `yaml:"unix_uid"`
+	// VaultEntity matches the name of a Vault token's entity (read with
+	// the token itself; Vault's default policy allows it).
+	VaultEntity string `yaml:"vault_entity"`
 	// VaultEntityID matches a Vault token's entity_id.
 	VaultEntityID string `yaml:"vault_entity_id"`
 	// VaultPolicy matches a Vault token that carries this policy (token

@@ -11,7 +11,7 @@ import (
 var tokenAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 
 func (m Match) hasToken() bool {
-	return m.VaultEntityID != "" || m.VaultPolicy != "" || len(m.VaultMetadata) > 0 ||
+	return m.VaultEntity != "" || m.VaultEntityID != "" || m.VaultPolicy != "" || len(m.VaultMetadata) > 0 ||
 		m.JWTSubject != "" || len(m.JWTClaims) > 0
 }
 

@@ -33,6 +33,10 @@ type TokenAuthenticator interface {
 // empty never matches that kind. A JWT-SVID (a JWT whose sub is a SPIFFE
 // ID) also matches the identity whose Spec.SpiffeID equals its sub.
 type TokenMatch struct {
+	// VaultEntity matches the name of the token's entity (read with the
+	// token itself from identity/entity/id/<entity_id>, which Vault's
+	// default policy allows).
+	VaultEntity string
 	// VaultEntityID matches the token's entity_id.
 	VaultEntityID string
 	// VaultPolicy matches when the token carries this policy (token or
@@ -52,7 +56,7 @@ type TokenMatch struct {
 func (m TokenMatch) empty() bool { return !m.hasVault() && !m.hasJWT() }
 
 func (m TokenMatch) hasVault() bool {
-	return m.VaultEntityID != "" || m.VaultPolicy != "" || len(m.VaultMetadata) > 0
+	return m.VaultEntity != "" || m.VaultEntityID != "" || m.VaultPolicy != "" || len(m.VaultMetadata) > 0
 }
 
 func (m TokenMatch) hasJWT() bool { return m.JWTSubject != "" || len(m.JWTClaims) > 0 }
@@ -74,13 +78,17 @@ func (m TokenMatch) check() error {
 
 // VaultTokenInfo is what Vault says about a token (lookup-self).
 type VaultTokenInfo struct {
-	EntityID string
-	Policies []string // token and identity policies
-	Metadata map[string]string
+	EntityID   string
+	EntityName string   // "" when unknown
+	Policies   []string // token and identity policies
+	Metadata   map[string]string
 }
 
 func (m TokenMatch) matchesVault(t VaultTokenInfo) bool {
 	if !m.hasVault() {
+		return false
+	}
+	if m.VaultEntity != "" && m.VaultEntity != t.EntityName {
 		return false
 	}
 	if m.VaultEntityID != "" && m.VaultEntityID != t.EntityID {
@@ -137,8 +145,19 @@ func (p *Policy) FromVaultToken(t VaultTokenInfo) (Identity, error) {
 	}
 	pols := slices.Clone(t.Policies)
 	sort.Strings(pols)
-	what := fmt.Sprintf("Vault token (entity_id %q, policies %s, metadata keys %s)", t.EntityID, quoteList(pols), quoteList(sortedNames(t.Metadata)))
-	return oneName(names, MethodVaultToken, what, "vault_entity_id, vault_policy or vault_metadata")
+	what := fmt.Sprintf("Vault token (entity %q, entity_id %q, policies %s, metadata keys %s)", t.EntityName, t.EntityID, quoteList(pols), quoteList(sortedNames(t.Metadata)))
+	return oneName(names, MethodVaultToken, what, "vault_entity, vault_entity_id, vault_policy or vault_metadata")
+}
+
+// needsEntityName reports whether some identity matches Vault tokens by
+// entity name, which costs a second request per lookup.
+func (p *Policy) needsEntityName() bool {
+	for _, m := range p.tokens {
+		if m.VaultEntity != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // FromJWT maps a verified JWT's claims to the one identity whose rules

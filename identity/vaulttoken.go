@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -170,5 +171,20 @@ func (v *VaultTokens) lookupSelf(ctx context.Context, token string) (VaultTokenI
 	if err != nil {
 		return VaultTokenInfo{}, 0, &Error{Reason: ReasonTokenCheckFailed, Msg: "cannot check the Vault token: unexpected ttl in Vault's answer", Err: err}
 	}
+	if info.EntityID != "" && v.policy.needsEntityName() {
+		info.EntityName = entityName(ctx, c, info.EntityID)
+	}
 	return info, ttl, nil
+}
+
+// entityName reads the name of the token's own entity with the token
+// (Vault's default policy allows it). Without the permission the name is
+// unknown, and rules that need it do not match.
+func entityName(ctx context.Context, c *vault.Client, id string) string {
+	s, err := c.Logical().ReadWithContext(ctx, "identity/entity/id/"+url.PathEscape(id))
+	if err != nil || s == nil || s.Data == nil {
+		return ""
+	}
+	name, _ := s.Data["name"].(string)
+	return name
 }

@@ -25,6 +25,10 @@ type fakeLookupSelf struct {
 func (f *fakeLookupSelf) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	tok := r.Header.Get("X-Vault-Token")
 	f.seen <- tok
+	if r.URL.Path == "/v1/identity/entity/id/ent-2" && tok == "s.reports" {
+		_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{"name": "bi-reports"}})
+		return
+	}
 	if r.URL.Path != "/v1/auth/token/lookup-self" {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
@@ -53,7 +57,7 @@ func newFakeVaultTokens(t *testing.T, f *fakeLookupSelf, now *time.Time) *VaultT
 	c.SetToken("dbproxy-own-token")
 	p, err := NewPolicy(map[string]Spec{
 		"orders":  {Token: TokenMatch{VaultEntityID: "ent-1"}, Grants: []Grant{{"orders", "rw"}}},
-		"reports": {Token: TokenMatch{VaultPolicy: "reports-db", VaultMetadata: map[string]string{"team": "bi"}}, Grants: []Grant{{"orders", "ro"}}},
+		"reports": {Token: TokenMatch{VaultEntity: "bi-reports", VaultPolicy: "reports-db", VaultMetadata: map[string]string{"team": "bi"}}, Grants: []Grant{{"orders", "ro"}}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +75,7 @@ func TestVaultTokens(t *testing.T) {
 		"s.short":   {"entity_id": "ent-1", "policies": []string{"default"}, "ttl": 10},
 		"s.reports": {"entity_id": "ent-2", "policies": []string{"default"}, "identity_policies": []string{"reports-db"}, "meta": map[string]string{"team": "bi"}, "ttl": 0},
 		"s.half":    {"entity_id": "ent-3", "policies": []string{"reports-db"}, "meta": map[string]string{"team": "ops"}, "ttl": 60},
+		"s.noname":  {"entity_id": "ent-4", "policies": []string{"reports-db"}, "meta": map[string]string{"team": "bi"}, "ttl": 60},
 	}}
 	now := testNow
 	v := newFakeVaultTokens(t, f, &now)
@@ -84,7 +89,7 @@ func TestVaultTokens(t *testing.T) {
 	if err != nil || id.Name != "reports" || !id.Expires.IsZero() {
 		t.Fatalf("reports (identity policy, metadata, no TTL): %+v, %v", id, err)
 	}
-	for tok, reason := range map[string]Reason{"s.half": ReasonUnknownIdentity, "s.revoked": ReasonInvalidToken} {
+	for tok, reason := range map[string]Reason{"s.half": ReasonUnknownIdentity, "s.noname": ReasonUnknownIdentity, "s.revoked": ReasonInvalidToken} {
 		_, err := v.Authenticate(ctx, tok)
 		var ie *Error
 		if !errors.As(err, &ie) || ie.Reason != reason || strings.Contains(err.Error(), tok) {

@@ -113,7 +113,7 @@ func identitySpecs(cfg *config.Config) map[string]identity.Spec {
 	for name, id := range cfg.Identities {
 		m := id.Match
 		sp := identity.Spec{SpiffeID: m.SpiffeID, CertCN: m.CertCN, UnixUID: m.UnixUID, Token: identity.TokenMatch{
-			VaultEntityID: m.VaultEntityID, VaultPolicy: m.VaultPolicy, VaultMetadata: m.VaultMetadata,
+			VaultEntity: m.VaultEntity, VaultEntityID: m.VaultEntityID, VaultPolicy: m.VaultPolicy, VaultMetadata: m.VaultMetadata,
 			JWTSubject: m.JWTSubject, JWTClaims: m.JWTClaims,
 		}}
 		for _, g := range id.Grants {

@@ -261,6 +261,40 @@ func vaultClientToken(t *testing.T, ttl time.Duration, meta map[string]string, p
 	return s.Auth.ClientToken
 }
 
+// entityToken creates Vault entity name with an alias on the token auth
+// method and returns a token of that entity (through a token role that
+// allows the alias).
+func entityToken(t *testing.T, name string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := Vault.Client.Logical()
+	auths, err := Vault.Client.Sys().ListAuthWithContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ent, err := c.WriteWithContext(ctx, "identity/entity", map[string]any{"name": name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alias := name + "-alias"
+	if _, err := c.WriteWithContext(ctx, "identity/entity-alias", map[string]any{
+		"name": alias, "canonical_id": ent.Data["id"], "mount_accessor": auths["token/"].Accessor,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteWithContext(ctx, "auth/token/roles/"+name, map[string]any{
+		"allowed_entity_aliases": []string{alias}, "orphan": true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.WriteWithContext(ctx, "auth/token/create/"+name, map[string]any{"entity_alias": alias, "ttl": "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Auth.ClientToken
+}
+
 // TestVaultTokenAuth: clients send a Vault token as their password; Vault
 // (asked with that token) says which policies and metadata it carries,
 // and the identity those map to gets a database credential. Bad tokens,
@@ -271,10 +305,14 @@ func TestVaultTokenAuth(t *testing.T) {
 	if err := Vault.Client.Sys().PutPolicyWithContext(ctx, "orders-db", `path "sys/nothing" { capabilities = ["read"] }`); err != nil {
 		t.Fatal(err)
 	}
+	named := entityToken(t, "billing-svc")
 	s := startTokenStack(t, "vault_token", "", `
   orders:
     match: { vault_policy: orders-db, vault_metadata: { team: shop } }
     grants: [ { backend: appdb }, { backend: mydb } ]
+  billing:
+    match: { vault_entity: billing-svc }
+    grants: [ { backend: appdb } ]
 `)
 	good := vaultClientToken(t, time.Hour, map[string]string{"team": "shop"}, "orders-db")
 	otherTeam := vaultClientToken(t, time.Hour, map[string]string{"team": "bi"}, "orders-db")
@@ -283,7 +321,14 @@ func TestVaultTokenAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	short := vaultClientToken(t, 6*time.Second, map[string]string{"team": "shop"}, "orders-db")
-	tokens := []string{good, otherTeam, revoked, short}
+	tokens := []string{good, otherTeam, revoked, short, named}
+
+	// An entity's token, matched by the entity's name.
+	if _, err := pgConn(t, s.pgDSN(named, s.pgTLSOpts)); err != nil {
+		t.Fatalf("token of entity billing-svc: %v", err)
+	}
+	_, err := myConn(t, s.myDSN(named, "allowCleartextPasswords=true&tls="+s.myTLSName))
+	wantMyRefused(t, "billing on mydb", err, 1044, `identity "billing" may not use backend "mydb"`)
 
 	// psql over TLS and over the unix socket, with PGPASSWORD.
 	out, err := psqlToken(t, good, "-c", "select current_user like 'v-%'", s.pgDSN("", s.pgTLSOpts))
