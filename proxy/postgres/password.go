@@ -114,10 +114,11 @@ func (s *session) readPassword(limit int, kind string) (string, error) {
 	return string(body[:n-1]), nil
 }
 
-// killTokenExpired: the token that identified the client has expired. It
-// is outside session.go's iota block on purpose (that file is being
-// rewritten); its value only has to differ from the others.
-const killTokenExpired killReason = 100
+// whyTokenExpired: the token that identified the client has expired. It
+// is outside interrupt.go's iota block to keep that file the relay's; it
+// ranks above shutdown (both are true then, and this one is the client's
+// to fix), and like shutdown it cancels a waiting checkout.
+const whyTokenExpired = whyShutdown + 1
 
 // tokenExpiredError is what a client whose token expired is told.
 func (s *session) tokenExpiredError() *Error {
@@ -147,7 +148,7 @@ func (srv *Server) watchTokens() {
 		case now := <-tick.C:
 			srv.forEachSession(func(s *session) {
 				if exp := s.id.Expires; !exp.IsZero() && !now.Before(exp) {
-					s.kill(killTokenExpired)
+					s.interrupt(whyTokenExpired)
 				}
 			})
 		}
