@@ -105,7 +105,7 @@ type Lease struct {
 
 	pool     *Pool
 	epoch    uint64 // the pool's drain epoch when it was opened
-	lastUsed int64 // coarse unix nanos (pool.clock)
+	lastUsed int64  // coarse unix nanos (pool.clock)
 	idle     bool   // in the idle list (for the state label)
 	holder   Holder // while lent; guarded by pool.mu
 	// busyG and idleG are this connection's gauge children, looked up
@@ -194,7 +194,7 @@ func (p *Pool) lendLocked(l *Lease, h Holder) {
 }
 
 func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Holder, start time.Time) (*Lease, error) {
-	gen, err := p.creds.Current(ctx)
+	gen, err := p.current(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -216,9 +216,11 @@ func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Ho
 				p.open++
 				p.mu.Unlock()
 				l, err := p.dial(ctx, gen, key, dial, h, start)
-				if errors.Is(err, errSuperseded) {
-					// Rotated between Current and dial: use the new one.
-					if gen, err = p.creds.Current(ctx); err != nil {
+				if errors.Is(err, errSuperseded) || err != nil && gen.State() != creds.Active {
+					// Rotated between Current and dial, or the database
+					// refused the credential (revoked behind our back) and
+					// the source is fetching the next: wait for it.
+					if gen, err = p.current(ctx); err != nil {
 						return nil, err
 					}
 					continue
@@ -250,7 +252,7 @@ func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Ho
 				return l, nil
 			}
 			// Woken to look again; the generation may have moved on.
-			if g, err := p.creds.Current(ctx); err == nil {
+			if g, err := p.current(ctx); err == nil {
 				gen = g
 			}
 		case <-ctx.Done():
@@ -264,6 +266,30 @@ func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Ho
 				return nil, &ExhaustedError{Backend: p.opts.Backend, Max: p.opts.MaxConnections, Waited: time.Since(start)}
 			}
 			return nil, ctx.Err()
+		}
+	}
+}
+
+// current returns the generation for new connections. In a credential
+// gap (the last one was revoked or ran out, the next is being fetched)
+// it waits, up to the checkout's deadline, instead of failing at once:
+// a client between transactions should not see the gap.
+func (p *Pool) current(ctx context.Context) (*creds.Generation, error) {
+	var tick *time.Ticker
+	for {
+		gen, err := p.creds.Current(ctx)
+		var nc *creds.ErrNoCredential
+		if err == nil || !errors.As(err, &nc) {
+			return gen, err
+		}
+		if tick == nil {
+			tick = time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-tick.C:
 		}
 	}
 }

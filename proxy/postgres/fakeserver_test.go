@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -38,6 +40,11 @@ func newFakeServer(t testing.TB) *fakeServer {
 			if err != nil {
 				return
 			}
+			// Small socket buffers make stalls (a server blocked writing
+			// answers nobody reads) happen at test sizes.
+			_ = c.(*net.TCPConn).SetWriteBuffer(16 << 10)
+			_ = c.(*net.TCPConn).SetReadBuffer(16 << 10)
+			_ = c.(*net.TCPConn).SetWriteBuffer(16 << 10)
 			f.mu.Lock()
 			f.conns = append(f.conns, c)
 			f.mu.Unlock()
@@ -53,6 +60,20 @@ func newFakeServer(t testing.TB) *fakeServer {
 		f.mu.Unlock()
 	})
 	return f
+}
+
+// terminateAll ends every server connection, as pg_terminate_backend
+// does: with a FATAL ErrorResponse first if goodbye.
+func (f *fakeServer) terminateAll(goodbye bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		if goodbye {
+			_, _ = c.Write(frameOf('E', "SFATAL\x00VFATAL\x00C57P01\x00Mterminating connection due to administrator command\x00\x00"))
+		}
+		_ = c.Close()
+	}
+	f.conns = nil
 }
 
 // Canned answers.
@@ -81,11 +102,24 @@ func (f *fakeServer) serve(c net.Conn) {
 			return
 		}
 		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+		head, _ := r.Peek(min(n, 3))
+		big := hdr[0] == 'Q' && string(head) == "BIG"
 		if _, err := r.Discard(n); err != nil {
 			return
 		}
 		switch hdr[0] {
 		case 'Q':
+			if big {
+				// 1 MB of rows before anything else is read.
+				row := frameOf('D', "\x00\x01\x00\x00\x03\xfc"+strings.Repeat("r", 1020))
+				_, _ = w.Write(fakeRow)
+				for range 1000 {
+					_, _ = w.Write(row)
+				}
+				_, _ = w.Write(fakeCmd)
+				_, _ = w.Write(fakeZ)
+				break
+			}
 			_, _ = w.Write(fakeRow)
 			_, _ = w.Write(fakeData)
 			_, _ = w.Write(fakeCmd)
@@ -106,7 +140,8 @@ func (f *fakeServer) serve(c net.Conn) {
 		case 'X':
 			return
 		}
-		if r.Buffered() == 0 {
+		// Like PostgreSQL: flush at ReadyForQuery, or when no input waits.
+		if hdr[0] == 'Q' || hdr[0] == 'S' || r.Buffered() == 0 {
 			if err := w.Flush(); err != nil {
 				return
 			}
@@ -125,7 +160,21 @@ type relayHarness struct {
 	cr     *bufio.Reader
 	done   chan string
 	pool   *pool.Pool
+	s      *session
+	fake   *fakeServer
 }
+
+// srvKillIdle is Shutdown's idle sweep: it retries while the session
+// finishes the step a client already has the answer of.
+func (h *relayHarness) srvKillIdle() {
+	for range 20 {
+		if h.s.closeIfIdle(); h.s.interrupted() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+func (h *relayHarness) srvKill() { h.s.kill(killShutdown) }
 
 func startRelay(t testing.TB, mode string) *relayHarness {
 	f := newFakeServer(t)
@@ -137,6 +186,8 @@ func startRelay(t testing.TB, mode string) *relayHarness {
 		if err != nil {
 			return nil, err
 		}
+		_ = c.(*net.TCPConn).SetReadBuffer(16 << 10)
+		_ = c.(*net.TCPConn).SetWriteBuffer(16 << 10)
 		return &upstream{conn: c, br: bufio.NewReaderSize(c, 32<<10), bw: newOutbuf(c, 32<<10), prepared: map[string]bool{}}, nil
 	}
 	srv := NewServer(Options{Log: zap.NewNop(), Backends: map[string]*Backend{}})
@@ -155,11 +206,12 @@ func startRelay(t testing.TB, mode string) *relayHarness {
 	}
 	t.Cleanup(func() { _ = client.Close(); _ = sc.Close() })
 	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc,
-		cbr: bufio.NewReaderSize(sc, 16<<10), cbw: bufio.NewWriterSize(sc, 32<<10),
 		id: identity.Identity{Name: "app"}, backend: &Backend{Name: "b", Mode: mode},
 		pool: pl, poolKey: "k", dialer: dial, txnMode: mode == "transaction"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.rl = newTxnSession(s)
+	s.in.conn = sc
+	s.borrowBuffers()
 	s.txStatus.Store('I')
 	lease, err := pl.CheckoutFor(s.ctx, "k", dial, s)
 	if err != nil {
@@ -167,7 +219,7 @@ func startRelay(t testing.TB, mode string) *relayHarness {
 	}
 	s.lease = lease
 	s.rl.lease, s.rl.up = lease, lease.Conn.(*upstream)
-	h := &relayHarness{client: client, cr: bufio.NewReaderSize(client, 16<<10), done: make(chan string, 1), pool: pl}
+	h := &relayHarness{client: client, cr: bufio.NewReaderSize(client, 16<<10), done: make(chan string, 1), pool: pl, s: s, fake: f}
 	srv.track(s, true)
 	go func() {
 		s.run()

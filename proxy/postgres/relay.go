@@ -58,7 +58,7 @@ const (
 func (s *session) step(ph *int) error {
 	t := s.rl
 	if *ph == phIdle {
-		if t.outstanding() && t.duplex == nil {
+		if t.duplex == nil && t.outstanding() {
 			// Never wait for the client while the server owes it an
 			// answer: say so rather than hang.
 			return errInvariant
@@ -71,6 +71,9 @@ func (s *session) step(ph *int) error {
 	}
 	if *ph == phRequest {
 		if err := s.request(); err != nil {
+			if t.canRetry(err) {
+				return t.resend(err, false)
+			}
 			if !s.refusable(err) {
 				return err
 			}
@@ -85,6 +88,9 @@ func (s *session) step(ph *int) error {
 		*ph = phAnswer
 	}
 	if err := s.answer(); err != nil {
+		if t.canRetry(err) {
+			return t.resend(err, true)
+		}
 		return err
 	}
 	*ph = phIdle
@@ -102,7 +108,10 @@ func (s *session) awaitRequest() error {
 		return nil
 	}
 	s.armIdleTxn()
-	_, err := s.cbr.Peek(1)
+	waited, err := s.waitIdle()
+	if !waited {
+		_, err = s.cbr.Peek(1)
+	}
 	if s.idleArmed && err == nil {
 		s.idleArmed = false
 		_ = s.client.SetReadDeadline(time.Time{})
@@ -143,6 +152,10 @@ func (s *session) answer() error {
 			t.startDuplex()
 			return nil // the client's COPY data follows
 		}
+	}
+	if t.listening && !s.txnMode {
+		// Notifications arrive unasked from now on.
+		t.startDuplex()
 	}
 	return t.flushClient()
 }

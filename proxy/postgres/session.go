@@ -28,10 +28,11 @@ import (
 type session struct {
 	srv     *Server
 	log     *zap.Logger
-	raw     net.Conn // as accepted
-	client  net.Conn // raw, or TLS over raw
-	cbr     *bufio.Reader
+	raw     net.Conn      // as accepted
+	client  net.Conn      // raw, or TLS over raw
+	cbr     *bufio.Reader // borrowed while a request is relayed (idle.go)
 	cbw     *bufio.Writer
+	in      prefixReader // the client as cbr reads it
 	started time.Time
 	// ctx is cancelled when the session is killed: it bounds a checkout
 	// waiting for a connection.
@@ -71,13 +72,14 @@ const (
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	s := &session{
 		srv: srv, raw: c, client: c, started: time.Now(),
-		cbr: bufio.NewReaderSize(c, 16<<10),
 		log: srv.log.With(zap.String("listener", lo.Name), zap.String("remote", c.RemoteAddr().String())),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	defer s.cancel()
 	s.rl = newTxnSession(s)
-	s.cbw = bufio.NewWriterSize(c, 32<<10)
+	s.in.conn = c
+	s.borrowBuffers()
+	defer s.releaseBuffers()
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(srv.opts.StartupTimeout))
 	err := s.startup(lo)
@@ -161,8 +163,9 @@ func (s *session) startup(lo ListenerOptions) error {
 			st := tc.ConnectionState()
 			tlsState = &st
 			s.client = tc
-			s.cbr = bufio.NewReaderSize(tc, 16<<10)
-			s.cbw = bufio.NewWriterSize(tc, 32<<10)
+			s.in.conn = tc
+			s.cbr.Reset(&s.in)
+			s.cbw.Reset(tc)
 		case *pgproto3.GSSEncRequest:
 			if _, err := s.raw.Write([]byte{'N'}); err != nil {
 				return err

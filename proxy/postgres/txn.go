@@ -1,7 +1,9 @@
 package postgres
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"sync"
@@ -64,13 +66,13 @@ type txnSession struct {
 	lease     *pool.Lease
 	up        *upstream
 	queue     []request
-	unflushed int // requests queued since the last flush upstream
 	stmts     map[string]stmt
 	stmtBytes int     // sum of len(parse) over stmts
 	stage     []byte  // rewritten messages not yet written upstream
 	duplex    *duplex // non-nil while two goroutines relay
 	listening bool    // session mode after LISTEN: answers come unasked
 	copyIn    bool    // between CopyInResponse and the client's CopyDone/Fail
+	retry     retryState
 }
 
 func newTxnSession(s *session) *txnSession {
@@ -121,6 +123,7 @@ func (t *txnSession) forwardFrame() (byte, error) {
 			t.copyIn = false
 			t.mu.Unlock()
 		}
+		t.record(typ, nil)
 		t.note(typ)
 		_, _, _, err := copyFrame(s.cbr, upWriter{t}, s.srv.opts.MaxMessageBytes)
 		return typ, err
@@ -129,6 +132,7 @@ func (t *txnSession) forwardFrame() (byte, error) {
 	if err != nil {
 		return typ, err
 	}
+	t.record(typ, body)
 	t.mu.Lock()
 	err = t.rewrite(typ, body)
 	t.mu.Unlock()
@@ -156,15 +160,30 @@ func (t *txnSession) note(typ byte) {
 	if typ == 'S' && t.copyIn {
 		return // ignored by the server during COPY FROM STDIN
 	}
-	if typ == 'Q' && !t.listening && !t.s.txnMode {
-		if q, _ := t.s.cbr.Peek(min(5+16, t.s.cbr.Buffered())); len(q) > 5 && startsWithFold(q[5:], "listen") {
-			t.listening = true
-		}
+	if (typ == 'Q' || typ == 'P') && !t.listening && !t.s.txnMode {
+		t.listening = isListen(t.s.cbr, typ)
 	}
 	t.mu.Lock()
 	t.queue = append(t.queue, request{typ: typ})
-	t.unflushed++
 	t.mu.Unlock()
+}
+
+// isListen reports a LISTEN in the Query or Parse message at the head
+// of r (a statement name before a Parse's query is skipped).
+func isListen(r *bufio.Reader, typ byte) bool {
+	f, _ := r.Peek(min(5+128, r.Buffered()))
+	if len(f) < 5 {
+		return false
+	}
+	q := f[5:]
+	if typ == 'P' {
+		_, rest, ok := cstring(q)
+		if !ok {
+			return false
+		}
+		q = rest
+	}
+	return startsWithFold(q, "listen")
 }
 
 // body returns the whole body of the next client message and whether
@@ -207,10 +226,20 @@ func (t *txnSession) relayOne() (copyIn bool, err error) {
 		return false, upstreamLost(err)
 	}
 	typ := hdr[0]
+	if size := int(binary.BigEndian.Uint32(hdr[1:])) + 1; size <= up.br.Size() {
+		// Wait for the whole message before taking mu: the client side
+		// must not wait on a slow server to queue its next request.
+		if _, err := up.br.Peek(size); err != nil {
+			return false, upstreamLost(err)
+		}
+	}
 	// mu also guards the client writer: fake answers are written by the
 	// client side, in their turn.
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.deadOnArrival(typ, up) {
+		return false, errDeadOnArrival
+	}
 	drop, fakes := t.complete(typ)
 	var body []byte
 	n := 0
@@ -279,7 +308,6 @@ func (t *txnSession) pop(n int) {
 	k := copy(t.queue, t.queue[n:])
 	clear(t.queue[k:])
 	t.queue = t.queue[:k]
-	t.unflushed = min(t.unflushed, k)
 }
 
 // flushUp writes the request upstream.
@@ -290,9 +318,6 @@ func (t *txnSession) flushUp() error {
 	if err := t.writeUp(nil); err != nil {
 		return err
 	}
-	t.mu.Lock()
-	t.unflushed = 0
-	t.mu.Unlock()
 	return nil
 }
 
@@ -319,12 +344,13 @@ func (t *txnSession) writeUp(p []byte) error {
 	up := t.up
 	armed := false
 	for {
-		t.mu.Lock()
-		waiting := len(t.queue) > t.unflushed || t.copyIn
-		t.mu.Unlock()
-		if t.duplex == nil && !armed && waiting {
-			_ = up.conn.SetWriteDeadline(time.Now().Add(pipelineStall))
-			armed = true
+		// Only a write that reaches the socket can block.
+		hits := p == nil || up.bw.Buffered()+len(p) > cap(up.bw.buf)
+		if hits && !armed && t.duplex == nil {
+			if t.mayStall(p != nil) {
+				_ = up.conn.SetWriteDeadline(time.Now().Add(pipelineStall))
+				armed = true
+			}
 		}
 		var err error
 		if p == nil {
@@ -334,21 +360,43 @@ func (t *txnSession) writeUp(p []byte) error {
 			n, err = up.bw.Write(p)
 			p = p[n:]
 		}
-		if err == nil && (p == nil || len(p) == 0) {
+		if err == nil && len(p) == 0 {
 			if armed {
 				_ = up.conn.SetWriteDeadline(time.Time{})
 			}
 			return nil
 		}
-		if err != nil && !(armed && isTimeout(err) && !t.s.interrupted()) {
+		if err == nil {
+			continue
+		}
+		if !armed || !isTimeout(err) || t.s.interrupted() {
 			return upstreamLost(err)
 		}
-		if err != nil {
-			_ = up.conn.SetWriteDeadline(time.Time{})
-			armed = false
-			t.startDuplex()
+		// The server is not reading: it waits for us to read its answers.
+		_ = up.conn.SetWriteDeadline(time.Time{})
+		armed = false
+		t.startDuplex()
+	}
+}
+
+// mayStall reports whether the server may be busy writing answers while
+// this write waits for it to read: PostgreSQL flushes its answers at the
+// end of each request (Sync, Query, FunctionCall), so that is when a
+// complete request precedes the data being written, or during COPY FROM
+// STDIN (notices, an early error).
+func (t *txnSession) mayStall(more bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.copyIn {
+		return true
+	}
+	ends := 0
+	for _, r := range t.queue {
+		if r.typ == 'S' || r.typ == 'Q' || r.typ == 'F' {
+			ends++
 		}
 	}
+	return ends >= 2 || ends == 1 && more
 }
 
 // upWriter is the upstream as an io.Writer for copyFrame.
@@ -374,13 +422,14 @@ func (t *txnSession) attach() error {
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
+	t.armRetry()
 	return nil
 }
 
 // maybeRelease gives the connection back at a transaction boundary:
 // nothing outstanding and the server idle outside a transaction.
 func (t *txnSession) maybeRelease() {
-	if t.lease == nil || t.outstanding() || t.duplex != nil || byte(t.s.txStatus.Load()) != 'I' || t.up.bw.Buffered() > 0 {
+	if t.duplex != nil || t.lease == nil || t.outstanding() || byte(t.s.txStatus.Load()) != 'I' || t.up.bw.Buffered() > 0 {
 		return
 	}
 	t.release(true)
@@ -393,7 +442,6 @@ func (t *txnSession) release(clean bool) {
 	lease := t.lease
 	t.lease, t.up = nil, nil
 	t.queue = t.queue[:0]
-	t.unflushed = 0
 	t.mu.Unlock()
 	if lease == nil {
 		return

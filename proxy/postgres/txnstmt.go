@@ -66,7 +66,6 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 			return err
 		}
 		t.queue = append(t.queue, request{typ: 'B'})
-		t.unflushed++
 		at := t.begin('B')
 		t.stage = append(appendCString(t.stage, portal), pname...)
 		t.stage = append(append(t.stage, 0), tail...)
@@ -94,7 +93,6 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 			return err
 		}
 		t.queue = append(t.queue, request{typ: 'D'})
-		t.unflushed++
 		at := t.begin('D')
 		t.stage = append(append(t.stage, 'S'), pname...)
 		t.stage = append(t.stage, 0)
@@ -131,7 +129,6 @@ func (t *txnSession) end(at int) {
 // send queues r and stages the message.
 func (t *txnSession) send(r request, typ byte, body []byte) error {
 	t.queue = append(t.queue, r)
-	t.unflushed++
 	return t.write(typ, body)
 }
 
@@ -161,6 +158,7 @@ var (
 func (t *txnSession) enqueueFrames(frames []byte) error {
 	if len(t.queue) == 0 {
 		// Every earlier answer was written: this one is due now.
+		t.retry.ok = false // the client has part of this request's answer
 		_, err := t.s.cbw.Write(t.s.patchStatus(frames))
 		return err
 	}
