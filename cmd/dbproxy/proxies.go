@@ -85,8 +85,16 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		return nil, err
 	}
 
+	logins := newTokenLogins(deps.Registry)
+	tokenAuthFor := func(l config.Listener) (identity.TokenAuthenticator, error) {
+		a, err := tokenAuth(cfg, l, policy)
+		if err != nil {
+			return nil, err
+		}
+		return logins.wrap(l.Auth, a), nil
+	}
 	for _, l := range cfg.Listeners {
-		ln, lo, err := openListener(cfg, l, policy)
+		ln, lo, err := openListener(l, policy, tokenAuthFor)
 		if err != nil {
 			st.close()
 			return nil, err
@@ -216,7 +224,7 @@ func loadCAs(path string) (*x509.CertPool, error) {
 }
 
 // openListener opens the socket and builds how its clients are identified.
-func openListener(cfg *config.Config, l config.Listener, policy *identity.Policy) (net.Listener, postgres.ListenerOptions, error) {
+func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error)) (net.Listener, postgres.ListenerOptions, error) {
 	lo := postgres.ListenerOptions{Name: l.Name}
 	if l.TLS != nil {
 		cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
@@ -261,7 +269,7 @@ func openListener(cfg *config.Config, l config.Listener, policy *identity.Policy
 			return policy.FromCert(*st)
 		}
 	case "vault_token", "jwt":
-		tok, err := tokenAuth(cfg, l, policy)
+		tok, err := tokenAuth(l)
 		if err != nil {
 			return nil, lo, err
 		}

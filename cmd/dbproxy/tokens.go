@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/identity"
@@ -76,4 +79,44 @@ func tokenLookupClient(v config.Vault) (*vault.Client, error) {
 		c.SetNamespace(v.Namespace)
 	}
 	return c, nil
+}
+
+// tokenLogins counts logins with a token by method and result: ok, or the
+// identity.Reason of the refusal.
+type tokenLogins struct{ total *prometheus.CounterVec }
+
+func newTokenLogins(reg prometheus.Registerer) *tokenLogins {
+	t := &tokenLogins{total: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dbproxy_token_logins_total",
+		Help: "Logins with a Vault token or JWT as the password, by method and result (ok or why refused).",
+	}, []string{"method", "result"})}
+	if reg != nil {
+		reg.MustRegister(t.total)
+	}
+	return t
+}
+
+// wrap counts a's answers under method.
+func (t *tokenLogins) wrap(method string, a identity.TokenAuthenticator) identity.TokenAuthenticator {
+	return countedTokens{TokenAuthenticator: a, method: method, total: t.total}
+}
+
+type countedTokens struct {
+	identity.TokenAuthenticator
+	method string
+	total  *prometheus.CounterVec
+}
+
+func (c countedTokens) Authenticate(ctx context.Context, token string) (identity.Identity, error) {
+	id, err := c.TokenAuthenticator.Authenticate(ctx, token)
+	result := "ok"
+	if err != nil {
+		result = "error"
+		var ie *identity.Error
+		if errors.As(err, &ie) {
+			result = string(ie.Reason)
+		}
+	}
+	c.total.WithLabelValues(c.method, result).Inc()
+	return id, err
 }

@@ -549,6 +549,12 @@ func TestJWTAuth(t *testing.T) {
 	err = waitPGClosed(t, pc, time.Minute)
 	wantRefused(t, "postgres session past its JWT's exp", err, "57P01", "your JWT expired")
 
+	// Oversized tokens are refused by the front end before any check.
+	for result, atLeast := range map[string]float64{"ok": 4, "invalid_token": 8, "expired_token": 2, "unknown_identity": 2} {
+		if got := metricSum(t, s.proxy, "dbproxy_token_logins_total", `result="`+result+`"`); got < atLeast {
+			t.Errorf("dbproxy_token_logins_total{result=%q} = %g; want at least %g", result, got, atLeast)
+		}
+	}
 	all := []string{good, svid, short}
 	for _, tok := range bad {
 		all = append(all, tok)
