@@ -320,8 +320,7 @@ func TestVaultTokenAuth(t *testing.T) {
 	if err := Vault.Client.Auth().Token().RevokeOrphanWithContext(ctx, revoked); err != nil {
 		t.Fatal(err)
 	}
-	short := vaultClientToken(t, 6*time.Second, map[string]string{"team": "shop"}, "orders-db")
-	tokens := []string{good, otherTeam, revoked, short, named}
+	tokens := []string{good, otherTeam, revoked, named}
 
 	// An entity's token, matched by the entity's name.
 	if _, err := pgConn(t, s.pgDSN(named, s.pgTLSOpts)); err != nil {
@@ -375,7 +374,10 @@ func TestVaultTokenAuth(t *testing.T) {
 	_, err = pgConn(t, s.pgDSN(strings.Repeat("x", 20000), s.pgTLSOpts))
 	wantRefused(t, "oversized token", err, "28000", "at most 16384")
 
-	// Sessions end when the token does.
+	// Sessions end when the token does. The token is made just now, so
+	// that a slow machine still connects before it ends.
+	short := vaultClientToken(t, 10*time.Second, map[string]string{"team": "shop"}, "orders-db")
+	tokens = append(tokens, short)
 	pc, err := pgConn(t, s.pgDSN(short, s.pgTLSOpts))
 	if err != nil {
 		t.Fatal(err)
@@ -512,7 +514,6 @@ func TestJWTAuth(t *testing.T) {
 		"unknown kid": `key id "rsa-9"`, "alg none": `algorithm "none"`, "HS256": `algorithm "HS256"`,
 		"oversized": "at most 16384", "nobody": "no identity matches this JWT",
 	}
-	short := is.sign(t, "rsa-1", jwtClaims("system:serviceaccount:shop:orders", time.Now().Add(6*time.Second)))
 
 	out, err := psqlToken(t, good, s.pgDSN("", s.pgTLSOpts), "-c", "select current_user like 'v-%'")
 	if err != nil || out != "t" {
@@ -542,6 +543,7 @@ func TestJWTAuth(t *testing.T) {
 		wantMyRefused(t, "mysql, "+name, err, 1045, wantMsg[name])
 	}
 
+	short := is.sign(t, "rsa-1", jwtClaims("system:serviceaccount:shop:orders", time.Now().Add(10*time.Second)))
 	pc, err := pgConn(t, s.pgDSN(short, s.pgTLSOpts))
 	if err != nil {
 		t.Fatal(err)
