@@ -27,6 +27,7 @@ const (
 	actPass    reqAction = iota // relay to the client
 	actSwallow                  // the proxy asked: drop the answer
 	actFake                     // not sent: emit answer when it is its turn
+	actSwallowAll               // the proxy's own query: drop its whole answer
 )
 
 type request struct {
@@ -34,6 +35,7 @@ type request struct {
 	action reqAction
 	fake   []byte // for actFake: backend message(s) to emit
 	pname  string // for swallowed Parse: statement to forget if it fails
+	set    *setChange
 }
 
 // completes reports whether server message typ completes request r.
@@ -68,6 +70,8 @@ type txnSession struct {
 	queue     []request
 	stmts     map[string]stmt
 	stmtBytes int     // sum of len(parse) over stmts
+	sets      []setStmt // transaction mode: the client's session SETs
+	setTag    uint64    // stateTag(sets)
 	stage     []byte  // rewritten messages not yet written upstream
 	duplex    *duplex // non-nil while two goroutines relay
 	listening bool    // session mode after LISTEN: answers come unasked
@@ -279,6 +283,22 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 		return false, nil
 	}
 	head := t.queue[0]
+	if head.action == actSwallowAll {
+		if typ == 'E' {
+			t.up.tag = dirtyTag // the state did not apply: reset next time
+		}
+		if typ == 'Z' {
+			t.pop(1)
+		}
+		return true, nil
+	}
+	if head.set != nil {
+		if typ == 'E' {
+			head.set.failed = true
+		} else if typ == 'Z' {
+			t.commitSet(head.set)
+		}
+	}
 	switch {
 	case typ == 'E' && head.typ != 'Q' && head.typ != 'F' && head.typ != 'S':
 		// An error in the extended protocol: the server skips everything
@@ -416,14 +436,23 @@ func (t *txnSession) attach() error {
 	if err != nil {
 		return &checkoutError{err}
 	}
+	t.hold(lease)
+	return nil
+}
+
+// hold makes lease the session's connection for the request at hand.
+func (t *txnSession) hold(lease *pool.Lease) {
 	t.mu.Lock()
 	t.lease, t.up = lease, lease.Conn.(*upstream)
+	if t.s.txnMode {
+		t.applyState()
+	}
 	t.mu.Unlock()
+	s := t.s
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
 	t.armRetry()
-	return nil
 }
 
 // maybeRelease gives the connection back at a transaction boundary:
