@@ -56,12 +56,17 @@ type session struct {
 	lease     *pool.Lease // what info and cancel see; rl.lease is the relay's
 	cancelPID uint32
 
-	why       atomic.Int32  // interrupt reason (interrupt.go)
-	busy      atomic.Bool   // a request is being relayed
-	idleArmed bool          // the client read deadline is idle_transaction_timeout's
-	txStatus  atomic.Uint32 // last ReadyForQuery status byte
-	bytesIn   atomic.Int64
-	bytesOut  atomic.Int64
+	why  atomic.Int32 // interrupt reason (interrupt.go)
+	busy atomic.Bool  // a request is being relayed
+	// moveWanted: the held connection's credential is superseded; move
+	// at the next idle moment (migrate.go). idleWaiting (under mu): the
+	// session is blocked waiting for the client's next request.
+	moveWanted  atomic.Bool
+	idleWaiting bool
+	idleArmed   bool          // the client read deadline is idle_transaction_timeout's
+	txStatus    atomic.Uint32 // last ReadyForQuery status byte
+	bytesIn     atomic.Int64
+	bytesOut    atomic.Int64
 }
 
 type killReason int
@@ -383,6 +388,9 @@ type SessionInfo struct {
 	State      string    `json:"state"`
 	Since      time.Time `json:"since"`
 	Remote     string    `json:"remote"`
+	// Pinned says why a session-mode session cannot move to a new
+	// credential at a rotation (it is closed at the drain deadline).
+	Pinned string `json:"pinned,omitempty"`
 }
 
 func (s *session) info() SessionInfo {
@@ -394,6 +402,9 @@ func (s *session) info() SessionInfo {
 	s.mu.Lock()
 	if s.lease != nil {
 		si.DBUser, si.LeaseID, si.Generation = s.lease.Gen.Username, s.lease.Gen.LeaseID, s.lease.Gen.N
+	}
+	if s.rl != nil {
+		si.Pinned = s.rl.pin
 	}
 	s.mu.Unlock()
 	return si

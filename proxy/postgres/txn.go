@@ -24,10 +24,10 @@ import (
 type reqAction uint8
 
 const (
-	actPass    reqAction = iota // relay to the client
-	actSwallow                  // the proxy asked: drop the answer
-	actFake                     // not sent: emit answer when it is its turn
-	actSwallowAll               // the proxy's own query: drop its whole answer
+	actPass       reqAction = iota // relay to the client
+	actSwallow                     // the proxy asked: drop the answer
+	actFake                        // not sent: emit answer when it is its turn
+	actSwallowAll                  // the proxy's own query: drop its whole answer
 )
 
 type request struct {
@@ -69,18 +69,20 @@ type txnSession struct {
 	up        *upstream
 	queue     []request
 	stmts     map[string]stmt
-	stmtBytes int     // sum of len(parse) over stmts
-	sets      []setStmt // transaction mode: the client's session SETs
-	setTag    uint64    // stateTag(sets)
-	stage     []byte  // rewritten messages not yet written upstream
-	duplex    *duplex // non-nil while two goroutines relay
-	listening bool    // session mode after LISTEN: answers come unasked
-	copyIn    bool    // between CopyInResponse and the client's CopyDone/Fail
+	stmtBytes int               // sum of len(parse) over stmts
+	sets      []setStmt         // the client's session SETs (txnstate.go)
+	sstmts    map[string][]byte // session mode: named statements' Parse bodies, for a move
+	pin       string            // session mode: why the session cannot move (under s.mu)
+	setTag    uint64            // stateTag(sets)
+	stage     []byte            // rewritten messages not yet written upstream
+	duplex    *duplex           // non-nil while two goroutines relay
+	listening bool              // session mode after LISTEN: answers come unasked
+	copyIn    bool              // between CopyInResponse and the client's CopyDone/Fail
 	retry     retryState
 }
 
 func newTxnSession(s *session) *txnSession {
-	return &txnSession{s: s, stmts: map[string]stmt{}}
+	return &txnSession{s: s, stmts: map[string]stmt{}, sstmts: map[string][]byte{}}
 }
 
 // outstanding reports requests sent and not yet answered.
@@ -128,7 +130,11 @@ func (t *txnSession) forwardFrame() (byte, error) {
 			t.mu.Unlock()
 		}
 		t.record(typ, nil)
-		t.note(typ)
+		var ch *setChange
+		if !s.txnMode {
+			ch = t.trackSession(typ, size)
+		}
+		t.note(typ, ch)
 		_, _, _, err := copyFrame(s.cbr, upWriter{t}, s.srv.opts.MaxMessageBytes)
 		return typ, err
 	}
@@ -155,7 +161,7 @@ func (t *txnSession) forwardFrame() (byte, error) {
 
 // note queues a session-mode request for the message about to be
 // copied as is.
-func (t *txnSession) note(typ byte) {
+func (t *txnSession) note(typ byte, set *setChange) {
 	switch typ {
 	case 'P', 'B', 'D', 'C', 'E', 'S', 'Q', 'F':
 	default:
@@ -168,7 +174,7 @@ func (t *txnSession) note(typ byte) {
 		t.listening = isListen(t.s.cbr, typ)
 	}
 	t.mu.Lock()
-	t.queue = append(t.queue, request{typ: typ})
+	t.queue = append(t.queue, request{typ: typ, set: set})
 	t.mu.Unlock()
 }
 
