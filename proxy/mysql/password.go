@@ -79,8 +79,9 @@ func (a *clientAuth) tokenListener(c *server.Conn) (ListenerOptions, error) {
 }
 
 // killTokenExpired: the token that identified the client has expired. It
-// is outside session.go's iota block on purpose (that file is being
-// rewritten); its value only has to differ from the others.
+// is outside interrupt.go's iota block to keep that file the relay's; it
+// ranks as shutdown (killReason.rank), so it cancels a waiting checkout
+// and applies wherever the session is.
 const killTokenExpired killReason = 100
 
 // tokenExpiredError is what a client whose token expired is told.
