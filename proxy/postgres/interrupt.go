@@ -168,6 +168,8 @@ func (s *session) interruptError(why int32, gen *creds.Generation) *Error {
 			Hint:    "reconnecting is safe: new sessions use a fresh credential"}
 	case whyIdleShutdown:
 		return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down; this idle session was closed", Hint: "reconnect to another dbproxy instance or retry shortly"}
+	case whyTokenExpired: // password.go
+		return s.tokenExpiredError()
 	}
 	return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down", Hint: "reconnect to another dbproxy instance or retry shortly"}
 }

@@ -184,7 +184,7 @@ func (s *session) startup(lo ListenerOptions) error {
 			s.srv.cancel(context.Background(), m.ProcessID, m.SecretKey)
 			return errCancelHandled
 		case *pgproto3.StartupMessage:
-			return s.login(lo, m, tlsState)
+			return s.tokenThenLogin(lo, m, tlsState)
 		}
 	}
 }
