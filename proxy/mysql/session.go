@@ -17,6 +17,7 @@ import (
 
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
@@ -93,8 +94,8 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	s.cbr = bufio.NewReaderSize(clientIO{s}, 64<<10)
 	s.cbw = bufio.NewWriterSize(clientIO{s}, 64<<10)
 	_ = c.SetDeadline(time.Time{})
-	srv.track(s, true)
-	defer srv.track(s, false)
+	srv.front.Track(s)
+	defer srv.front.Untrack(s)
 	s.run()
 }
 
@@ -103,18 +104,6 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 // of the servers behind the proxy (KILL accepts both, see cancel.go).
 func (srv *Server) issueID() uint32 {
 	return 1<<30 | srv.nextID.Add(1)&(1<<30-1)
-}
-
-func (srv *Server) track(s *session, add bool) {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if add {
-		srv.sessions[s] = struct{}{}
-		srv.byID[s.connID] = s
-	} else {
-		delete(srv.sessions, s)
-		delete(srv.byID, s.connID)
-	}
 }
 
 // refused logs and counts a failed handshake. The client has been told
@@ -134,7 +123,7 @@ func (s *session) refused(err, loginErr, gateErr error) {
 	var told *Error
 	if errors.As(cause, &told) || loginErr != nil {
 		ce := asClientError(s.backendName(), cause)
-		s.srv.metrics.errors.WithLabelValues(ce.class()).Inc()
+		s.srv.metrics.Errors.WithLabelValues(ce.class()).Inc()
 		s.log.Info("client refused", zap.Uint16("code", ce.Code), zap.String("sqlstate", ce.State),
 			zap.String("identity", s.id.Name), zap.String("backend", s.backendName()), zap.Error(cause))
 		return
@@ -247,7 +236,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 	}
 	s.nextSeq.Store(1)
 	s.track = newTracker(s.caps&gomysql.CLIENT_DEPRECATE_EOF != 0)
-	greetKey := b.Name + "\x00" + grant.Role + "\x00" + s.poolKey
+	greetKey := frontend.GreetingKey(b.Name, grant.Role, s.poolKey)
 	if s.txnMode {
 		// Clients of a transaction pool log in without waiting for a free
 		// server connection: the login status is the last one's. The
@@ -289,8 +278,8 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 func (s *session) run() {
 	m := s.srv.metrics
 	b := s.backend.Name
-	m.connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
-	clients := m.clients.WithLabelValues(b, s.id.Name)
+	m.Connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
+	clients := m.Clients.WithLabelValues(b, s.id.Name)
 	clients.Inc()
 	defer clients.Dec()
 	if s.txnMode {
@@ -325,11 +314,7 @@ func (s *session) run() {
 // logEnd counts and logs the end of a session; gen is nil in transaction
 // pooling, where the session used many.
 func (s *session) logEnd(result string, gen *creds.Generation) {
-	m := s.srv.metrics
-	b := s.backend.Name
-	m.sessions.WithLabelValues(b, s.id.Name, result).Inc()
-	m.bytes.WithLabelValues(b, "client_to_server").Add(float64(s.bytesIn.Load()))
-	m.bytes.WithLabelValues(b, "server_to_client").Add(float64(s.bytesOut.Load()))
+	s.srv.metrics.SessionEnded(s.backend.Name, s.id.Name, result, s.bytesIn.Load(), s.bytesOut.Load())
 	fields := []zap.Field{zap.String("result", result), zap.Duration("duration", time.Since(s.started)),
 		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load())}
 	if gen != nil {
@@ -344,7 +329,7 @@ func (s *session) logEnd(result string, gen *creds.Generation) {
 // close.
 func (s *session) sendError(e *Error) {
 	if e != nil {
-		s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
+		s.srv.metrics.Errors.WithLabelValues(e.class()).Inc()
 	}
 	if s.torn {
 		return
@@ -378,26 +363,9 @@ func (s *session) currentUpstream() *upstream {
 	return s.lease.Conn.(*upstream)
 }
 
-// SessionInfo describes a client session for the admin API. Its fields
-// are those of the PostgreSQL front end's, plus the ids KILL accepts.
-type SessionInfo struct {
-	Protocol     string    `json:"protocol"`
-	Identity     string    `json:"identity"`
-	Method       string    `json:"method"`
-	Backend      string    `json:"backend"`
-	Role         string    `json:"role"`
-	DBUser       string    `json:"db_user"`
-	LeaseID      string    `json:"lease_id"`
-	Generation   uint64    `json:"generation"`
-	State        string    `json:"state"`
-	Since        time.Time `json:"since"`
-	Remote       string    `json:"remote"`
-	ConnectionID uint32    `json:"connection_id"`
-	ThreadID     uint32    `json:"thread_id,omitempty"`
-}
-
-func (s *session) info() SessionInfo {
-	si := SessionInfo{Protocol: "mysql", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
+// Info implements frontend.Session.
+func (s *session) Info() frontend.SessionInfo {
+	si := frontend.SessionInfo{Protocol: "mysql", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
 		Since: s.started, Remote: s.raw.RemoteAddr().String(), ConnectionID: s.connID, State: "idle"}
 	if s.backend != nil {
 		si.Backend = s.backend.Name
