@@ -24,14 +24,15 @@ import (
 // session is one client connection from accept to close. One goroutine
 // runs it; fields without a note are that goroutine's.
 type session struct {
-	srv     *Server
-	log     *zap.Logger
-	raw     net.Conn // as accepted
-	client  net.Conn // raw, or TLS over raw
-	cbr     *bufio.Reader
-	cbw     *bufio.Writer
-	started time.Time
-	connID  uint32 // the connection id the greeting gave the client
+	srv      *Server
+	log      *zap.Logger // with the session's fields from login on
+	listener string
+	raw      net.Conn // as accepted
+	client   net.Conn // raw, or TLS over raw
+	cbr      *bufio.Reader
+	cbw      *bufio.Writer
+	started  time.Time
+	connID   uint32 // the connection id the greeting gave the client
 
 	id      identity.Identity
 	backend *Backend
@@ -68,8 +69,10 @@ type session struct {
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	s := &session{
 		srv: srv, raw: c, client: c, started: time.Now(),
-		connID: srv.issueID(),
-		log:    srv.log.With(zap.String("listener", lo.Name), zap.String("remote", c.RemoteAddr().String())),
+		connID: srv.issueID(), listener: lo.Name,
+		// The session's logger gets its fields once, at login, when
+		// they are all known; until then refused names them itself.
+		log: srv.log,
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(srv.opts.StartupTimeout))
@@ -116,21 +119,22 @@ func (s *session) refused(err, loginErr, gateErr error) {
 	case loginErr != nil:
 		cause = loginErr
 	}
+	log := s.srv.log.With(zap.String("listener", s.listener), zap.String("remote", s.raw.RemoteAddr().String()))
 	if errors.Is(cause, io.EOF) || errors.Is(cause, io.ErrUnexpectedEOF) || errors.Is(cause, net.ErrClosed) {
-		s.log.Debug("client left during the handshake", zap.Error(err))
+		log.Debug("client left during the handshake", zap.Error(err))
 		return
 	}
 	var told *Error
 	if errors.As(cause, &told) || loginErr != nil {
 		ce := asClientError(s.backendName(), cause)
 		s.srv.metrics.Errors.WithLabelValues(ce.class()).Inc()
-		s.log.Info("client refused", zap.Uint16("code", ce.Code), zap.String("sqlstate", ce.State),
-			zap.String("identity", s.id.Name), zap.String("backend", s.backendName()), zap.Error(cause))
+		log.Info("client refused", zap.Uint16("code", ce.Code), zap.String("sqlstate", ce.State),
+			zap.String("identity", s.id.Name), zap.String("backend", s.backendName()), zap.String("role", s.role), zap.Error(cause))
 		return
 	}
 	// TLS or go-mysql's own failure: nothing of dbproxy's reached the
 	// client.
-	s.log.Info("client handshake failed", zap.String("backend", s.backendName()), zap.Error(cause))
+	log.Info("client handshake failed", zap.String("backend", s.backendName()), zap.Error(cause))
 }
 
 func (s *session) backendName() string {
@@ -210,7 +214,8 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 			Message: fmt.Sprintf("Unknown collation id %d: dbproxy must name it to the backend; connect with a MySQL collation such as utf8mb4_general_ci", r.collation), Err: err}
 	}
 	s.caps = r.caps & g.caps &^ gomysql.CLIENT_SSL
-	s.log = s.log.With(zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", grant.Role))
+	s.log = s.srv.log.With(zap.String("listener", lo.Name), zap.String("remote", s.raw.RemoteAddr().String()),
+		zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", grant.Role))
 
 	program := "dbproxy:" + id.Name
 	if p := r.attrs["program_name"]; p != "" {
