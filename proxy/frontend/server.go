@@ -1,11 +1,3 @@
-// Package frontend holds what dbproxy's PostgreSQL and MySQL front ends do
-// the same way: the accept loop, the registry of open sessions, Shutdown,
-// the reasons a session is stopped from outside, the session description
-// the admin API lists, the client metrics (one set, labelled by
-// protocol), the greeting cache of transaction pools and the classes of
-// errors that each protocol turns into its own codes. A protocol package
-// plugs in its handshake and relay as the handler of an accepted
-// connection and keeps only what is its own.
 package frontend
 
 import (
