@@ -21,6 +21,8 @@ type Server[S Session] struct {
 	sessions  map[S]struct{}
 	closing   chan struct{}
 	wg        sync.WaitGroup
+	// expiryWatch starts the WatchExpiry goroutine once.
+	expiryWatch sync.Once
 }
 
 // NewServer makes a server that logs accept failures to log (nil: none).
@@ -64,6 +66,33 @@ func (f *Server[S]) Serve(ln net.Listener, name string, handle func(net.Conn)) {
 			}
 			f.Go(func() { handle(c) })
 		}
+	})
+}
+
+// expirySweep is how often WatchExpiry looks for expired identities.
+const expirySweep = time.Second
+
+// WatchExpiry stops, about once a second, each session whose identity
+// has expired (KillTokenExpired), until Shutdown. Serve's caller starts
+// it for listeners that identify clients by tokens; it starts once.
+func (f *Server[S]) WatchExpiry() {
+	f.expiryWatch.Do(func() {
+		f.Go(func() {
+			tick := time.NewTicker(expirySweep)
+			defer tick.Stop()
+			for {
+				select {
+				case <-f.closing:
+					return
+				case now := <-tick.C:
+					f.ForEach(func(s S) {
+						if exp := s.Expires(); !exp.IsZero() && !now.Before(exp) {
+							s.Kill(KillTokenExpired)
+						}
+					})
+				}
+			}
+		})
 	})
 }
 

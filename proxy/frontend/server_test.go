@@ -5,17 +5,19 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fakeSession ends when stopped: an idle one by CloseIfIdle, a busy one
 // only by Kill.
 type fakeSession struct {
-	name   string
-	busy   bool
-	once   sync.Once
-	done   chan struct{}
-	mu     sync.Mutex
-	killed KillReason
+	name    string
+	busy    bool
+	expires time.Time
+	once    sync.Once
+	done    chan struct{}
+	mu      sync.Mutex
+	killed  KillReason
 }
 
 func newFake(name string, busy bool) *fakeSession {
@@ -31,6 +33,8 @@ func (f *fakeSession) CloseIfIdle() {
 }
 
 func (f *fakeSession) Kill(r KillReason) { f.stop(r) }
+
+func (f *fakeSession) Expires() time.Time { return f.expires }
 
 func (f *fakeSession) stop(r KillReason) {
 	f.once.Do(func() {
@@ -113,7 +117,8 @@ func TestKillReasons(t *testing.T) {
 	if KillByClient.Rank() != KillShutdown.Rank() || KillLeaseEnd.Rank() >= KillShutdown.Rank() {
 		t.Fatal("a client's KILL must rank with shutdown, above a lease end")
 	}
-	for r, want := range map[KillReason]string{KillIdleShutdown: "shutdown", KillShutdown: "shutdown", KillLeaseEnd: "lease_end", KillByClient: "killed"} {
+	for r, want := range map[KillReason]string{KillIdleShutdown: "shutdown", KillShutdown: "shutdown", KillLeaseEnd: "lease_end",
+		KillByClient: "killed", KillTokenExpired: "token_expired"} {
 		if got := r.Result(); got != want {
 			t.Errorf("%d.Result() = %q, want %q", r, got, want)
 		}
@@ -123,5 +128,29 @@ func TestKillReasons(t *testing.T) {
 	}
 	if got := ReasonText("something new"); got != "something new" {
 		t.Errorf("an unknown reason is not passed on: %q", got)
+	}
+}
+
+func TestWatchExpiryStopsExpiredIdentities(t *testing.T) {
+	srv := NewServer[*fakeSession](nil)
+	expired, valid := newFake("expired", true), newFake("valid", true)
+	expired.expires = time.Now().Add(-time.Minute)
+	valid.expires = time.Now().Add(time.Hour)
+	var tracked sync.WaitGroup
+	tracked.Add(2)
+	gone := make(chan struct{})
+	run(srv, expired, &tracked, func() { close(gone) })
+	run(srv, valid, &tracked, func() {})
+	tracked.Wait()
+	srv.WatchExpiry()
+	srv.WatchExpiry() // starts once
+	<-gone
+	if expired.killed != KillTokenExpired {
+		t.Fatalf("expired session stopped for %d", expired.killed)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if open, _ := srv.Shutdown(ctx); open != 1 || valid.killed != KillShutdown {
+		t.Fatalf("Shutdown: %d open, valid session stopped for %d; want 1 and shutdown", open, valid.killed)
 	}
 }

@@ -12,6 +12,9 @@ type Session interface {
 	CloseIfIdle()
 	// Kill stops the session for r, whatever it is doing.
 	Kill(r KillReason)
+	// Expires is when the client's identity stops being valid (a Vault
+	// token's or JWT's expiry); zero: never.
+	Expires() time.Time
 }
 
 // SessionInfo describes a client session for the admin API, for both
@@ -48,10 +51,11 @@ const (
 	KillLeaseEnd                // its server connection's credential reached the drain deadline
 	KillShutdown                // shutdown deadline: every session
 	KillByClient                // a client's KILL CONNECTION (MySQL)
+	KillTokenExpired            // the token that identified the client expired
 )
 
-// Rank orders reasons: a client's KILL is as strong as the shutdown
-// deadline, neither overrides the other.
+// Rank orders reasons: a client's KILL and an expired token are as
+// strong as the shutdown deadline, none overrides another.
 func (r KillReason) Rank() KillReason { return min(r, KillShutdown) }
 
 // Result is the dbproxy_client_sessions_total result of a session stopped
@@ -62,6 +66,8 @@ func (r KillReason) Result() string {
 		return "lease_end"
 	case KillByClient:
 		return "killed"
+	case KillTokenExpired:
+		return "token_expired"
 	}
 	return "shutdown"
 }

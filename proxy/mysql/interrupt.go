@@ -35,6 +35,9 @@ const (
 	killLeaseEnd     = killReason(frontend.KillLeaseEnd)
 	killShutdown     = killReason(frontend.KillShutdown)
 	killByClient     = killReason(frontend.KillByClient)
+	// killTokenExpired ranks as shutdown, so it cancels a waiting
+	// checkout and applies wherever the session is (password.go).
+	killTokenExpired = killReason(frontend.KillTokenExpired)
 )
 
 func (r killReason) rank() killReason { return killReason(frontend.KillReason(r).Rank()) }
@@ -44,6 +47,9 @@ func (s *session) kill(r killReason) { s.interrupt(r, nil) }
 
 // Kill implements frontend.Session.
 func (s *session) Kill(r frontend.KillReason) { s.kill(killReason(r)) }
+
+// Expires implements frontend.Session.
+func (s *session) Expires() time.Time { return s.id.Expires }
 
 // interrupt records r, unless a reason as strong is recorded, and wakes
 // the session goroutine (again: a deadline may have been reset since). A
@@ -124,6 +130,8 @@ func (s *session) stopError(r killReason) (*Error, string) {
 	switch r {
 	case killByClient:
 		return &Error{Code: erConnectionKilled, State: "70100", Message: "Connection was killed (KILL CONNECTION through dbproxy)"}, "killed"
+	case killTokenExpired: // password.go
+		return s.tokenExpiredError(), "token_expired"
 	case killIdleShutdown:
 		return &Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; this idle session was closed, reconnect to another dbproxy instance or retry shortly"}, "shutdown"
 	case killLeaseEnd:

@@ -74,6 +74,14 @@ type ListenerOptions struct {
 	// mysql_native_password (default) or caching_sha2_password. Clients
 	// may answer with either; the proxy checks no password.
 	AuthPlugin string
+	// Token, when set, makes clients send a token (Vault token or JWT)
+	// as their password through mysql_clear_password, asked for only over
+	// TLS or a unix socket; it replaces Authenticate and the greeting
+	// names mysql_native_password. Sessions end when the token expires.
+	Token identity.TokenAuthenticator
+	// MaxTokenBytes caps the password. Default
+	// identity.DefaultMaxTokenBytes.
+	MaxTokenBytes int
 }
 
 // Server accepts MySQL clients on any number of listeners.
@@ -141,6 +149,12 @@ func (srv *Server) handshakeServer(plugin string) *server.Server {
 
 // Serve accepts clients on ln until Shutdown. It returns at once.
 func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {
+	if lo.Token != nil {
+		// One auth switch only (to mysql_clear_password, password.go):
+		// clients such as go-sql-driver refuse a second one.
+		lo.AuthPlugin = gomysql.AUTH_NATIVE_PASSWORD
+		srv.front.WatchExpiry()
+	}
 	srv.front.Serve(ln, lo.Name, func(c net.Conn) { srv.handle(c, lo) })
 }
 

@@ -48,6 +48,13 @@ type ListenerOptions struct {
 	TLS          *tls.Config
 	RequireTLS   bool
 	Authenticate Authenticator
+	// Token, when set, makes clients send a token (Vault token or JWT)
+	// as their password, asked for only over TLS or a unix socket; it
+	// replaces Authenticate. Sessions end when the token expires.
+	Token identity.TokenAuthenticator
+	// MaxTokenBytes caps the password. Default
+	// identity.DefaultMaxTokenBytes.
+	MaxTokenBytes int
 }
 
 // Server accepts PostgreSQL clients on any number of listeners.
@@ -82,6 +89,9 @@ func NewServer(o Options) *Server {
 
 // Serve accepts clients on ln until Shutdown. It returns at once.
 func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {
+	if lo.Token != nil {
+		srv.front.WatchExpiry()
+	}
 	srv.front.Serve(ln, lo.Name, func(c net.Conn) { srv.handle(c, lo) })
 }
 
