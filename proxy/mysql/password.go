@@ -67,7 +67,7 @@ func (a *clientAuth) tokenListener(c *server.Conn) (ListenerOptions, error) {
 	if err != nil {
 		var ie *identity.Error
 		if errors.As(err, &ie) && ie.Reason == identity.ReasonTokenCheckFailed && ie.Err != nil {
-			a.s.log.Warn("cannot check a client's token", zap.String("kind", kind), zap.NamedError("cause", ie.Err))
+			a.s.startupLog().Warn("cannot check a client's token", zap.String("kind", kind), zap.NamedError("cause", ie.Err))
 		}
 		if errors.As(err, &ie) {
 			return lo, &Error{Code: erAccessDenied, State: "28000", Message: fmt.Sprintf("Access denied: %s refused: %s", kind, ie.Msg), Err: err}

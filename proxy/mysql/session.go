@@ -119,7 +119,7 @@ func (s *session) refused(err, loginErr, gateErr error) {
 	case loginErr != nil:
 		cause = loginErr
 	}
-	log := s.srv.log.With(zap.String("listener", s.listener), zap.String("remote", s.raw.RemoteAddr().String()))
+	log := s.startupLog()
 	if errors.Is(cause, io.EOF) || errors.Is(cause, io.ErrUnexpectedEOF) || errors.Is(cause, net.ErrClosed) {
 		log.Debug("client left during the handshake", zap.Error(err))
 		return
@@ -135,6 +135,12 @@ func (s *session) refused(err, loginErr, gateErr error) {
 	// TLS or go-mysql's own failure: nothing of dbproxy's reached the
 	// client.
 	log.Info("client handshake failed", zap.String("backend", s.backendName()), zap.Error(cause))
+}
+
+// startupLog is the session's logger before login gives it its fields:
+// for the failures of a connection that never became a session.
+func (s *session) startupLog() *zap.Logger {
+	return s.srv.log.With(zap.String("listener", s.listener), zap.String("remote", s.raw.RemoteAddr().String()))
 }
 
 func (s *session) backendName() string {

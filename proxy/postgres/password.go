@@ -61,7 +61,7 @@ func (s *session) tokenLogin(lo ListenerOptions, m *pgproto3.StartupMessage, st 
 	defer cancel()
 	id, err := lo.Token.Authenticate(ctx, token)
 	if err != nil {
-		logCheckFailure(s.log, kind, err)
+		logCheckFailure(s.startupLog(), kind, err)
 		return lo, fmt.Errorf("%s refused: %w", kind, err)
 	}
 	lo.Authenticate = func(net.Conn, *tls.ConnectionState) (identity.Identity, error) { return id, nil }

@@ -103,11 +103,16 @@ func (s *session) fail(err error) {
 	}
 	pe := asClientError(s.backendName(), err)
 	s.srv.metrics.Errors.WithLabelValues(pe.Code[:2]).Inc()
-	s.srv.log.Info("client refused", zap.String("listener", s.listener), zap.String("remote", s.raw.RemoteAddr().String()),
-		zap.String("sqlstate", pe.Code), zap.String("identity", s.id.Name), zap.String("backend", s.backendName()),
-		zap.String("role", s.role), zap.Error(err))
+	s.startupLog().Info("client refused", zap.String("sqlstate", pe.Code), zap.String("identity", s.id.Name),
+		zap.String("backend", s.backendName()), zap.String("role", s.role), zap.Error(err))
 	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	_, _ = s.client.Write(pe.encode(nil))
+}
+
+// startupLog is the session's logger before login gives it its fields:
+// for the failures of a connection that never became a session.
+func (s *session) startupLog() *zap.Logger {
+	return s.srv.log.With(zap.String("listener", s.listener), zap.String("remote", s.raw.RemoteAddr().String()))
 }
 
 func (s *session) backendName() string {
