@@ -14,6 +14,7 @@ import (
 
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
@@ -103,5 +104,5 @@ func seedGreeting(b *testing.B, srv *Server, startup []byte) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	putGreeting(srv, "b", "r", p.key("dbproxy:app"), benchParams)
+	srv.greetings.Put(frontend.GreetingKey("b", "r", p.key("dbproxy:app")), encodeGreeting(benchParams))
 }
