@@ -76,3 +76,239 @@ package creds
 // live member revokes every remaining lease, so the fleet leaves no
 // database user behind; CAS makes "last" exact when instances stop
 // together.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	vault "github.com/hashicorp/vault/api"
+)
+
+// FleetOptions turns fleet mode on. A zero Name leaves it off.
+type FleetOptions struct {
+	// Name: instances with the same name share generations.
+	Name string
+	// KVMount is the KV v2 mount holding the records. Default "secret".
+	KVMount string
+	// KVPath is the path under the mount. Default "dbproxy/fleet".
+	KVPath string
+	// InstanceID names this instance in the records. Default
+	// hostname-pid-random, unique per process start.
+	InstanceID string
+	// LockTTL: an issuer that has not extended its lock this long is
+	// replaced. Keep it well under the credentials' TTL. Default 10s.
+	LockTTL time.Duration
+	// PollInterval: the records are read every PollInterval/2 to
+	// PollInterval (jittered). Default 2s.
+	PollInterval time.Duration
+}
+
+func (o FleetOptions) withDefaults() FleetOptions {
+	if o.KVMount == "" {
+		o.KVMount = "secret"
+	}
+	if o.KVPath == "" {
+		o.KVPath = "dbproxy/fleet"
+	}
+	if o.InstanceID == "" {
+		o.InstanceID = defaultInstanceID()
+	}
+	if o.LockTTL <= 0 {
+		o.LockTTL = 10 * time.Second
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 2 * time.Second
+	}
+	return o
+}
+
+func defaultInstanceID() string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "dbproxy"
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// heartbeat is how often a member refreshes its entry; an instance whose
+// beat has not changed for liveWindow is no longer waited for.
+func (o FleetOptions) heartbeat() time.Duration { return max(o.PollInterval, o.LockTTL/3) }
+
+func (o FleetOptions) liveWindow() time.Duration { return 3*o.heartbeat() + o.PollInterval }
+
+// renewLead is how long before its lease end the issuer renews at the
+// latest, so that a successor has time to notice the issuer is gone and
+// renew before the lease runs out.
+func (o FleetOptions) renewLead() time.Duration { return o.LockTTL + 2*o.PollInterval + time.Second }
+
+// lockRecord is the issuer lock of one (backend, role).
+type lockRecord struct {
+	Holder  string    `json:"holder"`
+	Term    uint64    `json:"term"`
+	Expires time.Time `json:"expires"`
+}
+
+// genRecord is one published generation.
+type genRecord struct {
+	N         uint64               `json:"n"`
+	Username  string               `json:"username"`
+	Password  string               `json:"password"`
+	LeaseID   string               `json:"lease_id"`
+	Renewable bool                 `json:"renewable"`
+	TTL       int64                `json:"ttl_seconds"`
+	IssuedAt  time.Time            `json:"issued_at"`
+	LeaseEnd  time.Time            `json:"lease_end"`
+	HardEnd   time.Time            `json:"hard_end,omitzero"`
+	ByToken   bool                 `json:"hard_end_is_token_end,omitempty"`
+	State     string               `json:"state"`
+	Reason    string               `json:"reason,omitempty"`
+	Deadline  time.Time            `json:"drain_deadline,omitzero"`
+	DrainedBy map[string]time.Time `json:"drained_by,omitempty"`
+}
+
+// member is one instance's heartbeat.
+type member struct {
+	Seen time.Time `json:"seen"`
+	Beat uint64    `json:"beat"`
+}
+
+// rotateRequest asks the issuer for a new generation (manual rotation or
+// a credential refused by the database, seen by a follower).
+type rotateRequest struct {
+	Reason string    `json:"reason"`
+	By     string    `json:"by"`
+	At     time.Time `json:"at"`
+}
+
+// fleetRecord is the generation record of one (backend, role).
+type fleetRecord struct {
+	Term        uint64            `json:"term"`
+	Issuer      string            `json:"issuer"`
+	Generations []genRecord       `json:"generations"`
+	Members     map[string]member `json:"members"`
+	Rotate      *rotateRequest    `json:"rotate,omitempty"`
+}
+
+func (r *fleetRecord) gen(n uint64) *genRecord {
+	for i := range r.Generations {
+		if r.Generations[i].N == n {
+			return &r.Generations[i]
+		}
+	}
+	return nil
+}
+
+// clone is a deep copy, so a failed write leaves the cached view intact.
+func (r fleetRecord) clone() fleetRecord {
+	var out fleetRecord
+	b, _ := json.Marshal(r)
+	_ = json.Unmarshal(b, &out)
+	if out.Members == nil {
+		out.Members = map[string]member{}
+	}
+	return out
+}
+
+// errCAS means another instance wrote the record since it was read.
+var errCAS = errors.New("kv check-and-set: the record changed since it was read")
+
+// kvStore reads and writes JSON records in a KV v2 mount with CAS.
+type kvStore struct {
+	c     *Client
+	mount string
+	m     *Metrics
+}
+
+// read decodes the record at path into v and returns its version; 0 with
+// v untouched when there is none.
+func (k *kvStore) read(ctx context.Context, path string, v any) (int, error) {
+	p := k.mount + "/data/" + path
+	sec, err := k.c.api.Logical().ReadWithContext(ctx, p)
+	k.m.request("kv_read", err)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", p, err)
+	}
+	if sec == nil || sec.Data == nil {
+		return 0, nil
+	}
+	ver := 0
+	if md, ok := sec.Data["metadata"].(map[string]any); ok {
+		ver = intField(md["version"])
+	}
+	data, ok := sec.Data["data"].(map[string]any)
+	if !ok || data == nil {
+		return ver, nil // a deleted version: the path exists, the record does not
+	}
+	b, err := json.Marshal(data)
+	if err == nil {
+		err = json.Unmarshal(b, v)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("decode %s: %w", p, err)
+	}
+	return ver, nil
+}
+
+// write stores v at path if its version is still cas (0: only if absent)
+// and returns the new version.
+func (k *kvStore) write(ctx context.Context, path string, v any, cas int) (int, error) {
+	p := k.mount + "/data/" + path
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("encode %s: %w", p, err)
+	}
+	var data map[string]any
+	if err := json.Unmarshal(b, &data); err != nil {
+		return 0, fmt.Errorf("encode %s: %w", p, err)
+	}
+	sec, err := k.c.api.Logical().WriteWithContext(ctx, p, map[string]any{
+		"options": map[string]any{"cas": cas}, "data": data,
+	})
+	k.m.request("kv_write", err)
+	if err != nil {
+		if isCASMismatch(err) {
+			return 0, errCAS
+		}
+		return 0, fmt.Errorf("write %s: %w", p, err)
+	}
+	if sec == nil || sec.Data == nil {
+		return cas + 1, nil
+	}
+	return intField(sec.Data["version"]), nil
+}
+
+func isCASMismatch(err error) bool {
+	var re *vault.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest {
+		return false
+	}
+	for _, e := range re.Errors {
+		if strings.Contains(e, "check-and-set") {
+			return true
+		}
+	}
+	return false
+}
+
+func intField(v any) int {
+	switch x := v.(type) {
+	case json.Number:
+		n, _ := x.Int64()
+		return int(n)
+	case float64:
+		return int(x)
+	case int:
+		return x
+	}
+	return 0
+}

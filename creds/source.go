@@ -88,6 +88,8 @@ type Source struct {
 	failingSince time.Time
 	issued       []time.Time
 	changed      chan struct{} // closed and replaced when cur changes or a fetch fails
+
+	fleet *fleetMember // nil outside fleet mode
 }
 
 func newSource(c *Client, backend, mount, role string, o LeaseOptions, log *zap.Logger, m *Metrics) *Source {
@@ -151,16 +153,22 @@ func (s *Source) Rotate(reason string) {
 	s.wantRotate = reason
 	s.retryAt = time.Time{}
 	s.mu.Unlock()
+	if s.fleet != nil {
+		s.fleetRequestRotate(reason)
+	}
 	s.poke()
 }
 
 // Generations returns snapshots of every generation not yet revoked.
 func (s *Source) Generations() []Info {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	out := make([]Info, 0, len(s.gens))
 	for _, g := range s.gens {
 		out = append(out, g.Info())
+	}
+	s.mu.Unlock()
+	if s.fleet != nil {
+		s.fleet.annotate(out, s.now())
 	}
 	return out
 }
@@ -177,10 +185,14 @@ func (s *Source) poke() {
 func (s *Source) reportGone(g *Generation, reason string) {
 	g.startDrain(reason, s.now().Add(s.opts.RevokeGrace))
 	s.mu.Lock()
-	if s.cur == g && s.wantRotate == "" {
+	cur := s.cur == g
+	if cur && s.wantRotate == "" {
 		s.wantRotate = reason
 	}
 	s.mu.Unlock()
+	if cur && s.fleet != nil {
+		s.fleetRequestRotate(reason)
+	}
 	s.poke()
 }
 
@@ -220,9 +232,17 @@ func (s *Source) step(ctx context.Context) time.Time {
 			next = t
 		}
 	}
+	issuer := true // outside a fleet every instance is its own issuer
+	if s.fleet != nil {
+		soonest(s.fleetBefore(ctx))
+		issuer = s.fleet.isIssuer()
+		defer s.fleetAfter(ctx)
+	}
 
 	var waiting time.Time // a due rotation waits until then
-	if reason := s.rotationDue(now); reason != "" {
+	if !issuer {
+		// Followers adopt; they neither fetch nor rotate.
+	} else if reason := s.rotationDue(now); reason != "" {
 		waiting = s.tryFetch(ctx, reason)
 		soonest(waiting)
 	}
@@ -230,7 +250,7 @@ func (s *Source) step(ctx context.Context) time.Time {
 	gens := append([]*Generation(nil), s.gens...)
 	cur := s.cur
 	s.mu.Unlock()
-	if cur != nil {
+	if cur != nil && issuer {
 		// A rotateAt already past while the rotation waits out a backoff
 		// or the issuance cap would wake the loop every 10ms.
 		if at := s.rotateAt(cur); waiting.IsZero() || at.After(now) {
@@ -316,6 +336,9 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 	s.mu.Unlock()
 
 	g, err := s.fetch(ctx)
+	if err == nil && s.fleet != nil {
+		err = s.fleetPublishNew(ctx, g, reason)
+	}
 	s.mu.Lock()
 	if err != nil {
 		s.fetchFails++
@@ -487,11 +510,11 @@ func Backoff(n int) time.Duration {
 func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 	now := s.now()
 	g.mu.Lock()
-	state, refs, deadline, leaseEnd, hardEnd, nextRenew := g.state, g.refs, g.deadline, g.leaseEnd, g.hardEnd, g.nextRenew
+	state, refs, deadline, leaseEnd, hardEnd, nextRenew, ttl := g.state, g.refs, g.deadline, g.leaseEnd, g.hardEnd, g.nextRenew, g.ttl
 	canRenew := g.renewable && (hardEnd.IsZero() || leaseEnd.Before(hardEnd))
 	g.mu.Unlock()
 
-	gen := strconv.FormatUint(g.N, 10)
+	gen := genLabel(g.N)
 	s.m.leaseLeft.WithLabelValues(s.backend, s.role, gen).Set(max(leaseEnd.Sub(now).Seconds(), 0))
 	if !hardEnd.IsZero() {
 		s.m.hardLeft.WithLabelValues(s.backend, s.role, gen).Set(max(hardEnd.Sub(now).Seconds(), 0))
@@ -505,7 +528,7 @@ func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 			state = Expired
 		}
 	}
-	if state != Active && refs == 0 && g.retireIfUnused() {
+	if state != Active && refs == 0 && s.mayRevoke(g, now) && g.retireIfUnused() {
 		return s.revoke(ctx, g)
 	}
 	if state >= Expired {
@@ -514,11 +537,11 @@ func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 		return time.Time{}
 	}
 	if state < Expired && canRenew {
-		if !now.Before(nextRenew) {
+		if !now.Before(s.fleetRenewBy(nextRenew, leaseEnd, ttl)) {
 			s.renew(ctx, g)
 		}
 		g.mu.Lock()
-		nextRenew = g.nextRenew
+		nextRenew = s.fleetRenewBy(g.nextRenew, g.leaseEnd, ttl)
 		g.mu.Unlock()
 		return earliest(nextRenew, deadline, leaseEnd)
 	}
@@ -632,8 +655,8 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 	}
 	s.mu.Unlock()
 	s.m.revocations.WithLabelValues(s.backend, s.role, result).Inc()
-	s.m.leaseLeft.DeleteLabelValues(s.backend, s.role, strconv.FormatUint(g.N, 10))
-	s.m.hardLeft.DeleteLabelValues(s.backend, s.role, strconv.FormatUint(g.N, 10))
+	s.m.leaseLeft.DeleteLabelValues(s.backend, s.role, genLabel(g.N))
+	s.m.hardLeft.DeleteLabelValues(s.backend, s.role, genLabel(g.N))
 	s.log.Info("credential generation revoked", zap.Uint64("generation", g.N), zap.String("result", result), zap.String("db_user", g.Username))
 	return time.Time{}
 }
@@ -644,6 +667,10 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 func (s *Source) revokeAll(ctx context.Context) int {
 	s.mu.Lock()
 	s.stopped = true
+	if s.fleet != nil {
+		s.mu.Unlock()
+		return s.fleetLeave(ctx)
+	}
 	gens := append([]*Generation(nil), s.gens...)
 	s.mu.Unlock()
 	n := 0
@@ -662,3 +689,5 @@ func (s *Source) revokeAll(ctx context.Context) int {
 	}
 	return n
 }
+
+func genLabel(n uint64) string { return strconv.FormatUint(n, 10) }
