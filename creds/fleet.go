@@ -142,7 +142,7 @@ func defaultInstanceID() string {
 
 // heartbeat is how often a member refreshes its entry; an instance whose
 // beat has not changed for liveWindow is no longer waited for.
-func (o FleetOptions) heartbeat() time.Duration { return max(o.PollInterval, o.LockTTL/3) }
+func (o FleetOptions) heartbeat() time.Duration { return max(2*o.PollInterval, o.LockTTL/2) }
 
 func (o FleetOptions) liveWindow() time.Duration { return 3*o.heartbeat() + o.PollInterval }
 

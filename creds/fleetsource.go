@@ -45,6 +45,9 @@ type beatSeen struct {
 
 var errFenced = errors.New("another instance became the issuer")
 
+// casAttempts bounds one read-modify-write of the generation record.
+const casAttempts = 10
+
 func newFleetMember(o FleetOptions, c *Client, m *Metrics, backend, role string) *fleetMember {
 	o = o.withDefaults()
 	return &fleetMember{
@@ -118,18 +121,21 @@ func (s *Source) fleetBefore(ctx context.Context) time.Time {
 	if lockVer != f.lockVer || f.lockSince.IsZero() {
 		f.lockSince = now
 	}
-	f.lock, f.lockVer, f.rec, f.recVer, f.readAt = lock, lockVer, rec, recVer, now
-	f.observeLocked(now)
-	wait := jittered(f.o.PollInterval)
-	if f.issuer {
-		wait = min(wait, f.o.LockTTL/3)
+	// The lock keeper may have written a newer version meanwhile.
+	if lockVer >= f.lockVer {
+		f.lock, f.lockVer = lock, lockVer
 	}
-	f.nextPoll = now.Add(wait)
-	issuer := f.issuer
+	if recVer >= f.recVer {
+		f.rec, f.recVer = rec, recVer
+	}
+	f.readAt = now
+	f.observeLocked(now)
+	f.nextPoll = now.Add(jittered(f.o.PollInterval))
+	rec = f.rec
 	f.mu.Unlock()
 
 	s.fleetLock(ctx, now)
-	if issuer = s.fleet.isIssuer(); !issuer {
+	if !s.fleet.isIssuer() {
 		s.mu.Lock()
 		if s.lastErr != nil {
 			s.lastErr, s.failingSince = nil, time.Time{}
@@ -175,41 +181,27 @@ func (s *Source) fleetReadFailed(now time.Time, err error) {
 	}
 }
 
-// fleetLock extends the lock (issuer) or takes it over when its holder
-// has not extended it for LockTTL on this instance's clock.
+// fleetLock notices a lost lock (issuer) or takes the lock over when its
+// holder has not extended it for LockTTL on this instance's clock.
 func (s *Source) fleetLock(ctx context.Context, now time.Time) {
 	f := s.fleet
 	f.mu.Lock()
-	lock, ver, since, issuer, term, extended := f.lock, f.lockVer, f.lockSince, f.issuer, f.term, f.extended
+	lock, ver, since, issuer, term := f.lock, f.lockVer, f.lockSince, f.issuer, f.term
 	recTerm := f.rec.Term
 	id, ttl := f.o.InstanceID, f.o.LockTTL
 	f.mu.Unlock()
 	if issuer {
 		if lock.Holder != id || lock.Term != term || recTerm > term {
 			s.stepDown("another instance holds the fleet lock")
-			return
 		}
-		if now.Sub(extended) < ttl/3 {
-			return
-		}
-		nv, err := f.kv.write(ctx, f.base+"/lock", lockRecord{Holder: id, Term: term, Expires: now.Add(ttl)}, ver)
-		if err != nil {
-			if errors.Is(err, errCAS) || now.Sub(extended) >= ttl {
-				s.stepDown("could not extend the fleet lock: " + err.Error())
-			}
-			return
-		}
-		f.mu.Lock()
-		f.lockVer, f.lockSince, f.extended = nv, now, now
-		f.lock.Expires = now.Add(ttl)
-		f.mu.Unlock()
 		return
 	}
 	if ver != 0 && lock.Holder != "" && now.Sub(since) < ttl {
 		return
 	}
 	term = max(lock.Term, recTerm) + 1
-	nv, err := f.kv.write(ctx, f.base+"/lock", lockRecord{Holder: id, Term: term, Expires: now.Add(ttl)}, ver)
+	mine := lockRecord{Holder: id, Term: term, Expires: now.Add(ttl).UTC()}
+	nv, err := f.kv.write(ctx, f.base+"/lock", mine, ver)
 	if err != nil {
 		if !errors.Is(err, errCAS) {
 			s.log.Warn("fleet: taking the issuer lock failed", zap.Error(err))
@@ -217,9 +209,51 @@ func (s *Source) fleetLock(ctx context.Context, now time.Time) {
 		return
 	}
 	f.mu.Lock()
-	f.lock, f.lockVer, f.lockSince = lockRecord{Holder: id, Term: term, Expires: now.Add(ttl)}, nv, now
+	f.lock, f.lockVer, f.lockSince = mine, nv, now
 	f.mu.Unlock()
 	s.becomeIssuer(ctx, term, lock.Holder, now)
+}
+
+// keepLock extends the issuer's lock every LockTTL/3 on its own goroutine,
+// so that a slow Vault request in the Run loop does not cost the lock.
+func (s *Source) keepLock(ctx context.Context, term uint64) {
+	f := s.fleet
+	id, ttl := f.o.InstanceID, f.o.LockTTL
+	t := time.NewTicker(ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		f.mu.Lock()
+		if !f.issuer || f.term != term {
+			f.mu.Unlock()
+			return
+		}
+		ver, extended := f.lockVer, f.extended
+		f.mu.Unlock()
+		now := s.now()
+		mine := lockRecord{Holder: id, Term: term, Expires: now.Add(ttl).UTC()}
+		nv, err := f.kv.write(ctx, f.base+"/lock", mine, ver)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			if errors.Is(err, errCAS) || now.Sub(extended) >= ttl {
+				s.stepDown("could not extend the fleet lock: " + err.Error())
+				s.poke()
+				return
+			}
+			continue
+		}
+		f.mu.Lock()
+		if f.term == term && nv > f.lockVer {
+			f.lock, f.lockVer, f.lockSince, f.extended = mine, nv, now, now
+		}
+		f.mu.Unlock()
+	}
 }
 
 // becomeIssuer fences the previous issuer with the new term, adopts the
@@ -227,7 +261,7 @@ func (s *Source) fleetLock(ctx context.Context, now time.Time) {
 func (s *Source) becomeIssuer(ctx context.Context, term uint64, previous string, now time.Time) {
 	f := s.fleet
 	f.mu.Lock()
-	f.issuer, f.term, f.extended = true, term, now
+	f.term, f.extended = term, now
 	f.mu.Unlock()
 	err := s.fleetUpdate(ctx, func(r *fleetRecord) bool {
 		if r.Term > term {
@@ -243,7 +277,10 @@ func (s *Source) becomeIssuer(ctx context.Context, term uint64, previous string,
 		err = errFenced
 	}
 	if err != nil {
-		s.stepDown("claiming the generation record failed: " + err.Error())
+		f.mu.Lock()
+		f.term = 0
+		f.mu.Unlock()
+		s.log.Warn("fleet: claiming the generation record failed", zap.Error(err))
 		return
 	}
 	s.adopt(rec, now)
@@ -260,11 +297,15 @@ func (s *Source) becomeIssuer(ctx context.Context, term uint64, previous string,
 	for _, rg := range rec.Generations {
 		s.lastN = max(s.lastN, rg.N)
 	}
-	if s.cur != nil {
-		s.wantRotate = ""
+	if s.cur != nil && s.wantRotate == "initial" {
+		s.wantRotate = "" // set at start; the fleet's generation serves
 	}
 	s.lastErr, s.failingSince = nil, time.Time{}
 	s.mu.Unlock()
+	f.mu.Lock()
+	f.issuer = true
+	f.mu.Unlock()
+	go s.keepLock(ctx, term)
 	s.m.fleetIssuerChanges.WithLabelValues(s.backend, s.role).Inc()
 	s.log.Info("fleet: this instance is now the issuer", zap.String("fleet", f.o.Name),
 		zap.String("instance", f.o.InstanceID), zap.Uint64("term", term), zap.String("previous", previous))
@@ -276,7 +317,6 @@ func (s *Source) stepDown(why string) {
 	f.mu.Lock()
 	was := f.issuer
 	f.issuer, f.term = false, 0
-	f.nextPoll = time.Time{}
 	f.mu.Unlock()
 	if !was {
 		return
@@ -584,8 +624,15 @@ func (s *Source) fleetUpdate(ctx context.Context, change func(*fleetRecord) bool
 			f.mu.Unlock()
 			return nil
 		}
-		if !errors.Is(err, errCAS) || attempt == 4 {
+		if !errors.Is(err, errCAS) || attempt == casAttempts {
 			return err
+		}
+		// Another member wrote in between (a heartbeat, most likely):
+		// read again after a short random pause so writers spread out.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(rand.Int64N(int64(20*time.Millisecond))) + time.Millisecond):
 		}
 		var fresh fleetRecord
 		if ver, err = f.kv.read(ctx, path, &fresh); err != nil {

@@ -149,13 +149,15 @@ func (s *Source) Ready() error {
 
 // Rotate asks for a new generation now, for the given reason.
 func (s *Source) Rotate(reason string) {
+	if s.fleet != nil && !s.fleet.isIssuer() {
+		s.fleetRequestRotate(reason)
+		s.poke()
+		return
+	}
 	s.mu.Lock()
 	s.wantRotate = reason
 	s.retryAt = time.Time{}
 	s.mu.Unlock()
-	if s.fleet != nil {
-		s.fleetRequestRotate(reason)
-	}
 	s.poke()
 }
 
@@ -186,11 +188,12 @@ func (s *Source) reportGone(g *Generation, reason string) {
 	g.startDrain(reason, s.now().Add(s.opts.RevokeGrace))
 	s.mu.Lock()
 	cur := s.cur == g
-	if cur && s.wantRotate == "" {
+	follower := s.fleet != nil && !s.fleet.isIssuer()
+	if cur && s.wantRotate == "" && !follower {
 		s.wantRotate = reason
 	}
 	s.mu.Unlock()
-	if cur && s.fleet != nil {
+	if cur && follower {
 		s.fleetRequestRotate(reason)
 	}
 	s.poke()

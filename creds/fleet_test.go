@@ -1,0 +1,394 @@
+package creds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// Short fleet timings so failover happens inside a unit test.
+var testFleet = FleetOptions{Name: "orders", LockTTL: time.Second, PollInterval: 250 * time.Millisecond}
+
+// fleetNode is one dbproxy instance's source in a fleet test.
+type fleetNode struct {
+	*Source
+	id     string
+	m      *Metrics
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// kill stops the node's loop without leaving the fleet, like kill -9.
+func (n *fleetNode) kill() {
+	n.cancel()
+	n.wg.Wait()
+}
+
+// leave stops the node the way a graceful shutdown does.
+func (n *fleetNode) leave(t *testing.T) int {
+	t.Helper()
+	n.kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return n.revokeAll(ctx)
+}
+
+// startFleetNode runs an instance named id against addr (fv's URL or a
+// cutter in front of it) until the test ends.
+func startFleetNode(t *testing.T, fv *fakeVault, addr, id string, lo LeaseOptions, log *zap.Logger) *fleetNode {
+	t.Helper()
+	c, err := NewClient(ClientOptions{Address: addr, RequestTimeout: 2 * time.Second,
+		Auth: AuthOptions{Method: "token", TokenFile: writeFile(t, "token", fv.rootToken)}}, log, NewMetrics(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m := NewMetrics(nil)
+	s := newSource(c, testBackend, "database", testRole, lo, log.With(zap.String("node", id)), m)
+	o := testFleet
+	o.InstanceID = id
+	s.fleet = newFleetMember(o, c, m, testBackend, testRole)
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &fleetNode{Source: s, id: id, m: m, cancel: cancel}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		s.Run(ctx)
+	}()
+	t.Cleanup(n.kill)
+	return n
+}
+
+func startFleet(t *testing.T, fv *fakeVault, size int, lo LeaseOptions) ([]*fleetNode, *observer.ObservedLogs) {
+	t.Helper()
+	log, logs := fleetLogger(t)
+	var nodes []*fleetNode
+	for i := range size {
+		nodes = append(nodes, startFleetNode(t, fv, fv.URL(), fmt.Sprintf("node%d", i), lo, log))
+	}
+	return nodes, logs
+}
+
+// fleetLogger is testLogger, printed when the test fails.
+func fleetLogger(t *testing.T) (*zap.Logger, *observer.ObservedLogs) {
+	log, logs := testLogger()
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, e := range logs.All() {
+				t.Logf("%s %s %s %v", e.Time.Format("15:04:05.000"), e.Level, e.Message, e.ContextMap())
+			}
+		}
+	})
+	return log, logs
+}
+
+// current waits up to d for node n to serve a generation numbered >= want.
+func (n *fleetNode) current(t *testing.T, want uint64, d time.Duration) *Generation {
+	t.Helper()
+	return testSource{Source: n.Source}.current(t, want, d)
+}
+
+func issuers(nodes []*fleetNode) []*fleetNode {
+	var out []*fleetNode
+	for _, n := range nodes {
+		if n.fleet.isIssuer() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// waitIssuer waits for exactly one issuer among nodes and returns it.
+func waitIssuer(t *testing.T, nodes []*fleetNode, d time.Duration) *fleetNode {
+	t.Helper()
+	var is []*fleetNode
+	waitFor(t, d, "exactly one issuer", func() bool {
+		is = issuers(nodes)
+		return len(is) == 1
+	})
+	return is[0]
+}
+
+func followers(nodes []*fleetNode, issuer *fleetNode) []*fleetNode {
+	var out []*fleetNode
+	for _, n := range nodes {
+		if n != issuer {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (f *fakeVault) record(t *testing.T) fleetRecord {
+	t.Helper()
+	var r fleetRecord
+	f.kvRecord(t, "dbproxy/fleet/orders/"+testBackend+"/"+testRole+"/generation", &r)
+	return r
+}
+
+func TestFleetSharesOneGeneration(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	nodes, logs := startFleet(t, fv, 3, LeaseOptions{})
+	var gens []*Generation
+	for _, n := range nodes {
+		gens = append(gens, n.current(t, 1, 5*time.Second))
+	}
+	for _, g := range gens[1:] {
+		if g.N != gens[0].N || g.Username != gens[0].Username || g.LeaseID != gens[0].LeaseID || g.Password() != gens[0].Password() {
+			t.Fatalf("instances serve different credentials: %+v vs %+v", g.Info(), gens[0].Info())
+		}
+	}
+	if n := fv.count(opCreds); n != 1 {
+		t.Fatalf("%d credentials fetched for 3 instances; want 1", n)
+	}
+	is := waitIssuer(t, nodes, 3*time.Second)
+	info := is.Generations()[0].Fleet
+	if info == nil || info.Issuer != is.id || !info.IsIssuer || info.Name != "orders" {
+		t.Fatalf("issuer's fleet info: %+v", info)
+	}
+	waitFor(t, 5*time.Second, "every member in the record", func() bool { return len(fv.record(t).Members) == 3 })
+	fi := followers(nodes, is)[0].Generations()[0].Fleet
+	if fi.IsIssuer || fi.Issuer != is.id || fi.Instance == is.id {
+		t.Fatalf("follower's fleet info: %+v", fi)
+	}
+	// The password travels through KV, never through the logs.
+	assertNoSecrets(t, logs, fv.secrets())
+}
+
+func TestFleetNoHotLoop(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	nodes, _ := startFleet(t, fv, 2, LeaseOptions{})
+	nodes[1].current(t, 1, 5*time.Second)
+	before := fv.totalHits()
+	time.Sleep(2 * time.Second)
+	// Two nodes polling two records every 100-200ms, plus heartbeats and
+	// lock extensions: well under 100 requests in 2s. A hot loop makes
+	// thousands.
+	if n := fv.totalHits() - before; n > 150 {
+		t.Fatalf("%d Vault requests in 2s from 2 idle instances", n)
+	}
+}
+
+func TestFleetRotationWaitsForFollowersToDrain(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	nodes, _ := startFleet(t, fv, 3, LeaseOptions{DrainTimeout: time.Minute})
+	for _, n := range nodes {
+		n.current(t, 1, 5*time.Second)
+	}
+	is := waitIssuer(t, nodes, 3*time.Second)
+	f := followers(nodes, is)
+	g1 := f[0].current(t, 1, time.Second)
+	if !g1.Acquire() { // a connection on the follower holds generation 1
+		t.Fatal("cannot acquire generation 1")
+	}
+	// A follower asks for the rotation; the issuer performs it.
+	f[1].Rotate("manual")
+	for _, n := range nodes {
+		if g := n.current(t, 2, 5*time.Second); g.N != 2 {
+			t.Fatalf("%s serves generation %d", n.id, g.N)
+		}
+	}
+	if !closedWithin(g1.Draining(), 2*time.Second) {
+		t.Fatal("generation 1 does not drain on the follower that holds it")
+	}
+	// Everyone but the holder drains; the lease stays until it lets go.
+	waitFor(t, 5*time.Second, "the other instances to record that they drained", func() bool {
+		r := fv.record(t)
+		rg := r.gen(1)
+		return rg != nil && len(rg.DrainedBy) == 2
+	})
+	time.Sleep(time.Second)
+	if fv.wasRevoked(g1.LeaseID) {
+		t.Fatal("generation 1 revoked while a follower still uses it")
+	}
+	g1.Release()
+	waitFor(t, 5*time.Second, "generation 1 revoked after the last instance drained", func() bool { return fv.wasRevoked(g1.LeaseID) })
+	waitFor(t, 5*time.Second, "generation 1 gone from every instance", func() bool {
+		for _, n := range nodes {
+			if len(n.Generations()) != 1 {
+				return false
+			}
+		}
+		r := fv.record(t)
+		return r.gen(1) == nil
+	})
+	if n := fv.count(opCreds); n != 2 {
+		t.Fatalf("%d credentials fetched for 2 generations", n)
+	}
+}
+
+func TestFleetDrainDeadlineRevokesWithoutStragglers(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	// Rotation 2s after issue, drain deadline 1s before the 4s hard end.
+	fv.set(func(f *fakeVault) { f.ttl, f.maxTTL = 4*time.Second, 4*time.Second })
+	nodes, _ := startFleet(t, fv, 2, LeaseOptions{SafetyMargin: time.Second})
+	is := waitIssuer(t, nodes, 5*time.Second)
+	f := followers(nodes, is)[0]
+	g1 := f.current(t, 1, 5*time.Second)
+	if !g1.Acquire() {
+		t.Fatal("cannot acquire")
+	}
+	defer g1.Release()
+	f.current(t, 2, 5*time.Second)
+	if !closedWithin(g1.Expired(), 4*time.Second) {
+		t.Fatal("the follower's connection outlives the shared drain deadline")
+	}
+	waitFor(t, 5*time.Second, "revocation at the drain deadline", func() bool { return fv.wasRevoked(g1.LeaseID) })
+}
+
+func TestFleetFailover(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	fv.set(func(f *fakeVault) { f.ttl = 3 * time.Second })
+	nodes, logs := startFleet(t, fv, 3, LeaseOptions{})
+	for _, n := range nodes {
+		n.current(t, 1, 5*time.Second)
+	}
+	old := waitIssuer(t, nodes, 3*time.Second)
+	g := old.current(t, 1, time.Second)
+	old.kill()
+	rest := followers(nodes, old)
+	next := waitIssuer(t, rest, 5*time.Second)
+	renewed := fv.renewalsOf(g.LeaseID)
+	// The successor renews the lease the dead issuer fetched, well past
+	// its first 3s TTL, and nobody fetches a new credential for it.
+	waitFor(t, 8*time.Second, "renewals by the new issuer past the first lease period", func() bool {
+		return fv.renewalsOf(g.LeaseID) >= renewed+2 && time.Since(g.IssuedAt) > 4*time.Second
+	})
+	for _, n := range rest {
+		if c := n.current(t, 1, time.Second); c.N != 1 || c.State() != Active {
+			t.Fatalf("%s serves generation %d (%v) after failover", n.id, c.N, c.State())
+		}
+	}
+	if n := fv.count(opCreds); n != 1 {
+		t.Fatalf("%d credentials fetched; failover should adopt, not fetch", n)
+	}
+	if v := counterValue(t, next.m.fleetIssuerChanges, testBackend, testRole); v != 1 {
+		t.Fatalf("issuer changes on the successor = %v", v)
+	}
+	if countLogs(logs, "now the issuer") != 2 {
+		t.Fatalf("want two issuers over the test (the first and its successor)")
+	}
+	// The successor rotates too.
+	next.Rotate("manual")
+	for _, n := range rest {
+		n.current(t, 2, 5*time.Second)
+	}
+}
+
+func TestFleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	fv.set(func(f *fakeVault) { f.ttl = 2 * time.Second })
+	log, _ := fleetLogger(t)
+	a := startFleetNode(t, fv, fv.URL(), "a", LeaseOptions{}, log)
+	a.current(t, 1, 5*time.Second)
+	waitIssuer(t, []*fleetNode{a}, 3*time.Second)
+	cut := newCutter(t, fv.URL())
+	b := startFleetNode(t, fv, cut.srv.URL, "b", LeaseOptions{}, log)
+	g := b.current(t, 1, 5*time.Second)
+
+	cut.cut.Store(true)
+	// Cut off, b keeps serving what it has...
+	if c, err := b.Current(context.Background()); err != nil || c.N != g.N {
+		t.Fatalf("partitioned follower: %v, %v", c, err)
+	}
+	// ...until the lease end it last saw, then says why it cannot.
+	if !closedWithin(g.Expired(), 5*time.Second) {
+		t.Fatal("partitioned follower serves past the lease end it knows")
+	}
+	var nc *ErrNoCredential
+	if _, err := b.Current(context.Background()); !errors.As(err, &nc) || nc.Cause == nil {
+		t.Fatalf("partitioned follower after lease end: %v", err)
+	}
+	// The issuer kept renewing. Back on the network, b rejoins on the
+	// same generation without a new credential.
+	cut.cut.Store(false)
+	if c := b.current(t, 1, 5*time.Second); c.N != g.N || c.Username != g.Username {
+		t.Fatalf("rejoined on generation %d (%s), want %d", c.N, c.Username, g.N)
+	}
+	if n := fv.count(opCreds); n != 1 {
+		t.Fatalf("%d credentials fetched", n)
+	}
+}
+
+func TestFleetPartitionedIssuerStepsDown(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	log, _ := fleetLogger(t)
+	cut := newCutter(t, fv.URL())
+	a := startFleetNode(t, fv, cut.srv.URL, "a", LeaseOptions{}, log)
+	a.current(t, 1, 5*time.Second)
+	waitIssuer(t, []*fleetNode{a}, 3*time.Second)
+	b := startFleetNode(t, fv, fv.URL(), "b", LeaseOptions{}, log)
+	b.current(t, 1, 5*time.Second)
+
+	cut.cut.Store(true)
+	waitFor(t, 5*time.Second, "b to take over from the cut-off issuer", func() bool { return b.fleet.isIssuer() })
+	waitFor(t, 5*time.Second, "a to step down", func() bool { return !a.fleet.isIssuer() })
+	b.Rotate("manual")
+	b.current(t, 2, 5*time.Second)
+	cut.cut.Store(false)
+	// Back, a follows b's generation instead of issuing its own.
+	a.current(t, 2, 5*time.Second)
+	if a.fleet.isIssuer() || !b.fleet.isIssuer() {
+		t.Fatalf("issuers after the partition healed: a=%v b=%v", a.fleet.isIssuer(), b.fleet.isIssuer())
+	}
+	if n := fv.count(opCreds); n != 2 {
+		t.Fatalf("%d credentials fetched for 2 generations", n)
+	}
+}
+
+func TestFleetLastMemberRevokes(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	nodes, _ := startFleet(t, fv, 3, LeaseOptions{})
+	for _, n := range nodes {
+		n.current(t, 1, 5*time.Second)
+	}
+	waitFor(t, 5*time.Second, "every member in the record", func() bool { return len(fv.record(t).Members) == 3 })
+	g := nodes[0].current(t, 1, time.Second)
+	is := waitIssuer(t, nodes, 3*time.Second)
+	rest := followers(nodes, is)
+	// The issuer leaves first: a follower takes over at once, and the
+	// lease lives on for the others.
+	if n := is.leave(t); n != 0 {
+		t.Fatalf("the first instance to leave revoked %d leases", n)
+	}
+	waitIssuer(t, rest, 3*time.Second)
+	if n := rest[0].leave(t); n != 0 || fv.wasRevoked(g.LeaseID) {
+		t.Fatalf("the second instance to leave revoked %d leases", n)
+	}
+	if n := rest[1].leave(t); n != 1 || !fv.wasRevoked(g.LeaseID) {
+		t.Fatalf("the last instance revoked %d leases (lease revoked: %v)", n, fv.wasRevoked(g.LeaseID))
+	}
+	if r := fv.record(t); len(r.Generations) != 0 || len(r.Members) != 0 {
+		t.Fatalf("record after the fleet stopped: %+v", r)
+	}
+}
+
+func TestFleetLeaveIgnoresDeadMembers(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	nodes, _ := startFleet(t, fv, 2, LeaseOptions{})
+	g := nodes[1].current(t, 1, 5*time.Second)
+	waitFor(t, 5*time.Second, "both members in the record", func() bool { return len(fv.record(t).Members) == 2 })
+	nodes[0].kill() // kill -9: never leaves
+	// Past the heartbeat window the dead instance no longer counts.
+	time.Sleep(testFleet.liveWindow() + 500*time.Millisecond)
+	if n := nodes[1].leave(t); n != 1 || !fv.wasRevoked(g.LeaseID) {
+		t.Fatalf("the last live instance revoked %d leases", n)
+	}
+}
