@@ -473,11 +473,12 @@ func TestLeaseRetryBackoff(t *testing.T) {
 	for n := 1; n <= 8; n++ {
 		before := time.Now()
 		s.renew(ctx, g)
+		took := time.Since(before) // on a loaded machine the request itself is slow
 		g.mu.Lock()
 		wait := g.nextRenew.Sub(before)
 		g.mu.Unlock()
 		hi := min(time.Second<<(n-1), 60*time.Second)
-		if wait < hi/2 || wait > hi+100*time.Millisecond {
+		if wait < hi/2 || wait > hi+took {
 			t.Errorf("after renewal failure %d: retry in %v, want within [%v, %v]", n, wait, hi/2, hi)
 		}
 		if got := fv.count(opRenew); got != n {
@@ -495,13 +496,14 @@ func TestLeaseRetryBackoff(t *testing.T) {
 	fv.fail(opRenew, 503, "Vault is sealed")
 	before := time.Now()
 	s.renew(ctx, g)
+	took := time.Since(before)
 	if wait := g.Info().LeaseEnd; wait.IsZero() {
 		t.Fatal("lease end lost")
 	}
 	g.mu.Lock()
 	wait := g.nextRenew.Sub(before)
 	g.mu.Unlock()
-	if wait > 1100*time.Millisecond {
+	if wait > time.Second+took {
 		t.Errorf("first failure after a success retries in %v, want at most 1s", wait)
 	}
 
