@@ -25,6 +25,10 @@ const (
 	DefaultSocketMode        = FileMode(0o660)
 	DefaultAdminAddress      = "127.0.0.1:9187"
 	DefaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultFleetKVMount      = "secret"
+	DefaultFleetKVPath       = "dbproxy/fleet"
+	DefaultFleetLockTTL      = 10 * time.Second
+	DefaultFleetPollInterval = 2 * time.Second
 )
 
 // Load reads the YAML configuration at path, applies defaults and
@@ -171,6 +175,12 @@ func (c *Config) SetDefaults() {
 
 	if !c.Admin.Disabled {
 		setStr(c, "admin.address", &c.Admin.Address, DefaultAdminAddress)
+	}
+	if f := c.Fleet; f != nil {
+		setStr(c, "fleet.kv_mount", &f.KVMount, DefaultFleetKVMount)
+		setStr(c, "fleet.kv_path", &f.KVPath, DefaultFleetKVPath)
+		setDur(c, "fleet.lock_ttl", &f.LockTTL, DefaultFleetLockTTL)
+		setDur(c, "fleet.poll_interval", &f.PollInterval, DefaultFleetPollInterval)
 	}
 }
 
