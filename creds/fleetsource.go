@@ -36,6 +36,7 @@ type fleetMember struct {
 	fails     int
 	nextPoll  time.Time
 	rotate    *rotateRequest // for the issuer, sent with the next write
+	left      bool           // fleetLeave ran: write nothing more
 }
 
 type beatSeen struct {
@@ -417,7 +418,7 @@ func (s *Source) fleetAfter(ctx context.Context) {
 	f := s.fleet
 	now := s.now()
 	f.mu.Lock()
-	if f.fails > 0 || f.readAt.IsZero() {
+	if f.fails > 0 || f.readAt.IsZero() || f.left || ctx.Err() != nil {
 		f.mu.Unlock()
 		return
 	}
@@ -431,12 +432,16 @@ func (s *Source) fleetAfter(ctx context.Context) {
 	fenced := false
 	err := s.fleetUpdate(ctx, func(r *fleetRecord) bool {
 		changed := false
-		if beatDue {
-			f.mu.Lock()
+		f.mu.Lock()
+		left := f.left
+		if beatDue && !left {
 			f.beat++
 			r.Members[id] = member{Seen: now.UTC(), Beat: f.beat}
-			f.mu.Unlock()
 			changed = true
+		}
+		f.mu.Unlock()
+		if left {
+			return false // a step that raced with shutdown must not re-add us
 		}
 		if issuer {
 			if r.Term != term {
@@ -709,7 +714,7 @@ func (s *Source) fleetLeave(ctx context.Context) int {
 	now := s.now()
 	f.mu.Lock()
 	id, issuer, term, lockVer := f.o.InstanceID, f.issuer, f.term, f.lockVer
-	f.issuer = false
+	f.issuer, f.left = false, true
 	f.mu.Unlock()
 	var last []genRecord
 	err := s.fleetUpdate(ctx, func(r *fleetRecord) bool {
