@@ -690,7 +690,9 @@ func (s *Source) fleetRenewBy(nextRenew, leaseEnd time.Time, ttl time.Duration) 
 	if s.fleet == nil {
 		return nextRenew
 	}
-	lead := min(s.fleet.o.renewLead(), ttl/2)
+	// Capped so that short leases are renewed every third of their TTL
+	// at most, not continuously.
+	lead := min(s.fleet.o.renewLead(), ttl*2/3)
 	if t := leaseEnd.Add(-lead); t.Before(nextRenew) {
 		return t
 	}

@@ -98,7 +98,7 @@ vault:
   address: %s
   request_timeout: 2s
   auth: { method: token, token_file: %q }
-fleet: { name: it-fleet, instance_id: %s, lock_ttl: 3s, poll_interval: 1s }
+fleet: { name: it-fleet, instance_id: %s, lock_ttl: 2s, poll_interval: 500ms }
 backends:
   appdb:
     protocol: postgres
