@@ -122,13 +122,12 @@ func (s *Source) fleetBefore(ctx context.Context) time.Time {
 	if lockVer != f.lockVer || f.lockSince.IsZero() {
 		f.lockSince = now
 	}
-	// The lock keeper may have written a newer version meanwhile.
-	if lockVer >= f.lockVer {
+	// The lock keeper may have written a newer version meanwhile. (Only
+	// then: versions restart at 1 if an operator deletes the records.)
+	if lockVer >= f.lockVer || !f.issuer {
 		f.lock, f.lockVer = lock, lockVer
 	}
-	if recVer >= f.recVer {
-		f.rec, f.recVer = rec, recVer
-	}
+	f.rec, f.recVer = rec, recVer
 	f.readAt = now
 	f.observeLocked(now)
 	f.nextPoll = now.Add(jittered(f.o.PollInterval))
