@@ -392,3 +392,55 @@ func TestFleetLeaveIgnoresDeadMembers(t *testing.T) {
 		t.Fatalf("the last live instance revoked %d leases", n)
 	}
 }
+
+// The issuer dies just before it would rotate: its successor rotates in
+// its place, and the other instances never lack a credential.
+func TestFleetIssuerDiesBeforeRotation(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	// Rotation 4s after issue, drain deadline 1s before the 8s hard end.
+	fv.set(func(f *fakeVault) { f.ttl, f.maxTTL = 8*time.Second, 8*time.Second })
+	nodes, _ := startFleet(t, fv, 3, LeaseOptions{SafetyMargin: time.Second})
+	for _, n := range nodes {
+		n.current(t, 1, 5*time.Second)
+	}
+	old := waitIssuer(t, nodes, 3*time.Second)
+	g1 := old.current(t, 1, time.Second)
+	rest := followers(nodes, old)
+
+	// Watch a survivor: it must always have an active generation.
+	stop := make(chan struct{})
+	var failures []error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			if _, err := rest[0].Current(ctx); err != nil {
+				failures = append(failures, err)
+			}
+			cancel()
+		}
+	})
+	time.Sleep(time.Until(g1.IssuedAt.Add(3800 * time.Millisecond)))
+	if old.current(t, 1, time.Second).N != 1 {
+		t.Fatal("the issuer rotated before it was killed")
+	}
+	old.kill()
+	for _, n := range rest {
+		n.current(t, 2, 5*time.Second)
+	}
+	waitFor(t, 8*time.Second, "the dead issuer's generation revoked by its successor", func() bool { return fv.wasRevoked(g1.LeaseID) })
+	close(stop)
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d times without a credential, first: %v", len(failures), failures[0])
+	}
+	if len(issuers(rest)) != 1 {
+		t.Fatal("no single successor")
+	}
+}
