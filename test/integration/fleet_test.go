@@ -34,9 +34,10 @@ path "secret/data/dbproxy/fleet/it-fleet/*" { capabilities = ["create", "read", 
 
 // fleetLease is /v1/leases with the fleet fields.
 type fleetLease struct {
-	Generation uint64 `json:"generation"`
-	Username   string `json:"username"`
-	State      string `json:"state"`
+	Generation uint64    `json:"generation"`
+	Username   string    `json:"username"`
+	State      string    `json:"state"`
+	IssuedAt   time.Time `json:"issued_at"`
 	Fleet      *struct {
 		Instance  string               `json:"instance"`
 		Issuer    string               `json:"issuer"`
@@ -160,12 +161,67 @@ func (m *fleetMember) finish() {
 	m.pool.Close()
 }
 
+// killIssuer stops the clients of the issuer among ms and kills it
+// with SIGKILL (only the survivors' clients are judged).
+func killIssuer(t *testing.T, ms []*fleetMember) *fleetMember {
+	t.Helper()
+	for _, m := range ms {
+		if l := m.proc.fleetLeases(t); len(l) > 0 && l[0].Fleet.IsIssuer {
+			m.finish()
+			if err := m.proc.cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("killed issuer %s at generation %d", m.name, l[len(l)-1].Generation)
+			return m
+		}
+	}
+	t.Fatal("no issuer")
+	return nil
+}
+
+// waitNewIssuer waits until all of ms name one issuer among them.
+func waitNewIssuer(t *testing.T, ms, dead []*fleetMember) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		issuers := map[string]bool{}
+		for _, m := range ms {
+			for _, l := range m.proc.fleetLeases(t) {
+				issuers[l.Fleet.Issuer] = true
+			}
+		}
+		last = fmt.Sprint(issuers)
+		if len(issuers) != 1 {
+			continue
+		}
+		ok := true
+		for _, d := range dead {
+			ok = ok && !issuers[d.name]
+		}
+		if ok && !issuers[""] {
+			return
+		}
+	}
+	t.Fatalf("no new issuer: survivors see %s", last)
+}
+
+func without(ms []*fleetMember, x *fleetMember) []*fleetMember {
+	var out []*fleetMember
+	for _, m := range ms {
+		if m != x {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // TestFleetFailover: three dbproxy processes share one credential per
-// generation through Vault KV; the issuer is killed with SIGKILL under
-// load; a survivor takes over renewals and rotation. Clients of the
-// survivors see no error, PostgreSQL never holds more than the current
-// and the draining user, superseded users are revoked, and nothing is
-// left once the fleet stops.
+// generation through Vault KV; under load the issuer is killed with
+// SIGKILL, then its successor just before it would rotate; the last
+// instance takes over renewals and rotation. Clients see no error (those
+// of a killed instance stop before it dies), PostgreSQL never holds more
+// than the current and the draining user, superseded users are revoked,
+// and nothing is left once the fleet stops.
 func TestFleetFailover(t *testing.T) {
 	ctx := context.Background()
 	if err := Vault.ConfigurePostgres(ctx, PG, harness.RoleOptions{Mount: Mount, Role: fleetRole, DefaultTTL: RoleTTL, MaxTTL: RoleMaxTTL}); err != nil {
@@ -234,57 +290,40 @@ func TestFleetFailover(t *testing.T) {
 	for _, m := range members {
 		m.load(t, users)
 	}
-	time.Sleep(5 * time.Second)
 
-	var issuer *fleetMember
-	var survivors []*fleetMember
-	for _, m := range members {
-		if l := m.proc.fleetLeases(t); len(l) > 0 && l[0].Fleet.IsIssuer {
-			issuer = m
-		} else {
-			survivors = append(survivors, m)
-		}
+	// Kill the issuer mid-run, then its successor just before the
+	// rotation it would do: the last instance takes over and rotates.
+	time.Sleep(3 * time.Second)
+	killed := []*fleetMember{killIssuer(t, members)}
+	alive := without(members, killed[0])
+	waitNewIssuer(t, alive, killed)
+	gen := alive[0].proc.fleetLeases(t)
+	rotateAt := gen[len(gen)-1].IssuedAt.Add(RoleMaxTTL / 2) // default rotate_before: half of 30s
+	time.Sleep(time.Until(rotateAt.Add(-2 * time.Second)))
+	if g := alive[0].proc.fleetLeases(t); g[len(g)-1].Generation != gen[len(gen)-1].Generation {
+		t.Fatalf("rotated before the second kill: %+v", g)
 	}
-	if issuer == nil || len(survivors) != 2 {
-		t.Fatalf("want one issuer among three, got issuer %v and %d others", issuer, len(survivors))
-	}
-	// Its own clients stop first: only the survivors' clients count.
-	issuer.finish()
-	if err := issuer.proc.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	killedAt := time.Now()
-	before := survivors[0].proc.fleetLeases(t)
-	t.Logf("killed issuer %s at generation %d", issuer.name, before[len(before)-1].Generation)
-
-	// A survivor takes over and rotates at least once on its own: wait
-	// for a generation issued after the kill (rotation is every 15s).
+	killed = append(killed, killIssuer(t, alive))
+	last := without(alive, killed[1])
+	waitNewIssuer(t, last, killed)
 	var after []fleetLease
-	deadline := killedAt.Add(40 * time.Second)
-	for ; time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		after = survivors[0].proc.fleetLeases(t)
-		if n := len(after); n > 0 && after[n-1].Generation >= before[len(before)-1].Generation+1 &&
-			after[n-1].Fleet.Issuer != issuer.name && time.Since(killedAt) > 18*time.Second {
-			break
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		after = last[0].proc.fleetLeases(t)
+		if len(after) == 1 && after[0].Generation > gen[len(gen)-1].Generation {
+			break // rotated, and the superseded generation revoked
 		}
 	}
-	for _, m := range survivors {
-		m.finish()
-	}
+	last[0].finish()
 	close(sampleStop)
 	sampler.Wait()
 
-	newIssuer := after[len(after)-1].Fleet.Issuer
-	t.Logf("new issuer %s; generations now %+v", newIssuer, after)
-	if newIssuer == issuer.name || newIssuer == "" {
-		t.Fatalf("no survivor took over from %s: %+v", issuer.name, after)
-	}
-	if after[len(after)-1].Generation <= before[len(before)-1].Generation {
-		t.Fatalf("no rotation after the issuer died: before %+v, after %+v", before, after)
+	t.Logf("generations on %s now %+v", last[0].name, after)
+	if len(after) != 1 || after[0].Generation <= gen[len(gen)-1].Generation {
+		t.Fatalf("the last instance did not rotate and revoke after the issuers died: before %+v, after %+v", gen, after)
 	}
 	nUsers := 0
 	users.Range(func(any, any) bool { nUsers++; return true })
-	for _, m := range survivors {
+	for _, m := range members {
 		t.Logf("%s: %d transactions ok, %d failed", m.name, m.ok.Load(), len(m.errs))
 		if len(m.errs) != 0 {
 			t.Errorf("%s: %d client errors, first: %v", m.name, len(m.errs), m.errs[:min(3, len(m.errs))])
@@ -297,25 +336,16 @@ func TestFleetFailover(t *testing.T) {
 	if maxUsers.Load() > 2 {
 		t.Errorf("PostgreSQL held %d Vault users at once: %v; want at most the current and the draining one", maxUsers.Load(), sampled)
 	}
-	// Every superseded user is revoked: PostgreSQL holds only users the
-	// survivors still publish.
-	live := map[string]bool{}
-	for _, m := range survivors {
-		for _, l := range m.proc.fleetLeases(t) {
-			live[l.Username] = true
-		}
-	}
-	for _, r := range vaultRoles(t, fleetRole) {
-		if !live[r] {
-			t.Errorf("database user %s is in pg_roles but no generation uses it (not revoked)", r)
-		}
+	// Every superseded user is revoked: PostgreSQL holds only the user
+	// the last instance still publishes.
+	if roles := vaultRoles(t, fleetRole); len(roles) != 1 || roles[0] != after[0].Username {
+		t.Errorf("pg_roles holds %v; want only %s (superseded users revoked)", roles, after[0].Username)
 	}
 
-	// The survivors stop gracefully; the last one revokes what is left.
-	for _, m := range survivors {
-		if err := m.proc.stop(t); err != nil {
-			t.Errorf("%s exit: %v", m.name, err)
-		}
+	// The last instance stops gracefully and, the only live member left,
+	// revokes what is left.
+	if err := last[0].proc.stop(t); err != nil {
+		t.Errorf("%s exit: %v", last[0].name, err)
 	}
 	if roles := vaultRoles(t, fleetRole); len(roles) != 0 {
 		t.Fatalf("database users left after the fleet stopped: %v", roles)
