@@ -22,14 +22,14 @@ import (
 const fleetRole = "pg-fleet"
 
 // fleetPolicy is the policy docs/fleet.md gives dbproxy in fleet mode,
-// for backend role pg-fleet and fleet it-fleet: the test proves it is
-// enough.
+// for backend role pg-fleet and the fleets it-fleet*: the test proves it
+// is enough.
 const fleetPolicy = `
 path "database/creds/pg-fleet" { capabilities = ["read"] }
 path "database/roles/pg-fleet" { capabilities = ["read"] }
 path "sys/leases/renew"        { capabilities = ["update"] }
 path "sys/leases/revoke"       { capabilities = ["update"] }
-path "secret/data/dbproxy/fleet/it-fleet/*" { capabilities = ["create", "read", "update"] }
+path "secret/data/dbproxy/fleet/it-fleet*" { capabilities = ["create", "read", "update"] }
 `
 
 // fleetLease is /v1/leases with the fleet fields.
@@ -77,9 +77,9 @@ type fleetMember struct {
 	mu   sync.Mutex
 }
 
-// startFleetMember runs dbproxy `name` of fleet it-fleet with its own
+// startFleetMember runs dbproxy `name` of fleet `fleet` with its own
 // token from the dbproxy-fleet token role (orphan, periodic).
-func startFleetMember(t *testing.T, name string) *fleetMember {
+func startFleetMember(t *testing.T, fleet, name string) *fleetMember {
 	t.Helper()
 	ctx := context.Background()
 	tok, err := Vault.CreateRoleToken(ctx, "dbproxy-fleet", harness.TokenRoleOptions{
@@ -99,7 +99,7 @@ vault:
   address: %s
   request_timeout: 2s
   auth: { method: token, token_file: %q }
-fleet: { name: it-fleet, instance_id: %s, lock_ttl: 2s, poll_interval: 500ms }
+fleet: { name: %s, instance_id: %s, lock_ttl: 2s, poll_interval: 500ms }
 backends:
   appdb:
     protocol: postgres
@@ -113,7 +113,7 @@ identities:
   app:
     grants: [ { backend: appdb } ]
 admin: { address: "{{ADMIN}}" }
-`, Vault.Addr, tokenFile, name, PG.Addr(), fleetRole, m.port)
+`, Vault.Addr, tokenFile, fleet, name, PG.Addr(), fleetRole, m.port)
 	m.proc = startProxy(t, dir, cfg, true)
 	return m
 }
@@ -232,7 +232,7 @@ func TestFleetFailover(t *testing.T) {
 	}
 	var members []*fleetMember
 	for _, name := range []string{"fleet-a", "fleet-b", "fleet-c"} {
-		members = append(members, startFleetMember(t, name))
+		members = append(members, startFleetMember(t, "it-fleet-kill", name))
 	}
 
 	// One generation, one database user, for three instances.
@@ -346,6 +346,69 @@ func TestFleetFailover(t *testing.T) {
 	// revokes what is left.
 	if err := last[0].proc.stop(t); err != nil {
 		t.Errorf("%s exit: %v", last[0].name, err)
+	}
+	if roles := vaultRoles(t, fleetRole); len(roles) != 0 {
+		t.Fatalf("database users left after the fleet stopped: %v", roles)
+	}
+}
+
+// TestFleetGracefulStop: instances that stop with SIGTERM leave the
+// shared credential to the others (the issuer first, so a successor
+// takes over), and the last one revokes it: no database user is left.
+func TestFleetGracefulStop(t *testing.T) {
+	ctx := context.Background()
+	if err := Vault.ConfigurePostgres(ctx, PG, harness.RoleOptions{Mount: Mount, Role: fleetRole, DefaultTTL: RoleTTL, MaxTTL: RoleMaxTTL}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Vault.WritePolicy(ctx, "dbproxy-fleet", fleetPolicy); err != nil {
+		t.Fatal(err)
+	}
+	var members []*fleetMember
+	for _, name := range []string{"stop-a", "stop-b", "stop-c"} {
+		members = append(members, startFleetMember(t, "it-fleet-stop", name))
+	}
+	check := func(ms []*fleetMember) string {
+		t.Helper()
+		var user string
+		for _, m := range ms {
+			u, err := oneTransaction(txnDSN(m.port), 1)
+			if err != nil {
+				t.Fatalf("%s: %v", m.name, err)
+			}
+			if user != "" && u != user {
+				t.Fatalf("instances use %s and %s", user, u)
+			}
+			user = u
+		}
+		return user
+	}
+	user := check(members)
+	// Issuer first: its lock is freed and a successor takes over.
+	var issuer *fleetMember
+	for _, m := range members {
+		if l := m.proc.fleetLeases(t); len(l) > 0 && l[0].Fleet.IsIssuer {
+			issuer = m
+		}
+	}
+	if issuer == nil {
+		t.Fatal("no issuer")
+	}
+	order := append([]*fleetMember{issuer}, without(members, issuer)...)
+	for i, m := range order[:2] {
+		if err := m.proc.stop(t); err != nil {
+			t.Fatalf("%s exit: %v", m.name, err)
+		}
+		rest := order[i+1:]
+		if got := check(rest); got != user {
+			t.Fatalf("after %s stopped, the others use %s, not %s", m.name, got, user)
+		}
+		if roles := vaultRoles(t, fleetRole); len(roles) != 1 || roles[0] != user {
+			t.Fatalf("after %s stopped: pg_roles %v; want %s kept for the others", m.name, roles, user)
+		}
+	}
+	waitNewIssuer(t, order[2:], order[:2])
+	if err := order[2].proc.stop(t); err != nil {
+		t.Fatalf("%s exit: %v", order[2].name, err)
 	}
 	if roles := vaultRoles(t, fleetRole); len(roles) != 0 {
 		t.Fatalf("database users left after the fleet stopped: %v", roles)
