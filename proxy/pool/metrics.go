@@ -1,8 +1,6 @@
 package pool
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -30,6 +28,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) checkout(backend, result string, d time.Duration) {
-	m.checkoutSecs.WithLabelValues(backend, result).Observe(d.Seconds())
+// checkoutObservers are one pool's children of the checkout histogram,
+// looked up once so a checkout does not hash label values.
+type checkoutObservers struct {
+	reused, dialed, dialError, exhausted, paused prometheus.Observer
+}
+
+func (m *Metrics) observers(backend string) checkoutObservers {
+	h := m.checkoutSecs
+	return checkoutObservers{
+		reused: h.WithLabelValues(backend, "reused"), dialed: h.WithLabelValues(backend, "dialed"),
+		dialError: h.WithLabelValues(backend, "dial_error"), exhausted: h.WithLabelValues(backend, "exhausted"),
+		paused: h.WithLabelValues(backend, "paused"),
+	}
 }

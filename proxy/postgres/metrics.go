@@ -14,6 +14,8 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	errors   *prometheus.CounterVec
 	cancels  *prometheus.CounterVec
+	duplex   prometheus.Counter
+	retries  prometheus.Counter
 }
 
 // NewMetrics registers the collectors on reg (nil: unregistered).
@@ -39,9 +41,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dbproxy_cancel_requests_total", Help: "Cancel requests by result.", ConstLabels: constLabels,
 		}, []string{"result"}),
+		duplex: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dbproxy_relay_duplex_switches_total", ConstLabels: constLabels,
+			Help: "Times a session switched to the two-direction relay (COPY FROM STDIN, a stalled pipeline, LISTEN).",
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dbproxy_request_retries_total", ConstLabels: constLabels,
+			Help: "Requests sent again on another server connection because the first was dead before anything ran.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels)
+		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels, m.duplex, m.retries)
 	}
 	return m
 }

@@ -22,15 +22,22 @@ import (
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
-// session is one client connection from accept to close.
+// session is one client connection from accept to close. One goroutine
+// runs it; other goroutines only read its snapshot fields (under mu or
+// atomically) and interrupt it.
 type session struct {
 	srv     *Server
 	log     *zap.Logger
-	raw     net.Conn // as accepted
-	client  net.Conn // raw, or TLS over raw
-	cbr     *bufio.Reader
+	raw     net.Conn      // as accepted
+	client  net.Conn      // raw, or TLS over raw
+	cbr     *bufio.Reader // borrowed while a request is relayed (idle.go)
 	cbw     *bufio.Writer
+	in      prefixReader // the client as cbr reads it
 	started time.Time
+	// ctx is cancelled when the session is killed: it bounds a checkout
+	// waiting for a connection.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	id      identity.Identity
 	backend *Backend
@@ -41,17 +48,18 @@ type session struct {
 	poolKey string
 	dialer  pool.DialFunc
 	txnMode bool
+	rl      *txnSession
 
 	mu        sync.Mutex
-	lease     *pool.Lease
+	lease     *pool.Lease // what info and cancel see; rl.lease is the relay's
 	cancelPID uint32
-	killCh    chan killReason
-	killOnce  sync.Once
 
-	txStatus atomic.Uint32 // last ReadyForQuery status byte
-	pending  atomic.Int64  // queries sent and not yet answered by ReadyForQuery
-	bytesIn  atomic.Int64
-	bytesOut atomic.Int64
+	why       atomic.Int32  // interrupt reason (interrupt.go)
+	busy      atomic.Bool   // a request is being relayed
+	idleArmed bool          // the client read deadline is idle_transaction_timeout's
+	txStatus  atomic.Uint32 // last ReadyForQuery status byte
+	bytesIn   atomic.Int64
+	bytesOut  atomic.Int64
 }
 
 type killReason int
@@ -64,10 +72,14 @@ const (
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	s := &session{
 		srv: srv, raw: c, client: c, started: time.Now(),
-		cbr: bufio.NewReaderSize(c, 16<<10), killCh: make(chan killReason, 1),
 		log: srv.log.With(zap.String("listener", lo.Name), zap.String("remote", c.RemoteAddr().String())),
 	}
-	s.cbw = bufio.NewWriterSize(c, 32<<10)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	defer s.cancel()
+	s.rl = newTxnSession(s)
+	s.in.conn = c
+	s.borrowBuffers()
+	defer s.releaseBuffers()
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(srv.opts.StartupTimeout))
 	err := s.startup(lo)
@@ -151,8 +163,9 @@ func (s *session) startup(lo ListenerOptions) error {
 			st := tc.ConnectionState()
 			tlsState = &st
 			s.client = tc
-			s.cbr = bufio.NewReaderSize(tc, 16<<10)
-			s.cbw = bufio.NewWriterSize(tc, 32<<10)
+			s.in.conn = tc
+			s.cbr.Reset(&s.in)
+			s.cbw.Reset(tc)
 		case *pgproto3.GSSEncRequest:
 			if _, err := s.raw.Write([]byte{'N'}); err != nil {
 				return err
@@ -233,13 +246,14 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 			return s.greet(m.ProtocolVersion, params)
 		}
 	}
-	lease, err := pl.Checkout(ctx, s.poolKey, s.dialer)
+	lease, err := pl.CheckoutFor(ctx, s.poolKey, s.dialer, s)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
+	s.rl.lease, s.rl.up = lease, lease.Conn.(*upstream)
 	params := lease.Conn.(*upstream).params
 	if s.txnMode {
 		s.srv.greetings.Put(greetKey, maps.Clone(params))
@@ -278,31 +292,19 @@ func (s *session) run() {
 		// Each transaction has its own server connection and database
 		// user; the log lines of a transaction pool say so.
 		s.log.Info("session start", zap.Bool("transaction_pooling", true))
-		s.mu.Lock()
-		lease := s.lease
-		s.lease = nil
-		s.mu.Unlock()
-		if lease != nil {
-			lease.Put() // the greeting's, until the first transaction
-		}
-		s.logEnd(b, s.runTxn())
+		s.rl.release(true) // the greeting's, until the first transaction
+		result := s.serve()
+		s.rl.release(false) // still held: the session ended mid-transaction
+		s.logEnd(b, result)
 		return
 	}
-	gen := s.lease.Gen
+	gen := s.rl.lease.Gen
 	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
-
-	result, reusable := s.relay(gen)
-
-	s.mu.Lock()
-	lease := s.lease
-	s.lease = nil
-	s.mu.Unlock()
-	if reusable {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		lease.Return(ctx)
-		cancel()
+	result := s.serve()
+	if result == "ok" && !s.rl.outstanding() && byte(s.txStatus.Load()) == 'I' && s.rl.up != nil && s.rl.up.bw.Buffered() == 0 {
+		s.rl.returnSession()
 	} else {
-		lease.Close()
+		s.rl.release(false)
 	}
 	s.logEnd(b, result, zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
 }
@@ -318,105 +320,12 @@ func (s *session) logEnd(backend, result string, fields ...zap.Field) {
 		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))...)
 }
 
-// relay copies frames both ways until one side ends or the session is
-// killed. It reports how the session ended and whether the upstream is
-// quiescent and idle, and so may serve another client.
-func (s *session) relay(gen *creds.Generation) (string, bool) {
-	up := s.lease.Conn.(*upstream)
-	upDone := make(chan error, 1)
-	cliDone := make(chan error, 1)
-	go func() { upDone <- s.upstreamToClient() }()
-	go func() { cliDone <- s.clientToUpstream() }()
-
-	select {
-	case err := <-cliDone:
-		if errors.Is(err, errTerminate) && s.pending.Load() == 0 && s.txStatus.Load() == 'I' {
-			if uerr := interruptRead(up.conn, upDone); isTimeout(uerr) {
-				return "ok", true
-			}
-			return "ok", false
-		}
-		_ = up.conn.Close()
-		<-upDone
-		if errors.Is(err, errTerminate) {
-			return "ok", false
-		}
-		var pe *Error
-		if errors.As(err, &pe) {
-			s.sendFatal(pe)
-			return "client_error", false
-		}
-		return "client_gone", false
-	case <-upDone:
-		// The server ended the session (its FATAL, if any, was relayed).
-		_ = s.client.Close()
-		<-cliDone
-		return "server_closed", false
-	case <-gen.Expired():
-		s.stopRelay(up, upDone, cliDone)
-		s.sendFatal(&Error{Severity: "FATAL", Code: codeAdminShutdown,
-			Message: fmt.Sprintf("dbproxy closed this session: the database credential for backend %s has reached the end of its lease (%s)", s.backend.Name, reasonText(gen.Reason())),
-			Hint:    "reconnecting is safe: new sessions use a fresh credential"})
-		return "lease_end", false
-	case r := <-s.killCh:
-		s.stopRelay(up, upDone, cliDone)
-		msg := "dbproxy is shutting down"
-		if r == killIdleShutdown {
-			msg = "dbproxy is shutting down; this idle session was closed"
-		}
-		s.sendFatal(&Error{Severity: "FATAL", Code: codeAdminShutdown, Message: msg, Hint: "reconnect to another dbproxy instance or retry shortly"})
-		return "shutdown", false
-	}
-}
-
-func (s *session) stopRelay(up *upstream, upDone, cliDone chan error) {
-	_ = up.conn.Close()
-	<-upDone
-	_ = s.client.SetReadDeadline(time.Unix(1, 0))
-	<-cliDone
-}
-
-// sendFatalLocked is sendFatal for sessions whose client writes share mu.
-func (s *session) sendFatalLocked(mu *sync.Mutex, e *Error) {
-	mu.Lock()
-	defer mu.Unlock()
-	s.sendFatal(e)
-}
-
 func (s *session) sendFatal(e *Error) {
 	s.srv.metrics.errors.WithLabelValues(e.Code[:2]).Inc()
 	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	_, _ = s.cbw.Write(e.encode(nil))
-	_ = s.cbw.Flush()
-}
-
-func reasonText(r string) string {
-	switch r {
-	case "max_ttl":
-		return "its max TTL"
-	case "token":
-		return "dbproxy's Vault token expires"
-	case "external_revoke", "auth_failed":
-		return "the lease was revoked in Vault"
-	case "manual":
-		return "an operator rotated it"
-	case "":
-		return "lease expired"
-	}
-	return r
-}
-
-func (s *session) kill(r killReason) {
-	s.killOnce.Do(func() { s.killCh <- r })
-}
-
-func (s *session) closeIfIdle() {
-	s.mu.Lock()
-	idle := s.lease == nil
-	s.mu.Unlock()
-	if s.txnMode && idle || !s.txnMode && s.pending.Load() == 0 && s.txStatus.Load() == 'I' {
-		s.kill(killIdleShutdown)
-	}
+	// Straight to the socket: the buffered writer may hold a write error
+	// from the deadline that interrupted the relay.
+	_, _ = s.client.Write(e.encode(nil))
 }
 
 func (s *session) currentUpstream() *upstream {
@@ -445,7 +354,7 @@ type SessionInfo struct {
 
 func (s *session) info() SessionInfo {
 	si := SessionInfo{Protocol: "postgres", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
-		Since: s.started, Remote: s.raw.RemoteAddr().String(), State: txState(byte(s.txStatus.Load()), s.pending.Load())}
+		Since: s.started, Remote: s.raw.RemoteAddr().String(), State: txState(byte(s.txStatus.Load()), s.busy.Load())}
 	if s.backend != nil {
 		si.Backend = s.backend.Name
 	}
@@ -457,9 +366,9 @@ func (s *session) info() SessionInfo {
 	return si
 }
 
-func txState(status byte, pending int64) string {
+func txState(status byte, busy bool) string {
 	switch {
-	case pending > 0:
+	case busy:
 		return "active"
 	case status == 'T':
 		return "idle in transaction"

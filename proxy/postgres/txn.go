@@ -4,26 +4,21 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
-// Transaction pooling: a client holds an upstream connection only from the
-// first message of a transaction to the ReadyForQuery 'I' that ends it.
-//
 // Every message forwarded upstream that the server answers is queued as a
 // request; server messages complete them in order. That tells exactly when
-// the connection is quiescent (queue empty, status idle), and lets the
-// proxy rename prepared statements, prepare them on whichever connection a
-// transaction lands on (swallowing the ParseComplete the client did not
-// ask for) and answer a Parse the connection already has (a fake
-// ParseComplete emitted in the right place).
+// the session is quiescent (queue empty), in both pool modes, and in
+// transaction mode lets the proxy rename prepared statements, prepare them
+// on whichever connection a transaction lands on (swallowing the
+// ParseComplete the client did not ask for) and answer a Parse the
+// connection already has (a fake ParseComplete emitted in its turn).
 
 // reqAction says what happens to a request's completing server message.
 type reqAction uint8
@@ -59,399 +54,226 @@ func (r request) completes(typ byte) bool {
 	}
 }
 
-// txnSession is the transaction-pooling state of one client session.
+// txnSession is the relay state of one client session: the server
+// connection it holds, the requests in flight and, in transaction mode,
+// the client's prepared statements. Only the session goroutine uses it,
+// except in duplex mode, where the answer goroutine shares queue, up's
+// prepared set and the client writer under mu.
 type txnSession struct {
-	s    *session
-	pool *pool.Pool
-	key  string
-	wmu  sync.Mutex // client writes: the relay and fake answers
+	s *session
 
-	mu       sync.Mutex
-	lastRead atomic.Int64 // unix nanos of the client's last message
-	// writing is true while the client reader writes to up outside mu:
-	// the connection must not go back to the pool under its feet.
-	writing   bool
-	quiet     *sync.Cond // on mu; broadcast when writing ends or lease goes
+	mu        sync.Mutex
 	lease     *pool.Lease
 	up        *upstream
 	queue     []request
 	stmts     map[string]stmt
-	stmtBytes int      // sum of len(parse) over stmts
-	broken    error    // set when the upstream failed mid-transaction
-	emitNow   [][]byte // fake answers forward writes once t.mu is released
+	stmtBytes int     // sum of len(parse) over stmts
+	stage     []byte  // rewritten messages not yet written upstream
+	duplex    *duplex // non-nil while two goroutines relay
+	listening bool    // session mode after LISTEN: answers come unasked
+	copyIn    bool    // between CopyInResponse and the client's CopyDone/Fail
+	retry     retryState
 }
 
-// runTxn relays in transaction-pooling mode until the session ends.
-func (s *session) runTxn() string {
-	t := &txnSession{s: s, pool: s.pool, key: s.poolKey, stmts: map[string]stmt{}}
-	t.quiet = sync.NewCond(&t.mu)
-	defer t.detach(false)
-	killed := make(chan string, 1)
-	stop := make(chan struct{})
-	defer close(stop)
-	go t.watch(killed, stop)
-	for {
-		typ, body, err := t.readClient()
-		if err != nil {
-			select {
-			case r := <-killed:
-				return r
-			default:
-			}
-			t.mu.Lock()
-			broken := t.broken
-			t.mu.Unlock()
-			if broken != nil {
-				s.sendFatalLocked(&t.wmu, asClientError(s.backend.Name, broken))
-				return "server_closed"
-			}
-			if errors.Is(err, errTerminate) {
-				return "ok"
-			}
-			var pe *Error
-			if errors.As(err, &pe) {
-				s.sendFatalLocked(&t.wmu, pe)
-				return "client_error"
-			}
-			return "client_gone"
-		}
-		if err := t.forward(typ, body); err != nil {
-			select {
-			case r := <-killed:
-				return r
-			default:
-			}
-			s.log.Warn("transaction pooling: upstream failed", errField(err))
-			s.sendFatalLocked(&t.wmu, asClientError(s.backend.Name, err))
-			return "upstream_error"
-		}
-	}
+func newTxnSession(s *session) *txnSession {
+	return &txnSession{s: s, stmts: map[string]stmt{}}
 }
 
-// watch ends the session at a kill, or when the upstream it holds
-// reaches its generation's drain deadline. It wakes at that generation's
-// expiry, or once a second to see which upstream the session holds now:
-// a transaction always starts on the newest generation, whose deadline is
-// far off, so a second late to notice a new transaction costs nothing.
-func (t *txnSession) watch(killed chan<- string, stop <-chan struct{}) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	var expired <-chan struct{} // nil while no upstream is held
-	for {
-		select {
-		case <-stop:
-			return
-		case r := <-t.s.killCh:
-			killed <- "shutdown"
-			msg := "dbproxy is shutting down"
-			if r == killIdleShutdown {
-				msg = "dbproxy is shutting down; this idle session was closed"
-			}
-			t.abort(&Error{Severity: "FATAL", Code: codeAdminShutdown, Message: msg, Hint: "reconnect to another dbproxy instance or retry shortly"})
-			return
-		case <-tick.C:
-		case <-expired:
-		}
-		t.mu.Lock()
-		l := t.lease
-		waiting := l != nil && len(t.queue) == 0 && !t.writing // on the client
-		t.mu.Unlock()
-		expired = nil
-		if l == nil {
-			continue
-		}
-		if e := t.idleInTransaction(waiting); e != nil {
-			killed <- "idle_in_transaction"
-			t.abort(e)
-			return
-		}
-		expired = l.Gen.Expired()
-		select {
-		case <-expired:
-		default:
-			continue
-		}
-		killed <- "lease_end"
-		t.abort(&Error{Severity: "FATAL", Code: codeAdminShutdown,
-			Message: fmt.Sprintf("dbproxy closed this session: its transaction outlived the database credential for backend %s (%s)", t.s.backend.Name, reasonText(l.Gen.Reason())),
-			Hint:    "reconnecting is safe: new transactions use a fresh credential"})
-		return
-	}
-}
+// outstanding reports requests sent and not yet answered.
+func (t *txnSession) outstanding() bool { return len(t.queue) > 0 }
 
-// idleInTransaction returns the error that ends a session idle inside a
-// transaction past pool.idle_transaction_timeout, or nil.
-func (t *txnSession) idleInTransaction(waiting bool) *Error {
-	limit := t.s.backend.IdleTxnTimeout
-	st := byte(t.s.txStatus.Load())
-	if limit <= 0 || !waiting || st != 'T' && st != 'E' || time.Since(time.Unix(0, t.lastRead.Load())) < limit {
-		return nil
-	}
-	return &Error{Severity: "FATAL", Code: codeIdleInTxnTimeout,
-		Message: fmt.Sprintf("dbproxy closed this session: it stayed idle inside a transaction for more than %s while holding one of backend %s's server connections (pool.idle_transaction_timeout); the transaction was rolled back", limit, t.s.backend.Name),
-		Hint:    "commit or roll back promptly, or raise pool.idle_transaction_timeout"}
-}
-
-// abort tells the client why and closes both sides.
-func (t *txnSession) abort(e *Error) {
-	// A relay blocked writing to a client that does not read holds wmu:
-	// the deadline frees it.
-	_ = t.s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	t.detach(false)
-	t.s.sendFatalLocked(&t.wmu, e)
-	_ = t.s.client.Close()
-}
-
-// readClient reads one client message whole, but for COPY data that
-// streams: those are forwarded by readClient itself and return typ 0.
-func (t *txnSession) readClient() (byte, []byte, error) {
+// forwardFrame reads one client message and forwards it, checking out a
+// server connection first if the session holds none.
+func (t *txnSession) forwardFrame() (byte, error) {
 	s := t.s
 	hdr, err := s.cbr.Peek(5)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
-	t.lastRead.Store(time.Now().UnixNano())
 	typ := hdr[0]
 	if typ == 'X' {
-		return 0, nil, errTerminate
+		return typ, errTerminate
 	}
-	size := int(binary.BigEndian.Uint32(hdr[1:]))
-	if size < 4 || size-4 > s.srv.opts.MaxMessageBytes {
-		_, _, _, err := copyFrame(s.cbr, bufio.NewWriter(io.Discard), s.srv.opts.MaxMessageBytes)
-		return 0, nil, err
+	size, err := frameSize(hdr, s.srv.opts.MaxMessageBytes)
+	if err != nil {
+		return typ, err
 	}
-	if typ == 'd' || typ == 'c' || typ == 'f' {
-		// COPY from the client belongs to a request already queued.
-		up := t.beginWrite()
-		if up == nil {
-			// The server ended the COPY with an error and the transaction
-			// is over; PostgreSQL drops the rest of the data too.
-			_, _, n, err := copyFrame(s.cbr, bufio.NewWriter(io.Discard), s.srv.opts.MaxMessageBytes)
-			s.bytesIn.Add(int64(n))
-			return 0, nil, err
+	if !frontendType(typ) {
+		_, _ = s.cbr.Discard(min(5+size, s.cbr.Buffered()))
+		return typ, fatal(codeProtocolViolation, fmt.Sprintf("invalid frontend message type %q", typ))
+	}
+	if t.up == nil {
+		if typ == 'd' || typ == 'c' || typ == 'f' {
+			// COPY data after the server ended the COPY with an error:
+			// PostgreSQL drops it too.
+			_, err := skipFrame(s.cbr, s.srv.opts.MaxMessageBytes)
+			return typ, err
 		}
-		_, _, n, err := copyFrame(s.cbr, up.bw, s.srv.opts.MaxMessageBytes)
-		s.bytesIn.Add(int64(n))
-		if err == nil && s.cbr.Buffered() == 0 {
-			err = up.bw.Flush()
+		if handled, err := t.answerLocally(typ, size); handled || err != nil {
+			return typ, err
 		}
-		t.endWrite()
-		return 0, nil, err
+		if err := t.attach(); err != nil {
+			return typ, err
+		}
 	}
-	body := make([]byte, size-4)
-	if _, err := s.cbr.Discard(5); err != nil {
-		return 0, nil, err
+	s.bytesIn.Add(int64(5 + size))
+	if !s.txnMode || typ == 'd' || typ == 'c' || typ == 'f' || typ == 'H' {
+		if typ == 'c' || typ == 'f' {
+			t.mu.Lock()
+			t.copyIn = false
+			t.mu.Unlock()
+		}
+		t.record(typ, nil)
+		t.note(typ)
+		_, _, _, err := copyFrame(s.cbr, upWriter{t}, s.srv.opts.MaxMessageBytes)
+		return typ, err
 	}
-	if _, err := io.ReadFull(s.cbr, body); err != nil {
-		return 0, nil, err
+	body, consumed, err := t.body(size)
+	if err != nil {
+		return typ, err
 	}
-	s.bytesIn.Add(int64(size + 1))
-	return typ, body, nil
+	t.record(typ, body)
+	t.mu.Lock()
+	err = t.rewrite(typ, body)
+	t.mu.Unlock()
+	if !consumed {
+		_, _ = s.cbr.Discard(5 + size)
+	}
+	if err != nil {
+		return typ, err
+	}
+	// Written outside mu: the write may wait for the duplex answer
+	// goroutine, which needs mu, to drain the server's answers.
+	err = t.writeUp(t.stage)
+	t.stage = t.stage[:0]
+	return typ, err
 }
 
-// forward sends one client message upstream, checking a connection out
-// first if the session holds none.
-func (t *txnSession) forward(typ byte, body []byte) error {
-	if typ == 0 {
-		return nil // streamed COPY data
+// note queues a session-mode request for the message about to be
+// copied as is.
+func (t *txnSession) note(typ byte) {
+	switch typ {
+	case 'P', 'B', 'D', 'C', 'E', 'S', 'Q', 'F':
+	default:
+		return
+	}
+	if typ == 'S' && t.copyIn {
+		return // ignored by the server during COPY FROM STDIN
+	}
+	if (typ == 'Q' || typ == 'P') && !t.listening && !t.s.txnMode {
+		t.listening = isListen(t.s.cbr, typ)
 	}
 	t.mu.Lock()
-	if t.lease == nil && typ == 'Q' {
-		// DEALLOCATE of one of the client's statements between
-		// transactions needs no server connection.
-		if name, ok := deallocateTarget(firstCString(body)); ok {
-			if _, mine := t.stmts[name]; mine {
-				t.forget(name)
-				t.mu.Unlock()
-				t.wmu.Lock()
-				defer t.wmu.Unlock()
-				if _, err := t.s.cbw.Write(t.s.patchStatus(deallocateAnswer)); err != nil {
-					return err
-				}
-				return t.s.cbw.Flush()
-			}
-		}
-	}
-	for t.lease == nil {
-		if t.broken != nil {
-			err := t.broken
-			t.mu.Unlock()
-			return err
-		}
-		t.mu.Unlock()
-		if err := t.attach(); err != nil {
-			return err
-		}
-		t.mu.Lock()
-	}
-	up := t.up
-	err := t.rewrite(typ, body)
-	emit := t.emitNow
-	t.emitNow = nil
-	// Flushing may wait for the server to read, which may wait for the
-	// relay to read its answers, which needs mu: flush without it, and
-	// keep the connection from the pool with writing instead.
-	t.writing = true
+	t.queue = append(t.queue, request{typ: typ})
 	t.mu.Unlock()
-	defer t.endWrite()
-	if err != nil {
-		return err
-	}
-	if len(emit) > 0 {
-		// Answers to requests never sent, due now: every earlier answer
-		// was written (the relay writes under wmu what it popped).
-		t.wmu.Lock()
-		for _, f := range emit {
-			_, err = t.s.cbw.Write(t.s.patchStatus(f))
-		}
-		if err == nil {
-			err = t.s.cbw.Flush()
-		}
-		t.wmu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-	if t.s.cbr.Buffered() == 0 {
-		return up.bw.Flush()
-	}
-	return nil
 }
 
-// beginWrite returns the upstream held, marked as being written to, or nil.
-func (t *txnSession) beginWrite() *upstream {
+// isListen reports a LISTEN in the Query or Parse message at the head
+// of r (a statement name before a Parse's query is skipped).
+func isListen(r *bufio.Reader, typ byte) bool {
+	f, _ := r.Peek(min(5+128, r.Buffered()))
+	if len(f) < 5 {
+		return false
+	}
+	q := f[5:]
+	if typ == 'P' {
+		_, rest, ok := cstring(q)
+		if !ok {
+			return false
+		}
+		q = rest
+	}
+	return startsWithFold(q, "listen")
+}
+
+// body returns the whole body of the next client message and whether
+// it was consumed: it aliases the read buffer when it fits (valid until
+// the caller's Discard), else it is read into a copy (rare: huge
+// queries; statements are renamed and remembered, so held whole).
+func (t *txnSession) body(size int) ([]byte, bool, error) {
+	r := t.s.cbr
+	if 5+size <= r.Size() {
+		f, err := r.Peek(5 + size)
+		if err != nil {
+			return nil, false, err
+		}
+		return f[5:], false, nil
+	}
+	b := make([]byte, size)
+	if _, err := r.Discard(5); err != nil {
+		return nil, true, err
+	}
+	_, err := io.ReadFull(r, b)
+	return b, true, err
+}
+
+// frontendType reports the message types a client may send after startup.
+func frontendType(typ byte) bool {
+	switch typ {
+	case 'Q', 'P', 'B', 'D', 'E', 'C', 'S', 'H', 'F', 'd', 'c', 'f':
+		return true
+	}
+	return false
+}
+
+// relayOne relays one server message to the client and applies it to the
+// request queue. It reports a CopyInResponse: the client sends data next.
+func (t *txnSession) relayOne() (copyIn bool, err error) {
+	s := t.s
+	up := t.up
+	hdr, err := up.br.Peek(5)
+	if err != nil {
+		return false, upstreamLost(err)
+	}
+	typ := hdr[0]
+	if size := int(binary.BigEndian.Uint32(hdr[1:])) + 1; size <= up.br.Size() {
+		// Wait for the whole message before taking mu: the client side
+		// must not wait on a slow server to queue its next request.
+		if _, err := up.br.Peek(size); err != nil {
+			return false, upstreamLost(err)
+		}
+	}
+	// mu also guards the client writer: fake answers are written by the
+	// client side, in their turn.
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.up != nil {
-		t.writing = true
+	if t.deadOnArrival(typ, up) {
+		return false, errDeadOnArrival
 	}
-	return t.up
-}
-
-// endWrite ends what beginWrite or forward started.
-func (t *txnSession) endWrite() {
-	t.mu.Lock()
-	t.writing = false
-	t.quiet.Broadcast()
-	t.mu.Unlock()
-}
-
-// attach checks out an upstream connection for a new transaction.
-func (t *txnSession) attach() error {
-	// Checkout bounds the wait with the pool's checkout_timeout.
-	lease, err := t.pool.Checkout(context.Background(), t.key, t.s.dialer)
+	drop, fakes := t.complete(typ)
+	var body []byte
+	n := 0
+	if drop {
+		_, err = skipFrame(up.br, maxServerFrame)
+	} else {
+		typ, body, n, err = copyFrame(up.br, s.cbw, maxServerFrame)
+	}
 	if err != nil {
-		return err
+		return false, upstreamLost(err)
 	}
-	t.mu.Lock()
-	t.lease, t.up = lease, lease.Conn.(*upstream)
-	t.mu.Unlock()
-	t.s.mu.Lock()
-	t.s.lease = lease
-	t.s.mu.Unlock()
-	go t.serverToClient(lease)
-	return nil
-}
-
-// detach gives the upstream back: to the pool when the transaction ended
-// cleanly (quiescent), closed otherwise.
-func (t *txnSession) detach(clean bool) {
-	t.mu.Lock()
-	t.release(t.takeLocked(), clean)
-}
-
-// takeLocked removes the session's lease; t.mu is held.
-func (t *txnSession) takeLocked() *pool.Lease {
-	lease := t.lease
-	t.lease, t.up = nil, nil
-	t.queue = t.queue[:0]
-	t.quiet.Broadcast()
-	return lease
-}
-
-// release unlocks t.mu, then returns or closes lease.
-func (t *txnSession) release(lease *pool.Lease, clean bool) {
-	t.mu.Unlock()
-	if lease == nil {
-		return
+	s.bytesOut.Add(int64(n))
+	if typ == 'Z' && len(body) == 1 {
+		s.txStatus.Store(uint32(body[0]))
+		t.copyIn = false
 	}
-	t.s.mu.Lock()
-	if t.s.lease == lease {
-		t.s.lease = nil
+	if err := t.emit(fakes); err != nil {
+		return false, err
 	}
-	t.s.mu.Unlock()
-	if clean {
-		lease.Put()
-		return
+	switch {
+	case typ == 'G' || typ == 'W':
+		t.copyIn = true
+		return true, s.cbw.Flush()
+	case typ == 'E' && t.copyIn:
+		t.copyIn = false // the COPY failed; the server drops the rest
 	}
-	// Mid-transaction: close it so nothing half done reaches another
-	// client; the server rolls the transaction back.
-	lease.Close()
-}
-
-// serverToClient relays the server's answers for one transaction and
-// detaches when it ends.
-func (t *txnSession) serverToClient(lease *pool.Lease) {
-	s := t.s
-	up := lease.Conn.(*upstream)
-	for {
-		hdr, err := up.br.Peek(5)
-		if err != nil {
-			t.fail(lease, err)
-			return
-		}
-		typ := hdr[0]
-		// Lock order wmu then mu: what complete pops is written before any
-		// fake answer forward emits after seeing the queue empty.
-		t.wmu.Lock()
-		t.mu.Lock()
-		drop, fakes := t.complete(typ)
-		t.mu.Unlock()
-		var n int
-		var body []byte
-		if drop {
-			_, body, err = readFrame(up.br, 1<<30)
-		} else {
-			typ, body, n, err = copyFrame(up.br, s.cbw, 1<<30)
-		}
-		if err == nil && typ == 'Z' && len(body) == 1 {
-			s.txStatus.Store(uint32(body[0]))
-		}
-		if err == nil {
-			for _, f := range fakes {
-				_, err = s.cbw.Write(s.patchStatus(f))
-			}
-		}
-		if err == nil && up.br.Buffered() == 0 {
-			err = s.cbw.Flush()
-		}
-		t.wmu.Unlock()
-		if err != nil {
-			t.fail(lease, err)
-			return
-		}
-		s.bytesOut.Add(int64(n))
-		if typ != 'Z' || len(body) != 1 {
-			continue
-		}
-		t.mu.Lock()
-		for t.writing && len(t.queue) == 0 && t.lease == lease {
-			// The client reader is mid-write (e.g. a flush after a fake
-			// answer): let it finish before the connection can go.
-			t.quiet.Wait()
-		}
-		if body[0] == 'I' && len(t.queue) == 0 && t.lease == lease {
-			// Checked and taken under one lock: forward cannot queue on
-			// this connection in between.
-			t.release(t.takeLocked(), true)
-			return
-		}
-		t.mu.Unlock()
+	if up.br.Buffered() == 0 {
+		return false, s.cbw.Flush()
 	}
+	return false, nil
 }
 
 // complete applies server message typ to the request queue and says
-// whether to drop it and which fake answers follow it. t.mu is held.
+// whether to drop it and which fake answers follow it.
 func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 	if len(t.queue) == 0 {
 		return false, nil
@@ -468,29 +290,188 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 		for i < len(t.queue) && t.queue[i].typ != 'S' {
 			i++
 		}
-		t.queue = t.queue[i:]
+		t.pop(i)
 		return false, nil
 	case head.completes(typ):
-		t.queue = t.queue[1:]
+		t.pop(1)
 		drop = head.action == actSwallow
 		for len(t.queue) > 0 && t.queue[0].action == actFake {
 			fakes = append(fakes, t.queue[0].fake)
-			t.queue = t.queue[1:]
+			t.pop(1)
 		}
 	}
 	return drop, fakes
 }
 
-// fail ends a transaction whose upstream broke: the client is told and
-// the session ends (its transaction's fate is unknown to it otherwise).
-func (t *txnSession) fail(lease *pool.Lease, err error) {
+// pop removes n requests from the head of the queue, reusing its array.
+func (t *txnSession) pop(n int) {
+	k := copy(t.queue, t.queue[n:])
+	clear(t.queue[k:])
+	t.queue = t.queue[:k]
+}
+
+// flushUp writes the request upstream.
+func (t *txnSession) flushUp() error {
+	if t.up == nil {
+		return t.flushClient() // answered by dbproxy alone
+	}
+	if err := t.writeUp(nil); err != nil {
+		return err
+	}
+	return nil
+}
+
+// emit writes fake answers that are due now. t.mu is held.
+func (t *txnSession) emit(frames [][]byte) error {
+	for _, f := range frames {
+		if _, err := t.s.cbw.Write(t.s.patchStatus(f)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *txnSession) flushClient() error {
 	t.mu.Lock()
-	if t.lease != lease {
-		t.mu.Unlock()
+	defer t.mu.Unlock()
+	return t.s.cbw.Flush()
+}
+
+// writeUp writes p upstream (nil: flushes). While earlier answers are
+// outstanding the server may be blocked writing them to us and so not
+// reading: a write that stalls then switches the session to duplex.
+func (t *txnSession) writeUp(p []byte) error {
+	up := t.up
+	armed := false
+	for {
+		// Only a write that reaches the socket can block.
+		hits := p == nil || up.bw.Buffered()+len(p) > cap(up.bw.buf)
+		if hits && !armed && t.duplex == nil {
+			if t.mayStall(p != nil) {
+				_ = up.conn.SetWriteDeadline(time.Now().Add(pipelineStall))
+				armed = true
+			}
+		}
+		var err error
+		if p == nil {
+			err = up.bw.Flush()
+		} else {
+			var n int
+			n, err = up.bw.Write(p)
+			p = p[n:]
+		}
+		if err == nil && len(p) == 0 {
+			if armed {
+				_ = up.conn.SetWriteDeadline(time.Time{})
+			}
+			return nil
+		}
+		if err == nil {
+			continue
+		}
+		if !armed || !isTimeout(err) || t.s.interrupted() {
+			return upstreamLost(err)
+		}
+		// The server is not reading: it waits for us to read its answers.
+		_ = up.conn.SetWriteDeadline(time.Time{})
+		armed = false
+		t.startDuplex()
+	}
+}
+
+// mayStall reports whether the server may be busy writing answers while
+// this write waits for it to read: PostgreSQL flushes its answers at the
+// end of each request (Sync, Query, FunctionCall), so that is when a
+// complete request precedes the data being written, or during COPY FROM
+// STDIN (notices, an early error).
+func (t *txnSession) mayStall(more bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.copyIn {
+		return true
+	}
+	ends := 0
+	for _, r := range t.queue {
+		if r.typ == 'S' || r.typ == 'Q' || r.typ == 'F' {
+			ends++
+		}
+	}
+	return ends >= 2 || ends == 1 && more
+}
+
+// upWriter is the upstream as an io.Writer for copyFrame.
+type upWriter struct{ t *txnSession }
+
+func (w upWriter) Write(p []byte) (int, error) {
+	if err := w.t.writeUp(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// attach checks out a server connection for a new transaction.
+func (t *txnSession) attach() error {
+	s := t.s
+	lease, err := s.pool.CheckoutFor(s.ctx, s.poolKey, s.dialer, s)
+	if err != nil {
+		return &checkoutError{err}
+	}
+	t.mu.Lock()
+	t.lease, t.up = lease, lease.Conn.(*upstream)
+	t.mu.Unlock()
+	s.mu.Lock()
+	s.lease = lease
+	s.mu.Unlock()
+	t.armRetry()
+	return nil
+}
+
+// maybeRelease gives the connection back at a transaction boundary:
+// nothing outstanding and the server idle outside a transaction.
+func (t *txnSession) maybeRelease() {
+	if t.duplex != nil || t.lease == nil || t.outstanding() || byte(t.s.txStatus.Load()) != 'I' || t.up.bw.Buffered() > 0 {
 		return
 	}
-	t.broken = fmt.Errorf("upstream connection lost: %w", err)
-	t.release(t.takeLocked(), false)
-	// Unblock the client reader so the session ends promptly.
-	_ = t.s.client.SetReadDeadline(time.Unix(1, 0))
+	t.release(true)
+}
+
+// release gives the connection back (clean) or closes it: a connection
+// mid-transaction never reaches another client; the server rolls back.
+func (t *txnSession) release(clean bool) {
+	t.mu.Lock()
+	lease := t.lease
+	t.lease, t.up = nil, nil
+	t.queue = t.queue[:0]
+	t.mu.Unlock()
+	if lease == nil {
+		return
+	}
+	s := t.s
+	s.mu.Lock()
+	s.lease = nil
+	s.mu.Unlock()
+	if clean {
+		lease.Put()
+		return
+	}
+	lease.Close()
+}
+
+// returnSession gives a session-mode connection back after the client
+// left cleanly, reset for the next client.
+func (t *txnSession) returnSession() {
+	t.mu.Lock()
+	lease := t.lease
+	t.lease, t.up = nil, nil
+	t.mu.Unlock()
+	s := t.s
+	s.mu.Lock()
+	s.lease = nil
+	s.mu.Unlock()
+	if lease == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	lease.Return(ctx)
 }

@@ -68,7 +68,7 @@ func TestSessionFeature(t *testing.T) {
 		"select 'listen to me'":                  "",
 		"unlisten *":                             "",
 	} {
-		if got := sessionFeature(q); got != want {
+		if got := sessionFeature([]byte(q)); got != want {
 			t.Errorf("sessionFeature(%q) = %q, want %q", q, got, want)
 		}
 	}
@@ -82,7 +82,7 @@ func TestDeallocateTarget(t *testing.T) {
 		"deallocate \"s":           "",
 		"deallocate a, b":          "",
 	} {
-		got, ok := deallocateTarget(q)
+		got, ok := deallocateTarget([]byte(q))
 		if ok != (want != "") || got != want {
 			t.Errorf("deallocateTarget(%q) = %q %v, want %q", q, got, ok, want)
 		}
@@ -106,7 +106,7 @@ func TestContainsFold(t *testing.T) {
 		{"advisory", "advisory_", false},
 		{"", "advisory_", false},
 	} {
-		if got := containsFold(c.q, c.sub); got != c.want {
+		if got := containsFold([]byte(c.q), c.sub); got != c.want {
 			t.Errorf("containsFold(%q, %q) = %v", c.q, c.sub, got)
 		}
 	}
@@ -155,33 +155,10 @@ func TestRememberBoundsBytes(t *testing.T) {
 	}
 }
 
-func TestIdleInTransaction(t *testing.T) {
+func TestIdleTxnErrorNamesTheSetting(t *testing.T) {
 	s := &session{backend: &Backend{Name: "orders", IdleTxnTimeout: time.Minute}}
-	tr := &txnSession{s: s}
-	tr.lastRead.Store(time.Now().Add(-2 * time.Minute).UnixNano())
-	for _, c := range []struct {
-		status  byte
-		waiting bool
-		want    bool
-	}{
-		{'T', true, true},
-		{'E', true, true},
-		{'I', true, false},  // between transactions: not holding anything
-		{'T', false, false}, // a query is running
-	} {
-		s.txStatus.Store(uint32(c.status))
-		if e := tr.idleInTransaction(c.waiting); (e != nil) != c.want || e != nil && e.Code != "25P03" {
-			t.Errorf("status %c waiting %v: %v", c.status, c.waiting, e)
-		}
-	}
-	tr.lastRead.Store(time.Now().UnixNano())
-	s.txStatus.Store('T')
-	if e := tr.idleInTransaction(true); e != nil {
-		t.Errorf("a client that just sent something was closed: %v", e)
-	}
-	s.backend.IdleTxnTimeout = 0
-	tr.lastRead.Store(time.Now().Add(-time.Hour).UnixNano())
-	if e := tr.idleInTransaction(true); e != nil {
-		t.Errorf("timeout 0 must be off: %v", e)
+	e := s.idleTxnError()
+	if e.Code != "25P03" || !bytes.Contains([]byte(e.Message), []byte("pool.idle_transaction_timeout")) {
+		t.Fatalf("%+v", e)
 	}
 }

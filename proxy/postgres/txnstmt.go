@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"regexp"
@@ -27,8 +28,8 @@ const (
 	maxUpstreamStatements   = 1000
 )
 
-// rewrite queues and writes one message to the upstream, renaming named
-// prepared statements. t.mu is held.
+// rewrite queues one message for the upstream (into t.stage), renaming
+// named prepared statements. t.mu is held.
 func (t *txnSession) rewrite(typ byte, body []byte) error {
 	up := t.up
 	switch typ {
@@ -39,13 +40,13 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 		}
 		if guard := sessionFeature(firstCString(rest)); guard != "" {
 			// Prepare a statement that raises the explanation instead.
-			rest = append(appendCString(nil, refusalSQL(guard)), 0, 0)
+			rest = append(appendCString(nil, []byte(refusalSQL(guard))), 0, 0)
 			body = append(appendCString(nil, name), rest...)
 		}
-		if name == "" {
+		if len(name) == 0 {
 			return t.send(request{typ: 'P'}, typ, body)
 		}
-		st := t.remember(name, rest)
+		st := t.remember(string(name), rest)
 		if up.prepared[st.pname] {
 			return t.enqueueFake('1')
 		}
@@ -57,15 +58,19 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 		if !ok || !ok2 {
 			return fatal(codeProtocolViolation, "malformed Bind message")
 		}
-		if name == "" {
+		if len(name) == 0 {
 			return t.send(request{typ: 'B'}, typ, body)
 		}
-		st, err := t.ensure(name)
+		pname, err := t.ensure(name)
 		if err != nil {
 			return err
 		}
-		nb := appendCString(appendCString(make([]byte, 0, len(body)+len(st.pname)), portal), st.pname)
-		return t.send(request{typ: 'B'}, 'B', append(nb, tail...))
+		t.queue = append(t.queue, request{typ: 'B'})
+		at := t.begin('B')
+		t.stage = append(appendCString(t.stage, portal), pname...)
+		t.stage = append(append(t.stage, 0), tail...)
+		t.end(at)
+		return nil
 	case 'D', 'C':
 		if len(body) < 2 || body[0] != 'S' {
 			return t.send(request{typ: typ}, typ, body)
@@ -74,24 +79,29 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 		if !ok {
 			return fatal(codeProtocolViolation, "malformed Describe or Close message")
 		}
-		if name == "" {
+		if len(name) == 0 {
 			return t.send(request{typ: typ}, typ, body)
 		}
 		if typ == 'C' {
 			// Statements are shared by content across clients: forget the
 			// client's name, keep the upstream's statement.
-			t.forget(name)
+			t.forget(string(name))
 			return t.enqueueFake('3')
 		}
-		st, err := t.ensure(name)
+		pname, err := t.ensure(name)
 		if err != nil {
 			return err
 		}
-		return t.send(request{typ: 'D'}, 'D', appendCString([]byte{'S'}, st.pname))
+		t.queue = append(t.queue, request{typ: 'D'})
+		at := t.begin('D')
+		t.stage = append(append(t.stage, 'S'), pname...)
+		t.stage = append(t.stage, 0)
+		t.end(at)
+		return nil
 	case 'Q':
 		q := firstCString(body)
 		if guard := sessionFeature(q); guard != "" {
-			return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, refusalSQL(guard)))
+			return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, []byte(refusalSQL(guard))))
 		}
 		if name, ok := deallocateTarget(q); ok {
 			return t.deallocate(name, body)
@@ -105,33 +115,52 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 	return t.write(typ, body)
 }
 
-// send queues r and writes the message.
+// begin starts a message in the stage; end sets its length.
+func (t *txnSession) begin(typ byte) int {
+	at := len(t.stage)
+	t.stage = append(t.stage, typ, 0, 0, 0, 0)
+	return at
+}
+
+func (t *txnSession) end(at int) {
+	binary.BigEndian.PutUint32(t.stage[at+1:], uint32(len(t.stage)-at-1))
+}
+
+// send queues r and stages the message.
 func (t *txnSession) send(r request, typ byte, body []byte) error {
 	t.queue = append(t.queue, r)
 	return t.write(typ, body)
 }
 
+// write stages one message; forwardFrame writes the stage upstream.
 func (t *txnSession) write(typ byte, body []byte) error {
-	var hdr [5]byte
-	hdr[0] = typ
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
-	if _, err := t.up.bw.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err := t.up.bw.Write(body)
-	return err
+	t.stage = append(t.stage, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(t.stage[len(t.stage)-4:], uint32(len(body)+4))
+	t.stage = append(t.stage, body...)
+	return nil
 }
 
 // enqueueFake answers a request the proxy did not send, in its turn: now
 // if nothing is outstanding, else right after the request before it.
 func (t *txnSession) enqueueFake(typ byte) error {
-	return t.enqueueFrames([]byte{typ, 0, 0, 0, 4})
+	if typ == '1' {
+		return t.enqueueFrames(parseComplete)
+	}
+	return t.enqueueFrames(closeComplete)
 }
+
+// Answers dbproxy fakes; shared, never modified.
+var (
+	parseComplete = []byte{'1', 0, 0, 0, 4}
+	closeComplete = []byte{'3', 0, 0, 0, 4}
+)
 
 func (t *txnSession) enqueueFrames(frames []byte) error {
 	if len(t.queue) == 0 {
-		t.emitNow = append(t.emitNow, frames)
-		return nil
+		// Every earlier answer was written: this one is due now.
+		t.retry.ok = false // the client has part of this request's answer
+		_, err := t.s.cbw.Write(t.s.patchStatus(frames))
+		return err
 	}
 	t.queue = append(t.queue, request{action: actFake, fake: frames})
 	return nil
@@ -161,7 +190,7 @@ func (s *session) patchStatus(frames []byte) []byte {
 // remember records a client's Parse under its name.
 func (t *txnSession) remember(name string, rest []byte) stmt {
 	pname := statementName(rest)
-	st := stmt{pname: pname, parse: append(appendCString(nil, pname), rest...)}
+	st := stmt{pname: pname, parse: append(append([]byte(pname), 0), rest...)}
 	t.forget(name)
 	for k := range t.stmts { // evict at random (map order) until it fits
 		if len(t.stmts) < maxClientStatements && t.stmtBytes+len(st.parse) <= maxClientStatementBytes {
@@ -183,18 +212,19 @@ func (t *txnSession) forget(name string) {
 }
 
 // ensure makes the client's statement exist on the current upstream,
-// preparing it there first (answer swallowed) if needed.
-func (t *txnSession) ensure(name string) (stmt, error) {
-	st, ok := t.stmts[name]
+// preparing it there first (answer swallowed) if needed, and returns its
+// name there.
+func (t *txnSession) ensure(name []byte) (string, error) {
+	st, ok := t.stmts[string(name)]
 	if !ok {
 		// Not ours to rename: let the server report it.
-		return stmt{pname: name}, nil
+		return string(name), nil
 	}
 	if t.up.prepared[st.pname] {
-		return st, nil
+		return st.pname, nil
 	}
 	t.notePrepared(t.up, st.pname)
-	return st, t.send(request{typ: 'P', action: actSwallow, pname: st.pname}, 'P', st.parse)
+	return st.pname, t.send(request{typ: 'P', action: actSwallow, pname: st.pname}, 'P', st.parse)
 }
 
 // notePrepared records pname on up, closing an old statement there when
@@ -203,8 +233,7 @@ func (t *txnSession) notePrepared(up *upstream, pname string) {
 	if len(up.prepared) >= maxUpstreamStatements {
 		for victim := range up.prepared {
 			delete(up.prepared, victim)
-			t.queue = append(t.queue, request{typ: 'C', action: actSwallow})
-			_ = t.write('C', appendCString([]byte{'S'}, victim))
+			_ = t.send(request{typ: 'C', action: actSwallow}, 'C', append(append([]byte{'S'}, victim...), 0))
 			break
 		}
 	}
@@ -240,12 +269,12 @@ func refusalSQL(feature string) string {
 
 // sessionFeature names a session-level feature in q that cannot work when
 // transactions land on different connections, or "".
-func sessionFeature(q string) string {
+func sessionFeature(q []byte) string {
 	// The cheap tests first: this runs for every query.
 	switch {
-	case startsWithFold(q, "listen") && listenRE.MatchString(q):
+	case startsWithFold(q, "listen") && listenRE.Match(q):
 		return "LISTEN"
-	case containsFold(q, "advisory_") && advisoryRE.MatchString(q):
+	case containsFold(q, "advisory_") && advisoryRE.Match(q):
 		return "a session-level advisory lock"
 	}
 	return ""
@@ -253,17 +282,17 @@ func sessionFeature(q string) string {
 
 // startsWithFold reports whether q, after leading white space, starts
 // with the ASCII word w in any case.
-func startsWithFold(q, w string) bool {
-	q = strings.TrimLeft(q, " \t\r\n")
-	return len(q) >= len(w) && strings.EqualFold(q[:len(w)], w)
+func startsWithFold(q []byte, w string) bool {
+	q = bytes.TrimLeft(q, " \t\r\n")
+	return len(q) >= len(w) && strings.EqualFold(string(q[:len(w)]), w)
 }
 
-// containsFold is strings.Contains ignoring ASCII case, without
-// allocating a lowered copy of q.
-func containsFold(q, sub string) bool {
-	first := sub[0] | 0x20 // sub is lower-case ASCII
+// containsFold is a case-insensitive bytes.Contains for a lower-case
+// ASCII sub, without allocating a lowered copy of q.
+func containsFold(q []byte, sub string) bool {
+	first := sub[0] | 0x20
 	for i := 0; i+len(sub) <= len(q); i++ {
-		if q[i]|0x20 == first && strings.EqualFold(q[i:i+len(sub)], sub) {
+		if q[i]|0x20 == first && strings.EqualFold(string(q[i:i+len(sub)]), sub) {
 			return true
 		}
 	}
@@ -277,32 +306,31 @@ var (
 )
 
 // deallocateTarget returns the statement name of a DEALLOCATE command.
-func deallocateTarget(q string) (string, bool) {
+func deallocateTarget(q []byte) (string, bool) {
 	if !startsWithFold(q, "deallocate") {
 		return "", false
 	}
-	m := deallocateRE.FindStringSubmatch(q)
-	if m == nil || m[1] != m[3] {
+	m := deallocateRE.FindSubmatch(q)
+	if m == nil || !bytes.Equal(m[1], m[3]) {
 		return "", false
 	}
-	return m[2], true
+	return string(m[2]), true
 }
 
 // cstring splits a NUL-terminated string off b.
-func cstring(b []byte) (string, []byte, bool) {
-	for i, c := range b {
-		if c == 0 {
-			return string(b[:i]), b[i+1:], true
-		}
+func cstring(b []byte) ([]byte, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
 	}
-	return "", nil, false
+	return b[:i], b[i+1:], true
 }
 
-func firstCString(b []byte) string {
+func firstCString(b []byte) []byte {
 	s, _, _ := cstring(b)
 	return s
 }
 
-func appendCString(dst []byte, s string) []byte {
+func appendCString(dst []byte, s []byte) []byte {
 	return append(append(dst, s...), 0)
 }

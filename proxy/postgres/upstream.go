@@ -40,7 +40,7 @@ type Backend struct {
 type upstream struct {
 	conn   net.Conn
 	br     *bufio.Reader
-	bw     *bufio.Writer
+	bw     *outbuf
 	pid    uint32
 	key    []byte
 	params map[string]string
@@ -88,7 +88,7 @@ func dial(ctx context.Context, b *Backend, g *creds.Generation, runtime map[stri
 		return nil, fmt.Errorf("upstream hijack: %w", err)
 	}
 	return &upstream{
-		conn: hj.Conn, br: bufio.NewReaderSize(hj.Conn, 32<<10), bw: bufio.NewWriterSize(hj.Conn, 32<<10),
+		conn: hj.Conn, br: bufio.NewReaderSize(hj.Conn, 32<<10), bw: newOutbuf(hj.Conn, 32<<10),
 		pid: hj.PID, key: hj.SecretKey, params: hj.ParameterStatuses,
 		addr:     net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port))),
 		prepared: map[string]bool{},

@@ -1,0 +1,85 @@
+package postgres
+
+import (
+	"bufio"
+	"net"
+	"sync"
+)
+
+// An idle client costs little: between requests a session holds no
+// buffers. It waits for the next request by reading into a small buffer
+// of its own, then borrows a reader and a writer for the request. A small
+// request fits that first read whole, so this costs no extra read.
+
+const (
+	clientReadSize  = 16 << 10
+	clientWriteSize = 16 << 10
+	idleReadSize    = 512
+)
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, clientReadSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, clientWriteSize) }}
+)
+
+// prefixReader returns the bytes of the idle read first, then the
+// connection's.
+type prefixReader struct {
+	conn net.Conn
+	buf  [idleReadSize]byte
+	off  int
+	n    int
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if p.off < p.n {
+		k := copy(b, p.buf[p.off:p.n])
+		p.off += k
+		return k, nil
+	}
+	return p.conn.Read(b)
+}
+
+// borrowBuffers gives the session a reader and a writer for a request.
+func (s *session) borrowBuffers() {
+	if s.cbr == nil {
+		s.cbr = readerPool.Get().(*bufio.Reader)
+		s.cbr.Reset(&s.in)
+	}
+	if s.cbw == nil {
+		s.cbw = writerPool.Get().(*bufio.Writer)
+		s.cbw.Reset(s.client)
+	}
+}
+
+// waitIdle gives the buffers back, if nothing is left in them, and waits
+// for the client's next bytes. It reports whether it waited that way.
+func (s *session) waitIdle() (bool, error) {
+	if s.rl.duplex != nil || s.cbr.Buffered() > 0 || s.cbw.Buffered() > 0 || s.in.off < s.in.n {
+		return false, nil
+	}
+	// Only the session goroutine touches the buffers outside duplex.
+	r, w := s.cbr, s.cbw
+	s.cbr, s.cbw = nil, nil
+	r.Reset(nil)
+	w.Reset(nil)
+	readerPool.Put(r)
+	writerPool.Put(w)
+	n, err := s.client.Read(s.in.buf[:])
+	s.in.off, s.in.n = 0, n
+	s.borrowBuffers()
+	return true, err
+}
+
+// releaseBuffers gives the buffers back when the session ends.
+func (s *session) releaseBuffers() {
+	if s.cbr != nil {
+		s.cbr.Reset(nil)
+		readerPool.Put(s.cbr)
+	}
+	if s.cbw != nil {
+		s.cbw.Reset(nil)
+		writerPool.Put(s.cbw)
+	}
+	s.cbr, s.cbw = nil, nil
+}
