@@ -13,7 +13,11 @@ import (
 )
 
 // Short fleet timings so failover happens inside a unit test.
-var testFleet = FleetOptions{Name: "orders", LockTTL: time.Second, PollInterval: 250 * time.Millisecond}
+var testFleet = FleetOptions{Name: "orders", LockTTL: 2 * time.Second, PollInterval: 250 * time.Millisecond}
+
+// patience bounds every wait: generous, because a loaded machine slows
+// everything; the waits end as soon as their condition holds.
+const patience = 20 * time.Second
 
 // fleetNode is one dbproxy instance's source in a fleet test.
 type fleetNode struct {
@@ -43,7 +47,7 @@ func (n *fleetNode) leave(t *testing.T) int {
 // cutter in front of it) until the test ends.
 func startFleetNode(t *testing.T, fv *fakeVault, addr, id string, lo LeaseOptions, log *zap.Logger) *fleetNode {
 	t.Helper()
-	c, err := NewClient(ClientOptions{Address: addr, RequestTimeout: 2 * time.Second,
+	c, err := NewClient(ClientOptions{Address: addr, RequestTimeout: 10 * time.Second,
 		Auth: AuthOptions{Method: "token", TokenFile: writeFile(t, "token", fv.rootToken)}}, log, NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +131,29 @@ func followers(nodes []*fleetNode, issuer *fleetNode) []*fleetNode {
 	return out
 }
 
+// TestFleet runs the fleet tests in parallel with each other but not
+// with the rest of the package: they run several instances each, and the
+// single-instance tests' timings should not pay for that.
+func TestFleet(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"SharesOneGeneration", fleetSharesOneGeneration},
+		{"NoHotLoop", fleetNoHotLoop},
+		{"RotationWaitsForFollowersToDrain", fleetRotationWaitsForFollowersToDrain},
+		{"DrainDeadlineRevokesWithoutStragglers", fleetDrainDeadlineRevokesWithoutStragglers},
+		{"Failover", fleetFailover},
+		{"PartitionedFollowerServesUntilLeaseEnd", fleetPartitionedFollowerServesUntilLeaseEnd},
+		{"PartitionedIssuerStepsDown", fleetPartitionedIssuerStepsDown},
+		{"LastMemberRevokes", fleetLastMemberRevokes},
+		{"LeaveIgnoresDeadMembers", fleetLeaveIgnoresDeadMembers},
+		{"IssuerDiesBeforeRotation", fleetIssuerDiesBeforeRotation},
+	} {
+		t.Run(tt.name, tt.run)
+	}
+}
+
 func (f *fakeVault) record(t *testing.T) fleetRecord {
 	t.Helper()
 	var r fleetRecord
@@ -134,13 +161,13 @@ func (f *fakeVault) record(t *testing.T) fleetRecord {
 	return r
 }
 
-func TestFleetSharesOneGeneration(t *testing.T) {
+func fleetSharesOneGeneration(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, logs := startFleet(t, fv, 3, LeaseOptions{})
 	var gens []*Generation
 	for _, n := range nodes {
-		gens = append(gens, n.current(t, 1, 5*time.Second))
+		gens = append(gens, n.current(t, 1, patience))
 	}
 	for _, g := range gens[1:] {
 		if g.N != gens[0].N || g.Username != gens[0].Username || g.LeaseID != gens[0].LeaseID || g.Password() != gens[0].Password() {
@@ -150,25 +177,26 @@ func TestFleetSharesOneGeneration(t *testing.T) {
 	if n := fv.count(opCreds); n != 1 {
 		t.Fatalf("%d credentials fetched for 3 instances; want 1", n)
 	}
-	is := waitIssuer(t, nodes, 3*time.Second)
-	info := is.Generations()[0].Fleet
-	if info == nil || info.Issuer != is.id || !info.IsIssuer || info.Name != "orders" {
-		t.Fatalf("issuer's fleet info: %+v", info)
-	}
-	waitFor(t, 5*time.Second, "every member in the record", func() bool { return len(fv.record(t).Members) == 3 })
-	fi := followers(nodes, is)[0].Generations()[0].Fleet
-	if fi.IsIssuer || fi.Issuer != is.id || fi.Instance == is.id {
-		t.Fatalf("follower's fleet info: %+v", fi)
-	}
+	waitFor(t, patience, "every member in the record", func() bool { return len(fv.record(t).Members) == 3 })
+	waitFor(t, patience, "the issuer and a follower to agree on who issues", func() bool {
+		is := issuers(nodes)
+		if len(is) != 1 {
+			return false
+		}
+		info := is[0].Generations()[0].Fleet
+		fi := followers(nodes, is[0])[0].Generations()[0].Fleet
+		return info != nil && fi != nil && info.Name == "orders" && info.Issuer == is[0].id && info.IsIssuer &&
+			!fi.IsIssuer && fi.Issuer == is[0].id && fi.Instance != is[0].id && len(fi.Members) == 3
+	})
 	// The password travels through KV, never through the logs.
 	assertNoSecrets(t, logs, fv.secrets())
 }
 
-func TestFleetNoHotLoop(t *testing.T) {
+func fleetNoHotLoop(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, _ := startFleet(t, fv, 2, LeaseOptions{})
-	nodes[1].current(t, 1, 5*time.Second)
+	nodes[1].current(t, 1, patience)
 	before := fv.totalHits()
 	time.Sleep(2 * time.Second)
 	// Two nodes polling two records every 100-200ms, plus heartbeats and
@@ -179,31 +207,31 @@ func TestFleetNoHotLoop(t *testing.T) {
 	}
 }
 
-func TestFleetRotationWaitsForFollowersToDrain(t *testing.T) {
+func fleetRotationWaitsForFollowersToDrain(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, _ := startFleet(t, fv, 3, LeaseOptions{DrainTimeout: time.Minute})
 	for _, n := range nodes {
-		n.current(t, 1, 5*time.Second)
+		n.current(t, 1, patience)
 	}
-	is := waitIssuer(t, nodes, 3*time.Second)
+	is := waitIssuer(t, nodes, patience)
 	f := followers(nodes, is)
-	g1 := f[0].current(t, 1, time.Second)
+	g1 := f[0].current(t, 1, patience)
 	if !g1.Acquire() { // a connection on the follower holds generation 1
 		t.Fatal("cannot acquire generation 1")
 	}
 	// A follower asks for the rotation; the issuer performs it.
 	f[1].Rotate("manual")
 	for _, n := range nodes {
-		if g := n.current(t, 2, 5*time.Second); g.N != 2 {
+		if g := n.current(t, 2, patience); g.N != 2 {
 			t.Fatalf("%s serves generation %d", n.id, g.N)
 		}
 	}
-	if !closedWithin(g1.Draining(), 2*time.Second) {
+	if !closedWithin(g1.Draining(), patience) {
 		t.Fatal("generation 1 does not drain on the follower that holds it")
 	}
 	// Everyone but the holder drains; the lease stays until it lets go.
-	waitFor(t, 5*time.Second, "the other instances to record that they drained", func() bool {
+	waitFor(t, patience, "the other instances to record that they drained", func() bool {
 		r := fv.record(t)
 		rg := r.gen(1)
 		return rg != nil && len(rg.DrainedBy) == 2
@@ -213,8 +241,8 @@ func TestFleetRotationWaitsForFollowersToDrain(t *testing.T) {
 		t.Fatal("generation 1 revoked while a follower still uses it")
 	}
 	g1.Release()
-	waitFor(t, 5*time.Second, "generation 1 revoked after the last instance drained", func() bool { return fv.wasRevoked(g1.LeaseID) })
-	waitFor(t, 5*time.Second, "generation 1 gone from every instance", func() bool {
+	waitFor(t, patience, "generation 1 revoked after the last instance drained", func() bool { return fv.wasRevoked(g1.LeaseID) })
+	waitFor(t, patience, "generation 1 gone from every instance", func() bool {
 		for _, n := range nodes {
 			if len(n.Generations()) != 1 {
 				return false
@@ -228,47 +256,48 @@ func TestFleetRotationWaitsForFollowersToDrain(t *testing.T) {
 	}
 }
 
-func TestFleetDrainDeadlineRevokesWithoutStragglers(t *testing.T) {
+func fleetDrainDeadlineRevokesWithoutStragglers(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
 	// Rotation 2s after issue, drain deadline 1s before the 4s hard end.
 	fv.set(func(f *fakeVault) { f.ttl, f.maxTTL = 4*time.Second, 4*time.Second })
 	nodes, _ := startFleet(t, fv, 2, LeaseOptions{SafetyMargin: time.Second})
-	is := waitIssuer(t, nodes, 5*time.Second)
+	is := waitIssuer(t, nodes, patience)
 	f := followers(nodes, is)[0]
-	g1 := f.current(t, 1, 5*time.Second)
+	g1 := f.current(t, 1, patience)
 	if !g1.Acquire() {
 		t.Fatal("cannot acquire")
 	}
 	defer g1.Release()
-	f.current(t, 2, 5*time.Second)
-	if !closedWithin(g1.Expired(), 4*time.Second) {
+	f.current(t, 2, patience)
+	if !closedWithin(g1.Expired(), patience) {
 		t.Fatal("the follower's connection outlives the shared drain deadline")
 	}
-	waitFor(t, 5*time.Second, "revocation at the drain deadline", func() bool { return fv.wasRevoked(g1.LeaseID) })
+	waitFor(t, patience, "revocation at the drain deadline", func() bool { return fv.wasRevoked(g1.LeaseID) })
 }
 
-func TestFleetFailover(t *testing.T) {
+func fleetFailover(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
-	fv.set(func(f *fakeVault) { f.ttl = 3 * time.Second })
+	// The lease must outlast a takeover (lock_ttl 2s): 6s.
+	fv.set(func(f *fakeVault) { f.ttl = 6 * time.Second })
 	nodes, logs := startFleet(t, fv, 3, LeaseOptions{})
 	for _, n := range nodes {
-		n.current(t, 1, 5*time.Second)
+		n.current(t, 1, patience)
 	}
-	old := waitIssuer(t, nodes, 3*time.Second)
-	g := old.current(t, 1, time.Second)
+	old := waitIssuer(t, nodes, patience)
+	g := old.current(t, 1, patience)
 	old.kill()
 	rest := followers(nodes, old)
-	next := waitIssuer(t, rest, 5*time.Second)
+	next := waitIssuer(t, rest, patience)
 	renewed := fv.renewalsOf(g.LeaseID)
 	// The successor renews the lease the dead issuer fetched, well past
-	// its first 3s TTL, and nobody fetches a new credential for it.
-	waitFor(t, 8*time.Second, "renewals by the new issuer past the first lease period", func() bool {
-		return fv.renewalsOf(g.LeaseID) >= renewed+2 && time.Since(g.IssuedAt) > 4*time.Second
+	// its first 6s TTL, and nobody fetches a new credential for it.
+	waitFor(t, patience, "renewals by the new issuer past the first lease period", func() bool {
+		return fv.renewalsOf(g.LeaseID) >= renewed+2 && time.Since(g.IssuedAt) > 7*time.Second
 	})
 	for _, n := range rest {
-		if c := n.current(t, 1, time.Second); c.N != 1 || c.State() != Active {
+		if c := n.current(t, 1, patience); c.N != 1 || c.State() != Active {
 			t.Fatalf("%s serves generation %d (%v) after failover", n.id, c.N, c.State())
 		}
 	}
@@ -284,21 +313,21 @@ func TestFleetFailover(t *testing.T) {
 	// The successor rotates too.
 	next.Rotate("manual")
 	for _, n := range rest {
-		n.current(t, 2, 5*time.Second)
+		n.current(t, 2, patience)
 	}
 }
 
-func TestFleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
+func fleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
 	fv.set(func(f *fakeVault) { f.ttl = 2 * time.Second })
 	log, _ := fleetLogger(t)
 	a := startFleetNode(t, fv, fv.URL(), "a", LeaseOptions{}, log)
-	a.current(t, 1, 5*time.Second)
-	waitIssuer(t, []*fleetNode{a}, 3*time.Second)
+	a.current(t, 1, patience)
+	waitIssuer(t, []*fleetNode{a}, patience)
 	cut := newCutter(t, fv.URL())
 	b := startFleetNode(t, fv, cut.srv.URL, "b", LeaseOptions{}, log)
-	g := b.current(t, 1, 5*time.Second)
+	g := b.current(t, 1, patience)
 
 	cut.cut.Store(true)
 	// Cut off, b keeps serving what it has...
@@ -306,7 +335,7 @@ func TestFleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
 		t.Fatalf("partitioned follower: %v, %v", c, err)
 	}
 	// ...until the lease end it last saw, then says why it cannot.
-	if !closedWithin(g.Expired(), 5*time.Second) {
+	if !closedWithin(g.Expired(), patience) {
 		t.Fatal("partitioned follower serves past the lease end it knows")
 	}
 	var nc *ErrNoCredential
@@ -316,7 +345,7 @@ func TestFleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
 	// The issuer kept renewing. Back on the network, b rejoins on the
 	// same generation without a new credential.
 	cut.cut.Store(false)
-	if c := b.current(t, 1, 5*time.Second); c.N != g.N || c.Username != g.Username {
+	if c := b.current(t, 1, patience); c.N != g.N || c.Username != g.Username {
 		t.Fatalf("rejoined on generation %d (%s), want %d", c.N, c.Username, g.N)
 	}
 	if n := fv.count(opCreds); n != 1 {
@@ -324,25 +353,25 @@ func TestFleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
 	}
 }
 
-func TestFleetPartitionedIssuerStepsDown(t *testing.T) {
+func fleetPartitionedIssuerStepsDown(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
 	log, _ := fleetLogger(t)
 	cut := newCutter(t, fv.URL())
 	a := startFleetNode(t, fv, cut.srv.URL, "a", LeaseOptions{}, log)
-	a.current(t, 1, 5*time.Second)
-	waitIssuer(t, []*fleetNode{a}, 3*time.Second)
+	a.current(t, 1, patience)
+	waitIssuer(t, []*fleetNode{a}, patience)
 	b := startFleetNode(t, fv, fv.URL(), "b", LeaseOptions{}, log)
-	b.current(t, 1, 5*time.Second)
+	b.current(t, 1, patience)
 
 	cut.cut.Store(true)
-	waitFor(t, 5*time.Second, "b to take over from the cut-off issuer", func() bool { return b.fleet.isIssuer() })
-	waitFor(t, 5*time.Second, "a to step down", func() bool { return !a.fleet.isIssuer() })
+	waitFor(t, patience, "b to take over from the cut-off issuer", func() bool { return b.fleet.isIssuer() })
+	waitFor(t, patience, "a to step down", func() bool { return !a.fleet.isIssuer() })
 	b.Rotate("manual")
-	b.current(t, 2, 5*time.Second)
+	b.current(t, 2, patience)
 	cut.cut.Store(false)
 	// Back, a follows b's generation instead of issuing its own.
-	a.current(t, 2, 5*time.Second)
+	a.current(t, 2, patience)
 	if a.fleet.isIssuer() || !b.fleet.isIssuer() {
 		t.Fatalf("issuers after the partition healed: a=%v b=%v", a.fleet.isIssuer(), b.fleet.isIssuer())
 	}
@@ -351,23 +380,23 @@ func TestFleetPartitionedIssuerStepsDown(t *testing.T) {
 	}
 }
 
-func TestFleetLastMemberRevokes(t *testing.T) {
+func fleetLastMemberRevokes(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, _ := startFleet(t, fv, 3, LeaseOptions{})
 	for _, n := range nodes {
-		n.current(t, 1, 5*time.Second)
+		n.current(t, 1, patience)
 	}
-	waitFor(t, 5*time.Second, "every member in the record", func() bool { return len(fv.record(t).Members) == 3 })
-	g := nodes[0].current(t, 1, time.Second)
-	is := waitIssuer(t, nodes, 3*time.Second)
+	waitFor(t, patience, "every member in the record", func() bool { return len(fv.record(t).Members) == 3 })
+	g := nodes[0].current(t, 1, patience)
+	is := waitIssuer(t, nodes, patience)
 	rest := followers(nodes, is)
 	// The issuer leaves first: a follower takes over at once, and the
 	// lease lives on for the others.
 	if n := is.leave(t); n != 0 {
 		t.Fatalf("the first instance to leave revoked %d leases", n)
 	}
-	waitIssuer(t, rest, 3*time.Second)
+	waitIssuer(t, rest, patience)
 	if n := rest[0].leave(t); n != 0 || fv.wasRevoked(g.LeaseID) {
 		t.Fatalf("the second instance to leave revoked %d leases", n)
 	}
@@ -379,12 +408,12 @@ func TestFleetLastMemberRevokes(t *testing.T) {
 	}
 }
 
-func TestFleetLeaveIgnoresDeadMembers(t *testing.T) {
+func fleetLeaveIgnoresDeadMembers(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, _ := startFleet(t, fv, 2, LeaseOptions{})
-	g := nodes[1].current(t, 1, 5*time.Second)
-	waitFor(t, 5*time.Second, "both members in the record", func() bool { return len(fv.record(t).Members) == 2 })
+	g := nodes[1].current(t, 1, patience)
+	waitFor(t, patience, "both members in the record", func() bool { return len(fv.record(t).Members) == 2 })
 	nodes[0].kill() // kill -9: never leaves
 	// Past the heartbeat window the dead instance no longer counts.
 	time.Sleep(testFleet.liveWindow() + 500*time.Millisecond)
@@ -395,17 +424,18 @@ func TestFleetLeaveIgnoresDeadMembers(t *testing.T) {
 
 // The issuer dies just before it would rotate: its successor rotates in
 // its place, and the other instances never lack a credential.
-func TestFleetIssuerDiesBeforeRotation(t *testing.T) {
+func fleetIssuerDiesBeforeRotation(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
-	// Rotation 4s after issue, drain deadline 1s before the 8s hard end.
-	fv.set(func(f *fakeVault) { f.ttl, f.maxTTL = 8*time.Second, 8*time.Second })
+	// Rotation 6s after issue, drain deadline 1s before the 12s hard end:
+	// room for a takeover (lock_ttl 2s) between the kill and the deadline.
+	fv.set(func(f *fakeVault) { f.ttl, f.maxTTL = 12*time.Second, 12*time.Second })
 	nodes, _ := startFleet(t, fv, 3, LeaseOptions{SafetyMargin: time.Second})
 	for _, n := range nodes {
-		n.current(t, 1, 5*time.Second)
+		n.current(t, 1, patience)
 	}
-	old := waitIssuer(t, nodes, 3*time.Second)
-	g1 := old.current(t, 1, time.Second)
+	old := waitIssuer(t, nodes, patience)
+	g1 := old.current(t, 1, patience)
 	rest := followers(nodes, old)
 
 	// Watch a survivor: it must always have an active generation.
@@ -426,15 +456,15 @@ func TestFleetIssuerDiesBeforeRotation(t *testing.T) {
 			cancel()
 		}
 	})
-	time.Sleep(time.Until(g1.IssuedAt.Add(3800 * time.Millisecond)))
-	if old.current(t, 1, time.Second).N != 1 {
+	time.Sleep(time.Until(g1.IssuedAt.Add(5800 * time.Millisecond)))
+	if old.current(t, 1, patience).N != 1 {
 		t.Fatal("the issuer rotated before it was killed")
 	}
 	old.kill()
 	for _, n := range rest {
-		n.current(t, 2, 5*time.Second)
+		n.current(t, 2, patience)
 	}
-	waitFor(t, 8*time.Second, "the dead issuer's generation revoked by its successor", func() bool { return fv.wasRevoked(g1.LeaseID) })
+	waitFor(t, patience, "the dead issuer's generation revoked by its successor", func() bool { return fv.wasRevoked(g1.LeaseID) })
 	close(stop)
 	wg.Wait()
 	if len(failures) > 0 {
