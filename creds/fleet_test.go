@@ -320,7 +320,9 @@ func fleetFailover(t *testing.T) {
 func fleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
 	t.Parallel()
 	fv := newFakeVault(t)
-	fv.set(func(f *fakeVault) { f.ttl = 2 * time.Second })
+	// A short lease, so that the partition outlasts it; long enough that
+	// a follower's view (one poll behind) does not fall behind its end.
+	fv.set(func(f *fakeVault) { f.ttl = 4 * time.Second })
 	log, _ := fleetLogger(t)
 	a := startFleetNode(t, fv, fv.URL(), "a", LeaseOptions{}, log)
 	a.current(t, 1, patience)
