@@ -7,7 +7,8 @@
 #   make test-unit         every package but test/integration
 #   make test-integration  real PostgreSQL, MariaDB and Vault (slow)
 #   make test              all of the above but build and lint
-#   make demo              dbproxy + PostgreSQL + Vault left running in ./demo (scripts/demo.sh)
+#   make demo              deps + vault, then dbproxy + PostgreSQL + Vault with short TTLs: a client
+#                          loop across live rotations, left running in ./demo (scripts/demo.sh)
 #   make demo-stop         stop the demo (pid files in ./demo)
 #   make bench             pgbench: direct vs PgBouncer vs dbproxy, then bench-mysql -> bench/RESULTS.md
 #   make bench-mysql       sysbench oltp_read_only: MariaDB direct vs dbproxy -> its section of bench/RESULTS.md
@@ -76,7 +77,10 @@ clean:
 
 .PHONY: demo demo-stop bench bench-mysql
 
+# Like test, demo first makes sure the packages and the Vault build exist,
+# so it is one command on a fresh machine too.
 demo:
+	$(MAKE) -j2 --output-sync=target deps vault
 	scripts/demo.sh start
 
 demo-stop:

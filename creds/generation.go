@@ -60,8 +60,12 @@ type Generation struct {
 	reason        string
 	deadline      time.Time // drain deadline, set when draining starts
 	refs          int
-	drainCh       chan struct{}
-	expireCh      chan struct{}
+	// opRevoke: an operator revoke (Source.Revoke) owns the Vault call for
+	// this lease; leaseRevoked: that call succeeded, so retiring the
+	// generation needs none.
+	opRevoke, leaseRevoked bool
+	drainCh                chan struct{}
+	expireCh               chan struct{}
 }
 
 func newGeneration(src *Source, n uint64) *Generation {
@@ -132,6 +136,8 @@ type Info struct {
 	Deadline    time.Time `json:"drain_deadline,omitzero"`
 	Renewals    int       `json:"renewals"`
 	Connections int       `json:"connections"`
+	// TTLSeconds is the lease duration Vault granted at issue.
+	TTLSeconds int `json:"ttl_seconds"`
 	// Fleet is the shared state in fleet mode; absent otherwise.
 	Fleet *FleetInfo `json:"fleet,omitempty"`
 }
@@ -168,6 +174,7 @@ func (g *Generation) Info() Info {
 		Username: g.Username, State: g.state.String(), Reason: g.reason,
 		IssuedAt: g.IssuedAt, LeaseEnd: g.leaseEnd, HardEnd: g.hardEnd,
 		Deadline: g.deadline, Renewals: g.renewals, Connections: g.refs,
+		TTLSeconds: int(g.ttl.Seconds()),
 	}
 }
 
@@ -208,7 +215,7 @@ func (g *Generation) expire() {
 func (g *Generation) retireIfUnused() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.state == Active || g.refs > 0 {
+	if g.state == Active || g.refs > 0 || g.opRevoke && !g.leaseRevoked {
 		return false
 	}
 	g.expireLocked()

@@ -621,9 +621,12 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 	now := s.now()
 	g.mu.Lock()
 	ended := !now.Before(g.leaseEnd)
+	done := g.leaseRevoked
 	g.mu.Unlock()
 	result := "expired"
-	if !ended && g.LeaseID != "" {
+	if done {
+		result = "ok" // an operator revoke already did it (revoke.go)
+	} else if !ended && g.LeaseID != "" {
 		err := s.client.api.Sys().RevokeWithContext(ctx, g.LeaseID)
 		s.m.request("lease_revoke", err)
 		switch {

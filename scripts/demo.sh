@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # demo.sh runs dbproxy in front of a real PostgreSQL with credentials from a
-# real Vault (test/devstack), shows a session through it, and leaves it all
-# running for you to try.
+# real Vault (test/devstack) whose leases live seconds, not hours, so that
+# credential rotations happen while you watch. It shows `dbproxy status`, one
+# client session that keeps querying across several live rotations (each
+# transaction runs as whichever Vault-made user is current), `dbproxy status`
+# again, and leaves it all running for you to try.
 #
 #   scripts/demo.sh [start]   (make demo)       start, or restart, the demo
 #   scripts/demo.sh stop      (make demo-stop)  stop dbproxy and devstack
@@ -15,6 +18,10 @@
 #   DEMO_ADMIN_PORT     dbproxy's admin port (default 9187)
 #   DEMO_START_TIMEOUT  seconds to wait for devstack (default 900: a cold
 #                       Vault build takes minutes; a cached one seconds)
+#   DEMO_TTL            the Vault role's default TTL (default 10s)
+#   DEMO_MAX_TTL        its max TTL, the hard end (default 30s: dbproxy
+#                       rotates at half of it, so every 15s)
+#   DEMO_LOOP_SECONDS   how long the client loop runs (default 60)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +31,9 @@ dir="${DEMO_DIR:-$root/demo}"
 port="${DEMO_PORT:-6432}"
 admin_port="${DEMO_ADMIN_PORT:-9187}"
 start_timeout="${DEMO_START_TIMEOUT:-900}"
+ttl="${DEMO_TTL:-10s}"
+max_ttl="${DEMO_MAX_TTL:-30s}"
+loop_seconds="${DEMO_LOOP_SECONDS:-60}"
 identity=orders-api
 
 log() { printf '>> %s\n' "$*"; }
@@ -109,7 +119,7 @@ start_demo() {
 
 	log "starting devstack (PostgreSQL 15 + Vault dev server) in $dir (log: $dir/devstack.log)"
 	rm -f "$dir/stack.env"
-	nohup bin/devstack --dir "$dir" --ttl 1h --max-ttl 24h >"$dir/devstack.log" 2>&1 </dev/null &
+	nohup bin/devstack --dir "$dir" --ttl "$ttl" --max-ttl "$max_ttl" >"$dir/devstack.log" 2>&1 </dev/null &
 	echo $! >"$dir/devstack.pid"
 	local devpid=$! waited=0
 	until [[ -f "$dir/stack.env" ]]; do
@@ -144,7 +154,7 @@ backends:
     database: $PGDATABASE
     vault_mount: $VAULT_MOUNT
     vault_role: $VAULT_PG_ROLE
-    pool: { mode: session, max_connections: 20 }
+    pool: { mode: transaction, max_connections: 5 }
 listeners:
   # Sidecar: every client of this loopback listener is $identity.
   - { name: orders-sidecar, protocol: postgres, address: "127.0.0.1:$port", identity: $identity }
@@ -191,18 +201,24 @@ EOF
 	grep -Eq '^ *v-[^ ]+ *\| *v-' <<<"$out" || die "current_user is not a Vault-made user (v-...)"
 	grep -q "dbproxy:$identity:psql" <<<"$out" || die "no pg_stat_activity row with application_name dbproxy:$identity:psql"
 
-	log "curl -s 127.0.0.1:$admin_port/v1/leases"
-	if command -v jq >/dev/null; then
-		curl -fsS "http://127.0.0.1:$admin_port/v1/leases" | jq .
-	else
-		curl -fsS "http://127.0.0.1:$admin_port/v1/leases"
-		echo
-	fi
+	echo
+	log "dbproxy status (before)"
+	bin/dbproxy status --config "$dir/dbproxy.yaml"
+	echo
+	client_loop "$dsn"
+	echo
+	log "dbproxy status (after)"
+	bin/dbproxy status --config "$dir/dbproxy.yaml"
+	echo
+	log "rotations so far: curl -s 127.0.0.1:$admin_port/metrics | grep ^dbproxy_credential_rotations_total"
+	curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep '^dbproxy_credential_rotations_total' || true
 
 	trap - EXIT
 	cat <<EOF
 
-The demo is running ($((SECONDS - t0))s to start). Connect through dbproxy (no password: the
+The demo is running ($((SECONDS - t0))s in all). dbproxy keeps rotating the credential at
+half its max TTL ($max_ttl): see bin/dbproxy status --config $dir/dbproxy.yaml.
+ Connect through dbproxy (no password: the
 listener is the identity $identity, and Vault makes the database user):
 
     psql "host=127.0.0.1 port=$port dbname=appdb user=$identity"
@@ -213,6 +229,29 @@ Logs:        $dir/dbproxy.log  $dir/devstack.log  $PG_LOG  $VAULT_LOG
 Config:      $dir/dbproxy.yaml
 Stop it:     make demo-stop
 EOF
+}
+
+# client_loop DSN: ONE psql session (one client connection, transaction
+# pooling) that runs a query every 3 seconds for loop_seconds. Each query is
+# its own transaction, so it runs on a server connection of the credential
+# generation that is current at that moment: the user changes under a client
+# that never reconnects and never sees an error.
+client_loop() {
+	local dsn=$1 n=$((loop_seconds / 3)) i out users
+	log "one psql session, a query every 3s for ${loop_seconds}s, across live rotations (lease ttl $ttl, max ttl $max_ttl)"
+	# tee to a file, not /dev/stderr: opening that truncates a log file
+	# the caller redirected stderr to.
+	for ((i = 1; i <= n; i++)); do
+		echo "select to_char(clock_timestamp(), 'HH24:MI:SS') || '  query $i  ran as ' || current_user;"
+		if ((i < n)); then echo '\! sleep 3'; fi
+	done | PGCONNECT_TIMEOUT=10 psql -X -q -At -v ON_ERROR_STOP=1 "$dsn" 2>&1 | tee "$dir/client-loop.log" || {
+		tail_log "$dir/dbproxy.log"
+		die "the client loop failed: a rotation reached the client"
+	}
+	out="$(<"$dir/client-loop.log")"
+	users="$(grep -o 'ran as v-[^ ]*' <<<"$out" | sort -u | wc -l)"
+	log "the session ran as $users different Vault-made users without reconnecting or seeing an error"
+	((users >= 2)) || die "no rotation happened during the loop (is DEMO_MAX_TTL much longer than DEMO_LOOP_SECONDS?)"
 }
 
 case "${1:-start}" in

@@ -22,6 +22,8 @@ import (
 
 // stack is everything buildProxies starts, for the admin API and shutdown.
 type stack struct {
+	// report describes the configuration for `dbproxy report`.
+	report   reportConfig
 	broker   *creds.Broker
 	pools    map[creds.SourceKey]*pool.Pool
 	postgres *postgres.Server
@@ -56,6 +58,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 			LockTTL: f.LockTTL.D(), PollInterval: f.PollInterval.D(),
 		}, cm)
 	}
+	st.report = newReportConfig(cfg, specs, deps.Registry)
 	pm := pool.NewMetrics(deps.Registry)
 	for _, sp := range specs {
 		b := cfg.Backends[sp.Backend]

@@ -34,6 +34,11 @@ Operator commands (talk to a running dbproxy's admin API; flags
   pause BACKEND         hold new transactions/sessions back
   resume BACKEND        let them go on
   drain BACKEND         replace the backend's upstream connections
+  revoke BACKEND [--role R] [--dry-run]
+                        new credential first, then revoke the old lease(s) in
+                        Vault and close the sessions still on them
+  report [--format json] leases, credentials issued, renewals, revocations and
+                        refusals, with Vault's version and status
 
 Global flags (also accepted after the command):
   --log-format json|console   log encoding (default json)
@@ -143,6 +148,10 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return statusCmd(ctx, rest, stdout, stderr)
 	case "rotate", "pause", "resume", "drain":
 		return actionCmd(ctx, cmd, rest, stdout, stderr)
+	case "revoke":
+		return revokeCmd(ctx, rest, stdout, stderr)
+	case "report":
+		return reportCmd(ctx, rest, stdout, stderr)
 	case "help":
 		usage(stdout)
 		return exitOK

@@ -153,6 +153,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 		adm.SetReady(true)
 	}
 	log.Info("dbproxy started", zap.String("version", version), zap.Int("services", len(services)))
+	notify(log, "READY=1")
 
 	select {
 	case s := <-sigs:
@@ -174,6 +175,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 		}
 	}()
 
+	notify(log, "STOPPING=1")
 	if adm != nil {
 		adm.SetReady(false)
 	}
@@ -216,4 +218,12 @@ func shutdownServices(ctx context.Context, services []Service, log *zap.Logger) 
 	}
 	wg.Wait()
 	return total
+}
+
+// notify is sdNotify with its failure logged: a unit that expects
+// notifications and gets none is restarted by systemd, so say why.
+func notify(log *zap.Logger, state string) {
+	if err := sdNotify(state); err != nil {
+		log.Warn("service manager notification failed", zap.String("state", state), zap.Error(err))
+	}
 }

@@ -41,6 +41,13 @@ type Holder interface {
 	Interrupt()
 }
 
+// Mover is a Holder that can move to a connection of the new generation
+// by itself when the one it holds is superseded (session mode): the pool
+// tells it when the drain starts, well before the deadline.
+type Mover interface {
+	Superseded()
+}
+
 // DialFunc opens an upstream connection with a generation's credential.
 type DialFunc func(ctx context.Context, g *creds.Generation) (Conn, error)
 
@@ -498,18 +505,36 @@ func (p *Pool) watchGen(gen *creds.Generation) {
 	select {
 	case <-p.stopJan:
 		return
+	case <-gen.Draining():
+	}
+	for _, h := range p.holders(gen) {
+		if m, ok := h.(Mover); ok {
+			m.Superseded()
+		}
+	}
+	select {
+	case <-p.stopJan:
+		return
 	case <-gen.Expired():
 	}
+	hs := p.holders(gen)
 	p.mu.Lock()
+	delete(p.watched, gen)
+	p.mu.Unlock()
+	for _, h := range hs {
+		h.Interrupt()
+	}
+}
+
+// holders returns the holders of gen's lent connections.
+func (p *Pool) holders(gen *creds.Generation) []Holder {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var hs []Holder
 	for l := range p.lent {
 		if l.Gen == gen && l.holder != nil {
 			hs = append(hs, l.holder)
 		}
 	}
-	delete(p.watched, gen)
-	p.mu.Unlock()
-	for _, h := range hs {
-		h.Interrupt()
-	}
+	return hs
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"sync"
+	"time"
 )
 
 // An idle client costs little: between requests a session holds no
@@ -65,10 +66,29 @@ func (s *session) waitIdle() (bool, error) {
 	w.Reset(nil)
 	readerPool.Put(r)
 	writerPool.Put(w)
-	n, err := s.client.Read(s.in.buf[:])
-	s.in.off, s.in.n = 0, n
-	s.borrowBuffers()
-	return true, err
+	for {
+		s.mu.Lock()
+		s.idleWaiting = true
+		s.mu.Unlock()
+		n, err := s.client.Read(s.in.buf[:])
+		s.mu.Lock()
+		s.idleWaiting = false
+		s.mu.Unlock()
+		if s.moveWanted.Load() && s.why.Load() == whyNone && (n > 0 || isTimeout(err)) {
+			// Superseded may have woken us with a deadline: clear it,
+			// unless a kill set its own meanwhile.
+			_ = s.client.SetReadDeadline(time.Time{})
+			if s.why.Load() != whyNone {
+				_ = s.client.SetReadDeadline(time.Unix(1, 0))
+			} else if n == 0 {
+				s.maybeMove()
+				continue
+			}
+		}
+		s.in.off, s.in.n = 0, n
+		s.borrowBuffers()
+		return true, err
+	}
 }
 
 // releaseBuffers gives the buffers back when the session ends.

@@ -16,6 +16,7 @@ type Metrics struct {
 	cancels  *prometheus.CounterVec
 	duplex   prometheus.Counter
 	retries  prometheus.Counter
+	moves    prometheus.Counter
 }
 
 // NewMetrics registers the collectors on reg (nil: unregistered).
@@ -49,9 +50,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "dbproxy_request_retries_total", ConstLabels: constLabels,
 			Help: "Requests sent again on another server connection because the first was dead before anything ran.",
 		}),
+		moves: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dbproxy_session_moves_total", ConstLabels: constLabels,
+			Help: "Session-mode sessions moved, idle, to a connection on a new credential at a rotation.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels, m.duplex, m.retries)
+		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels, m.duplex, m.retries, m.moves)
 	}
 	return m
 }

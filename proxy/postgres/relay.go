@@ -97,6 +97,8 @@ func (s *session) step(ph *int) error {
 	s.busy.Store(false)
 	if s.txnMode {
 		t.maybeRelease()
+	} else if s.moveWanted.Load() {
+		s.maybeMove()
 	}
 	return nil
 }

@@ -87,9 +87,13 @@ func (t *txnSession) resend(cause error, complete bool) error {
 	s.log.Info("server connection was dead; request sent again on another", zap.Error(cause), zap.Int("retry", retries))
 	s.srv.metrics.retries.Inc()
 	t.release(false)
-	if err := t.attach(); err != nil {
-		return err
+	// Its idle siblings were likely ended with it (a DBA's sweep, a
+	// failover): skip the dead ones this time.
+	lease, err := s.checkoutAlive(s.ctx)
+	if err != nil {
+		return &checkoutError{err}
 	}
+	t.hold(lease)
 	r.retries = retries
 	for len(frames) >= 5 {
 		typ := frames[0]
@@ -104,7 +108,7 @@ func (t *txnSession) resend(cause error, complete bool) error {
 			return err
 		}
 	}
-	err := t.writeUp(t.stage)
+	err = t.writeUp(t.stage)
 	t.stage = t.stage[:0]
 	if err == nil && complete {
 		err = t.flushUp()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,7 @@ type session struct {
 
 	pool    *pool.Pool
 	poolKey string
+	appName string // dbproxy:identity[:client application_name]
 	dialer  pool.DialFunc
 	txnMode bool
 	rl      *txnSession
@@ -54,12 +56,17 @@ type session struct {
 	lease     *pool.Lease // what info and cancel see; rl.lease is the relay's
 	cancelPID uint32
 
-	why       atomic.Int32  // interrupt reason (interrupt.go)
-	busy      atomic.Bool   // a request is being relayed
-	idleArmed bool          // the client read deadline is idle_transaction_timeout's
-	txStatus  atomic.Uint32 // last ReadyForQuery status byte
-	bytesIn   atomic.Int64
-	bytesOut  atomic.Int64
+	why  atomic.Int32 // interrupt reason (interrupt.go)
+	busy atomic.Bool  // a request is being relayed
+	// moveWanted: the held connection's credential is superseded; move
+	// at the next idle moment (migrate.go). idleWaiting (under mu): the
+	// session is blocked waiting for the client's next request.
+	moveWanted  atomic.Bool
+	idleWaiting bool
+	idleArmed   bool          // the client read deadline is idle_transaction_timeout's
+	txStatus    atomic.Uint32 // last ReadyForQuery status byte
+	bytesIn     atomic.Int64
+	bytesOut    atomic.Int64
 }
 
 type killReason int
@@ -220,7 +227,20 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(s.srv.opts.StartupTimeout))
 	defer cancel()
-	s.pool, s.poolKey, s.txnMode = pl, p.key(appName), b.Mode == "transaction"
+	s.pool, s.txnMode, s.appName = pl, b.Mode == "transaction", appName
+	poolApp := appName
+	if s.txnMode {
+		// The client's application name is session state applied per
+		// transaction, not part of the pool key: clients that differ only
+		// in it share server connections.
+		poolApp = "dbproxy:" + id.Name
+		runtime["application_name"] = poolApp
+		if appName != poolApp {
+			s.rl.sets = []setStmt{{name: "application_name", sql: "SET application_name = '" + strings.ReplaceAll(appName, "'", "''") + "'"}}
+			s.rl.setTag = stateTag(s.rl.sets)
+		}
+	}
+	s.poolKey = p.key(poolApp)
 	s.dialer = func(ctx context.Context, gen *creds.Generation) (pool.Conn, error) {
 		u, err := dial(ctx, b, gen, runtime)
 		if err != nil {
@@ -246,7 +266,7 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 			return s.greet(m.ProtocolVersion, params)
 		}
 	}
-	lease, err := pl.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+	lease, err := s.checkoutAlive(ctx)
 	if err != nil {
 		return err
 	}
@@ -261,6 +281,21 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	return s.greet(m.ProtocolVersion, params)
 }
 
+// checkoutAlive checks a connection out for a new session, skipping
+// pooled ones the server ended while they were idle: a session-mode
+// client keeps its connection, so a dead one would fail its first query.
+func (s *session) checkoutAlive(ctx context.Context) (*pool.Lease, error) {
+	for {
+		// Each dead one is closed, so this ends with a live or new one.
+		lease, err := s.pool.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+		if err != nil || lease.Conn.(*upstream).alive() {
+			return lease, err
+		}
+		s.log.Info("pooled server connection was closed by the server; using another")
+		lease.Close()
+	}
+}
+
 // greet sends what PostgreSQL sends after authentication.
 func (s *session) greet(version uint32, params map[string]string) error {
 	var buf []byte
@@ -269,6 +304,9 @@ func (s *session) greet(version uint32, params map[string]string) error {
 	}
 	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
 	for k, v := range params {
+		if k == "application_name" {
+			v = s.appName // the server connection may have been opened for another client
+		}
 		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
 	}
 	pid, secret := s.srv.cancels.issue(s)
@@ -350,6 +388,9 @@ type SessionInfo struct {
 	State      string    `json:"state"`
 	Since      time.Time `json:"since"`
 	Remote     string    `json:"remote"`
+	// Pinned says why a session-mode session cannot move to a new
+	// credential at a rotation (it is closed at the drain deadline).
+	Pinned string `json:"pinned,omitempty"`
 }
 
 func (s *session) info() SessionInfo {
@@ -361,6 +402,9 @@ func (s *session) info() SessionInfo {
 	s.mu.Lock()
 	if s.lease != nil {
 		si.DBUser, si.LeaseID, si.Generation = s.lease.Gen.Username, s.lease.Gen.LeaseID, s.lease.Gen.N
+	}
+	if s.rl != nil {
+		si.Pinned = s.rl.pin
 	}
 	s.mu.Unlock()
 	return si

@@ -24,9 +24,10 @@ import (
 type reqAction uint8
 
 const (
-	actPass    reqAction = iota // relay to the client
-	actSwallow                  // the proxy asked: drop the answer
-	actFake                     // not sent: emit answer when it is its turn
+	actPass       reqAction = iota // relay to the client
+	actSwallow                     // the proxy asked: drop the answer
+	actFake                        // not sent: emit answer when it is its turn
+	actSwallowAll                  // the proxy's own query: drop its whole answer
 )
 
 type request struct {
@@ -34,6 +35,7 @@ type request struct {
 	action reqAction
 	fake   []byte // for actFake: backend message(s) to emit
 	pname  string // for swallowed Parse: statement to forget if it fails
+	set    *setChange
 }
 
 // completes reports whether server message typ completes request r.
@@ -67,16 +69,20 @@ type txnSession struct {
 	up        *upstream
 	queue     []request
 	stmts     map[string]stmt
-	stmtBytes int     // sum of len(parse) over stmts
-	stage     []byte  // rewritten messages not yet written upstream
-	duplex    *duplex // non-nil while two goroutines relay
-	listening bool    // session mode after LISTEN: answers come unasked
-	copyIn    bool    // between CopyInResponse and the client's CopyDone/Fail
+	stmtBytes int               // sum of len(parse) over stmts
+	sets      []setStmt         // the client's session SETs (txnstate.go)
+	sstmts    map[string][]byte // session mode: named statements' Parse bodies, for a move
+	pin       string            // session mode: why the session cannot move (under s.mu)
+	setTag    uint64            // stateTag(sets)
+	stage     []byte            // rewritten messages not yet written upstream
+	duplex    *duplex           // non-nil while two goroutines relay
+	listening bool              // session mode after LISTEN: answers come unasked
+	copyIn    bool              // between CopyInResponse and the client's CopyDone/Fail
 	retry     retryState
 }
 
 func newTxnSession(s *session) *txnSession {
-	return &txnSession{s: s, stmts: map[string]stmt{}}
+	return &txnSession{s: s, stmts: map[string]stmt{}, sstmts: map[string][]byte{}}
 }
 
 // outstanding reports requests sent and not yet answered.
@@ -124,7 +130,11 @@ func (t *txnSession) forwardFrame() (byte, error) {
 			t.mu.Unlock()
 		}
 		t.record(typ, nil)
-		t.note(typ)
+		var ch *setChange
+		if !s.txnMode {
+			ch = t.trackSession(typ, size)
+		}
+		t.note(typ, ch)
 		_, _, _, err := copyFrame(s.cbr, upWriter{t}, s.srv.opts.MaxMessageBytes)
 		return typ, err
 	}
@@ -151,7 +161,7 @@ func (t *txnSession) forwardFrame() (byte, error) {
 
 // note queues a session-mode request for the message about to be
 // copied as is.
-func (t *txnSession) note(typ byte) {
+func (t *txnSession) note(typ byte, set *setChange) {
 	switch typ {
 	case 'P', 'B', 'D', 'C', 'E', 'S', 'Q', 'F':
 	default:
@@ -164,7 +174,7 @@ func (t *txnSession) note(typ byte) {
 		t.listening = isListen(t.s.cbr, typ)
 	}
 	t.mu.Lock()
-	t.queue = append(t.queue, request{typ: typ})
+	t.queue = append(t.queue, request{typ: typ, set: set})
 	t.mu.Unlock()
 }
 
@@ -279,6 +289,22 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 		return false, nil
 	}
 	head := t.queue[0]
+	if head.action == actSwallowAll {
+		if typ == 'E' {
+			t.up.tag = dirtyTag // the state did not apply: reset next time
+		}
+		if typ == 'Z' {
+			t.pop(1)
+		}
+		return true, nil
+	}
+	if head.set != nil {
+		if typ == 'E' {
+			head.set.failed = true
+		} else if typ == 'Z' {
+			t.commitSet(head.set)
+		}
+	}
 	switch {
 	case typ == 'E' && head.typ != 'Q' && head.typ != 'F' && head.typ != 'S':
 		// An error in the extended protocol: the server skips everything
@@ -416,14 +442,23 @@ func (t *txnSession) attach() error {
 	if err != nil {
 		return &checkoutError{err}
 	}
+	t.hold(lease)
+	return nil
+}
+
+// hold makes lease the session's connection for the request at hand.
+func (t *txnSession) hold(lease *pool.Lease) {
 	t.mu.Lock()
 	t.lease, t.up = lease, lease.Conn.(*upstream)
+	if t.s.txnMode {
+		t.applyState()
+	}
 	t.mu.Unlock()
+	s := t.s
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
 	t.armRetry()
-	return nil
 }
 
 // maybeRelease gives the connection back at a transaction boundary:

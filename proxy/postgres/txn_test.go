@@ -162,3 +162,40 @@ func TestIdleTxnErrorNamesTheSetting(t *testing.T) {
 		t.Fatalf("%+v", e)
 	}
 }
+
+func TestClassifySet(t *testing.T) {
+	for q, want := range map[string]string{
+		"SET search_path = x":               "set search_path",
+		"set statement_timeout to '1s';":    "set statement_timeout",
+		"SET SESSION TimeZone = 'UTC'":      "set timezone",
+		"RESET search_path":                 "reset search_path",
+		"reset all":                         "reset all",
+		"SET LOCAL search_path = x":         "",
+		"SET TRANSACTION ISOLATION LEVEL x": "",
+		"SET ROLE admin":                    "refuse SET ROLE",
+		"RESET ROLE":                        "refuse SET ROLE",
+		"SET SESSION AUTHORIZATION bob":     "refuse SET SESSION AUTHORIZATION",
+		"SET a = 1; SET b = 2":              "untracked",
+		"select 1":                          "",
+		"settings":                          "",
+	} {
+		ch, refuse := classifySet([]byte(q))
+		got := ""
+		switch {
+		case refuse != "":
+			got = "refuse " + refuse
+		case ch == nil:
+		case ch.failed:
+			got = "untracked"
+		case ch.all:
+			got = "reset all"
+		case ch.sql == "":
+			got = "reset " + ch.name
+		default:
+			got = "set " + ch.name
+		}
+		if got != want {
+			t.Errorf("classifySet(%q) = %q, want %q", q, got, want)
+		}
+	}
+}

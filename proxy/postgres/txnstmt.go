@@ -43,6 +43,11 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 			rest = append(appendCString(nil, []byte(refusalSQL(guard))), 0, 0)
 			body = append(appendCString(nil, name), rest...)
 		}
+		if startsWithFold(rest, "set") || startsWithFold(rest, "reset") {
+			// A SET through the extended protocol is not followed: the
+			// connection is reset before anyone else uses it.
+			up.tag = dirtyTag
+		}
 		if len(name) == 0 {
 			return t.send(request{typ: 'P'}, typ, body)
 		}
@@ -105,6 +110,14 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 		}
 		if name, ok := deallocateTarget(q); ok {
 			return t.deallocate(name, body)
+		}
+		if ch, refuse := classifySet(q); refuse != "" {
+			return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, []byte(refusalSQL(refuse))))
+		} else if ch != nil {
+			if ch.failed {
+				up.tag = dirtyTag // not followed: never lent on as is
+			}
+			return t.send(request{typ: 'Q', set: ch}, typ, body)
 		}
 		return t.send(request{typ: 'Q'}, typ, body)
 	case 'E', 'S', 'F':

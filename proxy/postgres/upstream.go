@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -48,6 +49,9 @@ type upstream struct {
 	// prepared holds the statements the proxy prepared here under its own
 	// names (transaction pooling); only the session's relay touches it.
 	prepared map[string]bool
+	// tag names the session state a transaction-mode client applied here
+	// (txnstate.go); 0 is the state it logged in with.
+	tag uint64
 }
 
 // dial logs in to the backend with g's credential via pgconn, then takes
@@ -104,6 +108,7 @@ func (u *upstream) Reset(ctx context.Context) error {
 	_ = u.conn.SetDeadline(dl)
 	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
 	clear(u.prepared) // DISCARD ALL drops them
+	u.tag = 0
 	buf, _ := (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
 	if _, err := u.bw.Write(buf); err != nil {
 		return err
@@ -127,6 +132,32 @@ func (u *upstream) Reset(ctx context.Context) error {
 			return failed
 		}
 	}
+}
+
+// alive reports whether an idle connection is still open: nothing may
+// be waiting on it (an idle server says nothing but its goodbye), checked
+// with a non-blocking peek at the socket. A connection it cannot peek at
+// (TLS) is assumed alive; the relay's retry covers it.
+func (u *upstream) alive() bool {
+	if u.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := u.conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	alive := true
+	var b [1]byte
+	_ = rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true
+	})
+	return alive
 }
 
 func (u *upstream) Close() error {

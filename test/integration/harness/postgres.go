@@ -337,3 +337,50 @@ func truncate(s string) string {
 	}
 	return s
 }
+
+// Stall freezes the whole server (the postmaster and every backend) with
+// SIGSTOP for d, then lets it go on with SIGCONT: a database that stops
+// answering without closing anything, as under a long I/O stall or a VM
+// pause.
+func (pg *Postgres) Stall(d time.Duration) error {
+	pids := pg.pids()
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	time.Sleep(d)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}
+	if len(pids) == 0 {
+		return fmt.Errorf("postgres is not running")
+	}
+	return nil
+}
+
+// pids returns the postmaster and its children.
+func (pg *Postgres) pids() []int {
+	if pg.proc == nil || pg.proc.cmd.Process == nil {
+		return nil
+	}
+	root := pg.proc.cmd.Process.Pid
+	pids := []int{root}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i > 0 {
+			if f := strings.Fields(s[i+1:]); len(f) > 1 && f[1] == strconv.Itoa(root) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}

@@ -1,0 +1,159 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// dbproxyCLI runs an operator command of the built binary against p.
+func dbproxyCLI(t *testing.T, p *proxyProc, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	args = append(args, "--admin", strings.TrimPrefix(p.admin, "http://"))
+	out, err := exec.CommandContext(ctx, dbproxyBinary(t), args...).CombinedOutput()
+	return string(out), err
+}
+
+// TestOperatorRevoke: the dry run shows the sessions a revoke would cut and
+// changes nothing; the revoke itself fetches a new credential, revokes the
+// old lease in Vault (the database user is dropped) and closes the sessions
+// still on it with a reason, while new sessions work on the new credential.
+func TestOperatorRevoke(t *testing.T) {
+	// Leases long enough that no rotation happens on its own.
+	s := startLeaseStackTTL(t, "revoke-app", "", time.Minute, 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable connect_timeout=10", s.port)
+	inTxn, idle := connect(t, dsn), connect(t, dsn)
+	var oldUser string
+	if err := idle.QueryRow(ctx, "select current_user").Scan(&oldUser); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inTxn.Exec(ctx, "begin"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The status page shows the generation and the sessions by identity.
+	resp, err := http.Get(s.proxy.admin + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"Sessions (2)", oldUser, "<td>app</td><td>appdb</td>", "idle 1, idle in transaction 1"} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("status page lacks %q:\n%s", want, page)
+		}
+	}
+
+	out, err := dbproxyCLI(t, s.proxy, "revoke", "appdb", "--dry-run")
+	if err != nil {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	t.Logf("dbproxy revoke appdb --dry-run:\n%s", out)
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"DRY RUN", oldUser, "app postgres revoke-app 2 1", "What dbproxy would do:", "(an operator revoked it)"} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("dry run output lacks %q:\n%s", want, out)
+		}
+	}
+	if l := s.proxy.leases(t); len(l) != 1 || l[0].Username != oldUser {
+		t.Fatalf("the dry run changed the leases: %+v", l)
+	}
+	if err := idle.Ping(ctx); err != nil {
+		t.Fatalf("the dry run cut a session: %v", err)
+	}
+
+	out, err = dbproxyCLI(t, s.proxy, "revoke", "appdb")
+	if err != nil {
+		t.Fatalf("revoke: %v\n%s", err, out)
+	}
+	t.Logf("dbproxy revoke appdb:\n%s", out)
+	flat = strings.Join(strings.Fields(out), " ")
+	if !strings.Contains(flat, "Revoked the credentials of appdb") || !strings.Contains(flat, oldUser+" 2 ok") {
+		t.Errorf("revoke output:\n%s", out)
+	}
+	if slices.Contains(vaultRoles(t, "revoke-app"), oldUser) {
+		t.Errorf("database user %s still exists after the revoke", oldUser)
+	}
+	for name, c := range map[string]interface {
+		Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+	}{"in a transaction": inTxn, "idle": idle} {
+		_, err := c.Exec(ctx, "select 1")
+		if sqlstate(err) != "57P01" || !strings.Contains(err.Error(), "an operator revoked it") {
+			t.Errorf("session %s: got %v, want 57P01 naming the operator revoke", name, err)
+		}
+	}
+	// The report counts what just happened and asks Vault for its version.
+	revokeOut := out
+	out, err = dbproxyCLI(t, s.proxy, "report")
+	if err != nil {
+		t.Fatalf("report: %v\n%s", err, out)
+	}
+	t.Logf("dbproxy report:\n%s", out)
+	report := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"HASHICORP VAULT DYNAMIC SECRETS REPORT", "Vault Version: 1.", "Cluster Status: active",
+		"database/creds/revoke-app (postgres): 2", "Total Active: 1", "initial 1, revoke 1", "Operator revokes / rotations: 1 / 0"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+
+	var newUser string
+	if err := connect(t, dsn).QueryRow(ctx, "select current_user").Scan(&newUser); err != nil {
+		t.Fatal(err)
+	}
+	if newUser == oldUser || !strings.Contains(flat, newUser) {
+		t.Errorf("new session runs as %s (old %s); revoke output:\n%s", newUser, oldUser, revokeOut)
+	}
+}
+
+// TestOperatorRevokeMySQL: the same runbook on a MariaDB backend; the
+// session on the revoked credential gets 1927 naming the operator revoke
+// and the Vault-made user is dropped.
+func TestOperatorRevokeMySQL(t *testing.T) {
+	s := startMyLeaseStack(t, "revoke-my", time.Minute, 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	db := openMy(t, fmt.Sprintf("app@tcp(127.0.0.1:%d)/appdb?timeout=10s", s.port))
+	db.SetMaxOpenConns(1)
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var oldUser string
+	if err := conn.QueryRowContext(ctx, "select substring_index(current_user(), '@', 1)").Scan(&oldUser); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err := dbproxyCLI(t, s.proxy, "revoke", "appdb", "--role", "revoke-my")
+	if err != nil {
+		t.Fatalf("revoke: %v\n%s", err, out)
+	}
+	if flat := strings.Join(strings.Fields(out), " "); !strings.Contains(flat, "app mysql revoke-my 1 0") || !strings.Contains(flat, oldUser+" 1 ok") {
+		t.Errorf("revoke output:\n%s", out)
+	}
+	var one int
+	err = conn.QueryRowContext(ctx, "select 1").Scan(&one)
+	if myCode(err) != 1927 || !strings.Contains(err.Error(), "an operator revoked it") {
+		t.Errorf("session on the revoked credential: got %v, want 1927 naming the operator revoke", err)
+	}
+	if slices.Contains(mysqlVaultUsers(t, "revoke-my"), oldUser) {
+		t.Errorf("database user %s still exists after the revoke", oldUser)
+	}
+	newUser, err := myTransaction(fmt.Sprintf("app@tcp(127.0.0.1:%d)/appdb?timeout=10s", s.port), 1)
+	if err != nil || newUser == oldUser {
+		t.Errorf("new session: %q, %v (old user %s)", newUser, err, oldUser)
+	}
+}
