@@ -6,6 +6,7 @@
 #   make vault             Vault + database plugins, cached (scripts/build-vault.sh)
 #   make test-unit         every package but test/integration
 #   make test-integration  real PostgreSQL, MariaDB and Vault (slow)
+#   make fuzz              every fuzz target for FUZZTIME (default 20s) each (scripts/fuzz.sh)
 #   make test              all of the above but build and lint
 #   make demo              deps + vault, then dbproxy + PostgreSQL + Vault with short TTLs: a client
 #                          loop across live rotations, left running in ./demo (scripts/demo.sh)
@@ -28,8 +29,9 @@ INTEGRATION_FLAGS ?= -count=1 -timeout 20m -v
 # race found there fails the test that saw it.
 export DBPROXY_BUILD_FLAGS ?= $(RACE)
 LOGDIR ?= .cache
+FUZZTIME ?= 20s
 
-.PHONY: build lint deps vault test-unit test-integration test clean
+.PHONY: build lint deps vault test-unit test-integration fuzz test clean
 
 build:
 	$(GO) build -o bin/dbproxy ./cmd/dbproxy
@@ -54,6 +56,12 @@ test-unit:
 	pkgs="$$($(GO) list ./... | grep -v /test/integration)"; \
 	$(GO) test $(UNIT_FLAGS) $$pkgs
 
+# Every fuzz target for FUZZTIME each (scripts/fuzz.sh). A failing input
+# is written to the package's testdata/fuzz/NAME/ and the run fails: fix
+# the bug and commit the file as a seed.
+fuzz:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) scripts/fuzz.sh
+
 # The full log stays in $(LOGDIR)/test-integration.log; the summary follows.
 test-integration:
 	@mkdir -p $(LOGDIR)
@@ -64,11 +72,13 @@ test-integration:
 	exit $$st
 
 # deps (apt, mostly I/O) and the Vault build (CPU) overlap; the tests run
-# one after the other, and integration runs even when unit tests failed.
+# one after the other (unit, fuzz, integration), and each runs even when
+# an earlier one failed.
 test:
 	$(MAKE) -j2 --output-sync=target deps vault
 	@st=0; \
 	$(MAKE) test-unit || st=1; \
+	$(MAKE) fuzz || st=1; \
 	$(MAKE) test-integration || st=1; \
 	exit $$st
 

@@ -1,7 +1,8 @@
 // Package admin is dbproxy's operator HTTP listener: /metrics, /healthz,
 // /readyz, and the /v1 API whose endpoints other packages add with Handle.
 // /v1 requests need a bearer token when one is configured; cmd/dbproxy
-// requires one whenever the listener is not on loopback.
+// requires one whenever the listener is not on loopback. State-changing
+// requests that a web page could have sent are refused (guard.go).
 package admin
 
 import (
@@ -39,6 +40,11 @@ type Options struct {
 	// present ("Authorization: Bearer TOKEN"). It is compared in constant
 	// time. /metrics, /healthz and /readyz never need it.
 	Token string
+	// AllowedHosts are further names (host or host:port) that
+	// state-changing requests may carry in their Host header, e.g. a DNS
+	// name operators use for a listener on 0.0.0.0. The listener's own
+	// address and localhost, 127.0.0.1 and [::1] are always allowed.
+	AllowedHosts []string
 }
 
 // Server is the admin HTTP server. Create it with New, add endpoints with
@@ -47,16 +53,18 @@ type Server struct {
 	opts      Options
 	log       *zap.Logger
 	mux       *http.ServeMux
+	root      http.Handler // mux behind the cross-site guard
 	srv       *http.Server
 	tokenHash [sha256.Size]byte
 
 	ready atomic.Bool
 
-	mu      sync.Mutex
-	ln      net.Listener
-	started bool
-	checks  []check
-	done    chan struct{}
+	mu       sync.Mutex
+	ln       net.Listener
+	ownHosts map[string]bool // host:port names of this listener (see guard.go)
+	started  bool
+	checks   []check
+	done     chan struct{}
 }
 
 type check struct {
@@ -72,6 +80,8 @@ func New(opts Options) *Server {
 	}
 	s.log = s.log.Named("admin")
 	s.tokenHash = sha256.Sum256([]byte(opts.Token))
+	s.root = s.guard(s.mux)
+	s.ownHosts = ownHostsFor(opts.Address, nil)
 
 	g := opts.Gatherer
 	if g == nil && opts.Registry != nil {
@@ -106,7 +116,7 @@ func New(opts Options) *Server {
 	}
 
 	s.srv = &http.Server{
-		Handler:           s.mux,
+		Handler:           s.root,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -155,6 +165,9 @@ func (s *Server) requireToken(h http.Handler) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
+
+// ServeHTTP serves a request as the listener would, guard included.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.root.ServeHTTP(w, r) }
 
 // SetReady marks startup as complete (true) or the process as going away
 // (false). /readyz answers 503 until SetReady(true).
@@ -243,6 +256,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("admin: listen on %s: %w", s.opts.Address, err)
 	}
 	s.ln, s.started = ln, true
+	s.ownHosts = ownHostsFor(s.opts.Address, ln.Addr())
 	if s.opts.Token == "" && !loopback(ln.Addr()) {
 		s.log.Warn("admin listener is not on loopback and has no token: /v1 is open to anyone who can reach it", zap.Stringer("address", ln.Addr()))
 	}

@@ -125,9 +125,13 @@ func (s *Server) MountStatus(ops Operations) {
 			return
 		}
 		name, verb := r.PathValue("name"), r.PathValue("verb")
-		do := map[string]func(string) bool{"rotate": ops.Rotate, "pause": ops.Pause, "resume": ops.Resume, "drain": ops.Drain}[verb]
 		msg := verb + " " + name + ": done"
-		if do == nil || !do(name) {
+		if verb == "rotate" {
+			// Over the issuance cap the error says when to try again.
+			if err := ops.Rotate(name); err != nil {
+				msg = verb + " " + name + ": " + err.Error()
+			}
+		} else if do := map[string]func(string) bool{"pause": ops.Pause, "resume": ops.Resume, "drain": ops.Drain}[verb]; do == nil || !do(name) {
 			msg = verb + " " + name + ": unknown backend or action"
 		}
 		http.Redirect(w, r, "/?msg="+url.QueryEscape(msg), http.StatusSeeOther)

@@ -1,8 +1,22 @@
 package admin
 
 import (
+	"errors"
 	"net/http"
+	"strconv"
+	"time"
 )
+
+// ErrNotFound is what Operations.Rotate returns (wrapped) for a backend it
+// does not know: the API answers 404.
+var ErrNotFound = errors.New("not found")
+
+// retryLater is an error refusing an action for now, e.g. the credential
+// issuance cap: the API answers 429 with Retry-After.
+type retryLater interface {
+	error
+	RetryAfter() time.Duration
+}
 
 // Operations is what the /v1 API shows and does. cmd/dbproxy implements it
 // over the running proxies, so this package imports none of them.
@@ -13,8 +27,10 @@ type Operations interface {
 	Pools() any
 	// Leases lists live credential generations.
 	Leases() any
-	// Rotate starts a credential rotation for a backend; false if unknown.
-	Rotate(backend string) bool
+	// Rotate starts a credential rotation for a backend. It returns an
+	// error wrapping ErrNotFound for an unknown backend, or one with a
+	// RetryAfter() time.Duration method when it may be retried later.
+	Rotate(backend string) error
 	// Pause holds a backend's new transactions (and sessions) back,
 	// Resume lets them go on, Drain replaces its upstream connections;
 	// each is false if the backend has no pool.
@@ -33,11 +49,20 @@ func (s *Server) MountV1(ops Operations) {
 	s.Handle("GET /v1/leases", list(ops.Leases))
 	s.Handle("POST /v1/backends/{name}/rotate", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
-		if !ops.Rotate(name) {
+		err := ops.Rotate(name)
+		var later retryLater
+		switch {
+		case err == nil:
+			writeJSON(w, http.StatusAccepted, map[string]string{"status": "rotation started", "backend": name})
+		case errors.Is(err, ErrNotFound):
 			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no backend " + name + " with credentials; see GET /v1/leases"})
-			return
+		case errors.As(err, &later):
+			secs := int((later.RetryAfter() + time.Second - 1) / time.Second)
+			w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+			writeJSON(w, http.StatusTooManyRequests, map[string]any{"error": err.Error(), "retry_after_seconds": max(secs, 1)})
+		default:
+			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 		}
-		writeJSON(w, http.StatusAccepted, map[string]string{"status": "rotation started", "backend": name})
 	}))
 	for _, a := range []struct {
 		verb, status string

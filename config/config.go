@@ -241,6 +241,12 @@ type Admin struct {
 	// TokenFile holds a bearer token required for /v1 requests; it is
 	// mandatory when Address is not a loopback address.
 	TokenFile string `yaml:"token_file"`
+	// AllowedHosts are further names, "host" or "host:port", that
+	// state-changing /v1 requests (POST) may carry in their Host header,
+	// e.g. the DNS name operators use for a listener on 0.0.0.0. The
+	// listener's own address, localhost, 127.0.0.1 and [::1] are always
+	// allowed; any other Host is refused as possible DNS rebinding.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 	// Pprof serves Go's profiler at /debug/pprof/ (behind the token when
 	// one is set). Default false.
 	Pprof bool `yaml:"pprof"`

@@ -250,6 +250,8 @@ func TestProblems(t *testing.T) {
 			[]string{`20:18: admin.address: "nine" is not host:port`}},
 		{"admin token missing file", base + "admin: {address: 0.0.0.0:9187, token_file: nope}\n",
 			[]string{`20:44: admin.token_file: cannot read`}},
+		{"admin allowed host with scheme", base + "admin: {allowed_hosts: [dbproxy.internal, \"http://x:9187/\"]}\n",
+			[]string{`20:43: admin.allowed_hosts[1]: "http://x:9187/" is not a host name or host:port`}},
 		{"shutdown timeout", base + "shutdown_timeout: -5s\n",
 			[]string{`20:19: shutdown_timeout: must be greater than 0`}},
 	}

@@ -544,6 +544,11 @@ func (v *validator) admin() {
 		v.at("admin.address", "admin.address: %v", err)
 		return
 	}
+	for i, h := range a.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, "/ @*") {
+			v.at(fmt.Sprintf("admin.allowed_hosts[%d]", i), "admin.allowed_hosts[%d]: %q is not a host name or host:port; write it like dbproxy.internal or dbproxy.internal:9187 (no scheme, path or wildcard)", i, h)
+		}
+	}
 	if a.TokenFile != "" {
 		v.file("admin.token_file", a.TokenFile)
 		if b, err := os.ReadFile(a.TokenFile); err == nil && strings.TrimSpace(string(b)) == "" {

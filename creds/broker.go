@@ -2,6 +2,8 @@ package creds
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
 	"sync"
 
@@ -87,16 +89,34 @@ func (b *Broker) Source(backend, role string) *Source {
 	return b.sources[SourceKey{backend, role}]
 }
 
-// Rotate starts a rotation for every role of backend; false if unknown.
-func (b *Broker) Rotate(backend, reason string) bool {
-	found := false
+// ErrUnknownBackend is returned for a backend without credentials.
+var ErrUnknownBackend = errors.New("no credentials are configured for this backend")
+
+// Rotate starts a rotation for every role of backend. Nothing rotates when
+// any role is at its issuance cap, so a backend is never half rotated: the
+// error is then that role's *IssueCapError.
+func (b *Broker) Rotate(backend, reason string) error {
+	var srcs []*Source
 	for k, s := range b.sources {
 		if k.Backend == backend {
-			s.Rotate(reason)
-			found = true
+			srcs = append(srcs, s)
 		}
 	}
-	return found
+	if len(srcs) == 0 {
+		return fmt.Errorf("backend %q: %w", backend, ErrUnknownBackend)
+	}
+	for _, s := range srcs {
+		if err := s.overCap(reason); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	for _, s := range srcs {
+		if err := s.TryRotate(reason); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Leases lists every live generation, ordered by backend, role, number.

@@ -49,11 +49,11 @@ func TestBroker(t *testing.T) {
 		}
 	}
 
-	if b.Rotate("nope", "manual") {
-		t.Error("Rotate of an unknown backend reported found")
+	if err := b.Rotate("nope", "manual"); !errors.Is(err, ErrUnknownBackend) {
+		t.Errorf("Rotate of an unknown backend: %v, want ErrUnknownBackend", err)
 	}
-	if !b.Rotate("pg", "manual") {
-		t.Fatal("Rotate(pg) reported not found")
+	if err := b.Rotate("pg", "manual"); err != nil {
+		t.Fatalf("Rotate(pg): %v", err)
 	}
 	waitFor(t, 3*time.Second, "pg rotated and old generations revoked", func() bool {
 		l := b.Leases()
@@ -98,5 +98,34 @@ func TestBrokerLoginFailureRecovers(t *testing.T) {
 	g := s.current(t, 1, 3*time.Second)
 	if g.N != 1 || fv.count(opCreds) != 1 {
 		t.Errorf("generation %d after %d creds reads", g.N, fv.count(opCreds))
+	}
+}
+
+// A backend with one role at its issuance cap is not rotated at all: no
+// role gets a new credential, and the refusal names the capped role.
+func TestBrokerRotateRefusedWhole(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	log, _ := testLogger()
+	c := newClient(t, fv, AuthOptions{Method: "token", TokenFile: writeFile(t, "token", fv.rootToken)}, log)
+	b := NewBroker(c, []SourceSpec{
+		{Backend: "pg", Mount: "database", Role: "app", Lease: LeaseOptions{MaxIssuePerMinute: 1}},
+		{Backend: "pg", Mount: "database", Role: "ro", Lease: LeaseOptions{MaxIssuePerMinute: 5}},
+	}, log, NewMetrics(nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); b.Wait() }()
+	b.Run(ctx)
+	waitFor(t, 3*time.Second, "both sources ready", func() bool { return b.Ready() == nil })
+	err := b.Rotate("pg", "manual")
+	var ce *IssueCapError
+	if !errors.As(err, &ce) || ce.Role != "app" || ce.RetryAfter() <= 0 || ce.RetryAfter() > time.Minute {
+		t.Fatalf("Rotate(pg) = %v, want app's IssueCapError", err)
+	}
+	ro := b.Source("pg", "ro")
+	ro.mu.Lock()
+	pending := ro.wantRotate
+	ro.mu.Unlock()
+	if n := fv.count(opCreds); n != 2 || pending != "" {
+		t.Errorf("%d creds reads, ro's pending rotation %q; want 2 and none: ro must not rotate alone", n, pending)
 	}
 }

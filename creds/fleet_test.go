@@ -221,7 +221,9 @@ func fleetRotationWaitsForFollowersToDrain(t *testing.T) {
 		t.Fatal("cannot acquire generation 1")
 	}
 	// A follower asks for the rotation; the issuer performs it.
-	f[1].Rotate("manual")
+	if err := f[1].TryRotate("manual"); err != nil { // the operator path: POST /v1/backends/NAME/rotate
+		t.Fatal(err)
+	}
 	for _, n := range nodes {
 		if g := n.current(t, 2, patience); g.N != 2 {
 			t.Fatalf("%s serves generation %d", n.id, g.N)

@@ -11,6 +11,7 @@ type Metrics struct {
 	renewals      *prometheus.CounterVec
 	rotations     *prometheus.CounterVec
 	issued        *prometheus.CounterVec
+	refused       *prometheus.CounterVec
 	revocations   *prometheus.CounterVec
 	leaseLeft     *prometheus.GaugeVec
 	hardLeft      *prometheus.GaugeVec
@@ -36,6 +37,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dbproxy_credentials_issued_total", Help: "Credentials read from database/creds/ROLE.",
 		}, []string{"backend", "role"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dbproxy_credential_issue_refused_total",
+			Help: "Credential issuances refused or delayed by lease.max_issue_per_minute, by the rotation's reason (manual: an operator's rotate answered 429).",
+		}, []string{"backend", "role", "reason"}),
 		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dbproxy_lease_revocations_total", Help: "Superseded leases revoked by dbproxy, by result.",
 		}, []string{"backend", "role", "result"}),
@@ -56,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"backend", "role"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.vaultRequests, m.renewals, m.rotations, m.issued, m.revocations, m.leaseLeft, m.hardLeft, m.generation,
+		reg.MustRegister(m.vaultRequests, m.renewals, m.rotations, m.issued, m.refused, m.revocations, m.leaseLeft, m.hardLeft, m.generation,
 			m.fleetIssuerChanges, m.fleetLag)
 	}
 	return m

@@ -63,6 +63,28 @@ func (e *ErrNoCredential) Error() string {
 
 func (e *ErrNoCredential) Unwrap() error { return e.Cause }
 
+// IssueCapError refuses a credential issuance that would exceed the
+// (backend, role)'s MaxIssuePerMinute.
+type IssueCapError struct {
+	Backend, Role string
+	Max           int           // the cap per minute
+	Next          time.Time     // when the next issuance is allowed
+	Wait          time.Duration // from the refusal until Next
+}
+
+func (e *IssueCapError) Error() string {
+	return fmt.Sprintf("credential issuance cap reached for backend %s, role %s: %d credentials issued in the last minute "+
+		"(lease.max_issue_per_minute); the next one may be issued at %s, in %s",
+		e.Backend, e.Role, e.Max, e.Next.UTC().Format(time.RFC3339), e.RetryAfter())
+}
+
+// RetryAfter is how long to wait before asking again, in whole seconds
+// rounded up (at least one), as HTTP's Retry-After wants.
+func (e *IssueCapError) RetryAfter() time.Duration {
+	secs := (e.Wait + time.Second - 1) / time.Second
+	return max(1, secs) * time.Second
+}
+
 // Source keeps the credentials of one (backend, Vault role) pair: it
 // fetches, renews, rotates, drains and revokes them. All Vault work for the
 // source happens on its Run goroutine, so there is exactly one retry loop.
@@ -86,7 +108,8 @@ type Source struct {
 	retryAt      time.Time
 	lastErr      error
 	failingSince time.Time
-	issued       []time.Time
+	issued       []time.Time   // issuances in the last minute, oldest first
+	capWaiting   bool          // a due rotation waits for the issuance cap
 	changed      chan struct{} // closed and replaced when cur changes or a fetch fails
 
 	fleet *fleetMember // nil outside fleet mode
@@ -147,7 +170,9 @@ func (s *Source) Ready() error {
 	return s.unavailableLocked()
 }
 
-// Rotate asks for a new generation now, for the given reason.
+// Rotate asks for a new generation now, for the given reason. Over the
+// issuance cap the rotation waits for the window; an operator's request
+// should use TryRotate, which says so instead.
 func (s *Source) Rotate(reason string) {
 	if s.fleet != nil && !s.fleet.isIssuer() {
 		s.fleetRequestRotate(reason)
@@ -159,6 +184,60 @@ func (s *Source) Rotate(reason string) {
 	s.retryAt = time.Time{}
 	s.mu.Unlock()
 	s.poke()
+}
+
+// TryRotate asks for a new generation now unless the issuance cap is
+// reached, in which case it returns an *IssueCapError saying when the next
+// credential may be issued. A rotation already pending absorbs the
+// request: it would fetch the same credential.
+func (s *Source) TryRotate(reason string) error {
+	if s.fleet != nil && !s.fleet.isIssuer() {
+		// The issuer fetches and applies its own cap.
+		s.fleetRequestRotate(reason)
+		s.poke()
+		return nil
+	}
+	now := s.now()
+	s.mu.Lock()
+	if err := s.capErrLocked(now); err != nil {
+		s.mu.Unlock()
+		return s.refuse(reason, err)
+	}
+	if s.wantRotate == "" {
+		s.wantRotate = reason
+	}
+	s.retryAt = time.Time{}
+	s.mu.Unlock()
+	s.poke()
+	return nil
+}
+
+// overCap returns the refusal of an issuance for reason now, or nil.
+func (s *Source) overCap(reason string) error {
+	s.mu.Lock()
+	err := s.capErrLocked(s.now())
+	s.mu.Unlock()
+	if err == nil {
+		return nil
+	}
+	return s.refuse(reason, err)
+}
+
+// refuse counts and logs a refused rotation request.
+func (s *Source) refuse(reason string, err *IssueCapError) error {
+	s.m.refused.WithLabelValues(s.backend, s.role, reason).Inc()
+	s.log.Warn("rotation refused: credential issuance cap reached", zap.String("reason", reason),
+		zap.Int("max_issue_per_minute", s.opts.MaxIssuePerMinute), zap.Time("next_issue_at", err.Next))
+	return err
+}
+
+// capErrLocked is the error refusing an issuance at now, or nil.
+func (s *Source) capErrLocked(now time.Time) *IssueCapError {
+	at := s.rateLimitedUntilLocked(now)
+	if at.IsZero() {
+		return nil
+	}
+	return &IssueCapError{Backend: s.backend, Role: s.role, Max: s.opts.MaxIssuePerMinute, Next: at, Wait: at.Sub(now)}
 }
 
 // Generations returns snapshots of every generation not yet revoked.
@@ -331,10 +410,18 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 		return at
 	}
 	if at := s.rateLimitedUntilLocked(now); !at.IsZero() {
+		// Count and log a wait once, not at every wake-up of the loop.
+		first := !s.capWaiting
+		s.capWaiting = true
 		s.mu.Unlock()
-		s.log.Warn("credential issuance cap reached; waiting", zap.Int("max_issue_per_minute", s.opts.MaxIssuePerMinute), zap.Time("until", at))
+		if first {
+			s.m.refused.WithLabelValues(s.backend, s.role, reason).Inc()
+			s.log.Warn("credential issuance cap reached; waiting", zap.String("reason", reason),
+				zap.Int("max_issue_per_minute", s.opts.MaxIssuePerMinute), zap.Time("until", at))
+		}
 		return at
 	}
+	s.capWaiting = false
 	s.issued = append(s.issued, now)
 	s.mu.Unlock()
 

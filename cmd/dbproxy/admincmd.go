@@ -85,13 +85,15 @@ func (c *adminClient) do(ctx context.Context, method, path string, out any) erro
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e struct {
+		e := &apiError{Method: method, Path: path, Status: resp.Status, Code: resp.StatusCode,
+			RetryAfter: resp.Header.Get("Retry-After")}
+		var j struct {
 			Error string `json:"error"`
 		}
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, e.Error)
+		if json.Unmarshal(body, &j) == nil {
+			e.Msg = j.Error
 		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+		return e
 	}
 	if out == nil {
 		return nil
@@ -100,6 +102,21 @@ func (c *adminClient) do(ctx context.Context, method, path string, out any) erro
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// apiError is an answer other than 2xx from the admin API.
+type apiError struct {
+	Method, Path, Status string
+	Code                 int
+	Msg                  string // the API's "error", if any
+	RetryAfter           string // the Retry-After header, seconds
+}
+
+func (e *apiError) Error() string {
+	if e.Msg == "" {
+		return fmt.Sprintf("%s %s: %s", e.Method, e.Path, e.Status)
+	}
+	return fmt.Sprintf("%s %s: %s: %s", e.Method, e.Path, e.Status, e.Msg)
 }
 
 // actionCmd runs rotate, pause, resume or drain on one backend.
@@ -126,6 +143,13 @@ func actionCmd(ctx context.Context, verb string, args []string, stdout, stderr i
 	}
 	var res map[string]string
 	if err := c.do(ctx, http.MethodPost, "/v1/backends/"+fs.Arg(0)+"/"+verb, &res); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Code == http.StatusTooManyRequests {
+			// The issuance cap: say plainly that nothing happened and when
+			// to try again.
+			fmt.Fprintf(stderr, "dbproxy %s: %s was not rotated: %s\nTry again in %ss.\n", verb, fs.Arg(0), ae.Msg, ae.RetryAfter)
+			return exitStartup
+		}
 		fmt.Fprintf(stderr, "dbproxy %s: %v\n", verb, err)
 		return exitStartup
 	}

@@ -15,7 +15,10 @@ import (
 )
 
 // opsFake is a running dbproxy as the admin API sees it: one backend.
-type opsFake struct{ did []string }
+type opsFake struct {
+	did    []string
+	capped bool // rotate answers as over the issuance cap
+}
 
 func (o *opsFake) Sessions() any {
 	return []map[string]string{
@@ -39,7 +42,15 @@ func (o *opsFake) act(verb, b string) bool {
 	o.did = append(o.did, verb+" "+b)
 	return b == "orders"
 }
-func (o *opsFake) Rotate(b string) bool { return o.act("rotate", b) }
+func (o *opsFake) Rotate(b string) error {
+	if !o.act("rotate", b) {
+		return admin.ErrNotFound
+	}
+	if b == "orders" && o.capped {
+		return &creds.IssueCapError{Backend: b, Role: "rw", Max: 6, Next: time.Date(2026, 12, 1, 23, 0, 41, 0, time.UTC), Wait: 40500 * time.Millisecond}
+	}
+	return nil
+}
 func (o *opsFake) Pause(b string) bool  { return o.act("pause", b) }
 func (o *opsFake) Resume(b string) bool { return o.act("resume", b) }
 func (o *opsFake) Drain(b string) bool  { return o.act("drain", b) }
@@ -95,5 +106,30 @@ func TestOperatorCommands(t *testing.T) {
 	}
 	if code, _, errs := run("status", "--admin", "127.0.0.1:1"); code != exitStartup || !strings.Contains(errs, "is dbproxy running") {
 		t.Fatalf("status with nothing listening: %d %q", code, errs)
+	}
+}
+
+// rotate reports success, and over the issuance cap says that nothing was
+// rotated and when to try again. The CLI's requests pass the admin API's
+// cross-site guard whether it is called by IP or as localhost.
+func TestRotateCommand(t *testing.T) {
+	addr, ops := startAdmin(t, "")
+	run := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := Execute(context.Background(), args, &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	_, port, _ := strings.Cut(addr, ":")
+	for _, a := range []string{addr, "localhost:" + port} {
+		if code, out, errs := run("rotate", "--admin", a, "orders"); code != 0 || out != "orders: rotation started\n" {
+			t.Fatalf("rotate via %s: %d %q %q", a, code, out, errs)
+		}
+	}
+	ops.capped = true
+	code, out, errs := run("rotate", "--admin", addr, "orders")
+	want := "dbproxy rotate: orders was not rotated: credential issuance cap reached for backend orders, role rw: 6 credentials " +
+		"issued in the last minute (lease.max_issue_per_minute); the next one may be issued at 2026-12-01T23:00:41Z, in 41s\nTry again in 41s.\n"
+	if code != exitStartup || out != "" || errs != want {
+		t.Fatalf("rotate over the cap: %d %q\n got %q\nwant %q", code, out, errs, want)
 	}
 }

@@ -120,7 +120,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 			}
 			token = t
 		}
-		adm = admin.New(admin.Options{Address: cfg.Admin.Address, Registry: reg, Logger: log, Token: token})
+		adm = admin.New(admin.Options{Address: cfg.Admin.Address, Registry: reg, Logger: log, Token: token, AllowedHosts: cfg.Admin.AllowedHosts})
 		if cfg.Admin.Pprof {
 			adm.MountPprof()
 		}

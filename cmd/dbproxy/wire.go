@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
+	"github.com/dbproxy/dbproxy/admin"
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/proxy/pool"
@@ -83,8 +85,15 @@ func (st *stack) Leases() any {
 	return l
 }
 
-// Rotate implements admin.Operations.
-func (st *stack) Rotate(backend string) bool { return st.broker.Rotate(backend, "manual") }
+// Rotate implements admin.Operations; over the issuance cap its error is
+// a *creds.IssueCapError, which the API answers with 429.
+func (st *stack) Rotate(backend string) error {
+	err := st.broker.Rotate(backend, "manual")
+	if errors.Is(err, creds.ErrUnknownBackend) {
+		return fmt.Errorf("%w: %w", admin.ErrNotFound, err)
+	}
+	return err
+}
 
 // Pause implements admin.Operations.
 func (st *stack) Pause(backend string) bool { return st.eachPool(backend, (*pool.Pool).Pause) }

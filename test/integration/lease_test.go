@@ -43,6 +43,12 @@ func startLeaseStack(t *testing.T, role string, extraVault string) *leaseStack {
 
 func startLeaseStackTTL(t *testing.T, role, extraVault string, ttl, maxTTL time.Duration) *leaseStack {
 	t.Helper()
+	return startLeaseStackCap(t, role, extraVault, ttl, maxTTL, 20)
+}
+
+// startLeaseStackCap is startLeaseStackTTL with lease.max_issue_per_minute.
+func startLeaseStackCap(t *testing.T, role, extraVault string, ttl, maxTTL time.Duration, maxIssue int) *leaseStack {
+	t.Helper()
 	ctx := context.Background()
 	if err := Vault.ConfigurePostgres(ctx, PG, harness.RoleOptions{Mount: Mount, Role: role, DefaultTTL: ttl, MaxTTL: maxTTL}); err != nil {
 		t.Fatal(err)
@@ -72,14 +78,14 @@ backends:
     address: %s
     vault_role: %s
     pool: { max_connections: 20 }
-    lease: { safety_margin: 3s, revoke_grace: 2s, max_issue_per_minute: 20 }
+    lease: { safety_margin: 3s, revoke_grace: 2s, max_issue_per_minute: %d }
 listeners:
   - { name: sidecar, protocol: postgres, address: "127.0.0.1:%d", identity: app }
 identities:
   app:
     grants: [ { backend: appdb } ]
 admin: { address: "{{ADMIN}}" }
-`, Vault.Addr, auth, PG.Addr(), role, s.port)
+`, Vault.Addr, auth, PG.Addr(), role, maxIssue, s.port)
 	s.proxy = startProxy(t, dir, cfg, true)
 	return s
 }

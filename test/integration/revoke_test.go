@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -15,14 +14,6 @@ import (
 )
 
 // dbproxyCLI runs an operator command of the built binary against p.
-func dbproxyCLI(t *testing.T, p *proxyProc, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	args = append(args, "--admin", strings.TrimPrefix(p.admin, "http://"))
-	out, err := exec.CommandContext(ctx, dbproxyBinary(t), args...).CombinedOutput()
-	return string(out), err
-}
 
 // TestOperatorRevoke: the dry run shows the sessions a revoke would cut and
 // changes nothing; the revoke itself fetches a new credential, revokes the
