@@ -1,6 +1,7 @@
 package mysql
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -46,8 +47,8 @@ func (s *session) intercept(cmd byte, body []byte) (bool, error) {
 	)
 	switch cmd {
 	case gomysql.COM_QUERY:
-		if len(body) > maxKillQuery {
-			return false, nil
+		if len(body) > maxKillQuery || !bytes.EqualFold(firstWord(body[1:]), []byte("kill")) {
+			return false, nil // most queries: no regexp
 		}
 		m := killRE.FindSubmatch(body[1:])
 		if m == nil {

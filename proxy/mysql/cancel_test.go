@@ -22,7 +22,7 @@ func killSession(t *testing.T, srv *Server, b *Backend, id string, tid uint32) (
 	t.Helper()
 	c, sc := net.Pipe()
 	t.Cleanup(func() { c.Close(); sc.Close() })
-	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, cbw: bufio.NewWriter(sc), killCh: make(chan killReason, 1),
+	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, cbw: bufio.NewWriter(sc),
 		connID: srv.issueID(), id: identity.Identity{Name: id}, backend: b, track: newTracker(false),
 		lease: &pool.Lease{Conn: &upstream{threadID: tid}, Gen: &creds.Generation{N: 1}}}
 	srv.track(s, true)
@@ -90,7 +90,7 @@ func TestKillMapping(t *testing.T) {
 	if !handled || len(p) == 0 || p[0] != 0 {
 		t.Fatalf("KILL CONNECTION: handled %v, answer %q", handled, p)
 	}
-	if r := <-victim.killCh; r != killByClient {
+	if r := killReason(victim.reason.Load()); r != killByClient {
 		t.Fatalf("victim killed with %v", r)
 	}
 	handled, p = ask(gomysql.COM_PROCESS_KILL, []byte{8, 0, 0, 0})

@@ -48,6 +48,12 @@ type fakeServer struct {
 	Caps       uint32      // greeting capabilities; default fakeCaps
 	AuthSwitch string      // plugin to switch the client to after its response
 	DenyLogin  bool        // answer the login with ERR 1045
+	// Bench answers from prepared bytes and records nothing, so that a
+	// benchmark counts only the relay's allocations (see bench_test.go).
+	Bench bool
+	// Stall, when set, holds the answer to "select stall" after its
+	// first packet until it is closed (or receives).
+	Stall chan struct{}
 
 	mu       sync.Mutex
 	logins   []*fakeLogin
@@ -178,6 +184,10 @@ func (f *fakeServer) serve(c net.Conn, id uint32) {
 	if ok(seq) != nil {
 		return
 	}
+	if f.Bench {
+		benchServe(conn, r, deprecateEOF)
+		return
+	}
 	stmts := map[uint32]*fakeStmt{} // prepared on this connection
 	nextStmt := id * 1000
 	for {
@@ -232,6 +242,15 @@ func (f *fakeServer) serve(c net.Conn, id uint32) {
 				status |= gomysql.SERVER_STATUS_IN_TRANS
 			case q == "commit" || q == "rollback":
 				status &^= gomysql.SERVER_STATUS_IN_TRANS
+			case q == "select stall" && f.Stall != nil:
+				if writePkt(conn, 1, []byte{1}) != nil {
+					return
+				}
+				<-f.Stall
+				if f.resultSetFrom(conn, 2, "stall", status, deprecateEOF) != nil {
+					return
+				}
+				continue
 			case strings.HasPrefix(q, "select "):
 				if f.resultSet(conn, q[len("select "):], status, deprecateEOF) != nil {
 					return
@@ -279,16 +298,21 @@ func (f *fakeServer) prepareOK(w io.Writer, sid uint32, params int, deprecateEOF
 
 // resultSet answers with one column and one row holding v.
 func (f *fakeServer) resultSet(w io.Writer, v string, status uint16, deprecateEOF bool) error {
-	seq := byte(1)
+	if err := writePkt(w, 1, []byte{1}); err != nil {
+		return err
+	}
+	return f.resultSetFrom(w, 2, v, status, deprecateEOF)
+}
+
+// resultSetFrom sends the packets of resultSet after the column count,
+// from sequence number seq.
+func (f *fakeServer) resultSetFrom(w io.Writer, seq byte, v string, status uint16, deprecateEOF bool) error {
 	send := func(p []byte) error { err := writePkt(w, seq, p); seq++; return err }
 	col := []byte{3, 'd', 'e', 'f', 0, 0, 0, 1, 'v', 0, 0x0c, 45, 0, 255, 0, 0, 0, 0xfd, 0, 0, 0, 0, 0}
 	eof := []byte{0xfe, 0, 0, byte(status), byte(status >> 8)}
 	end := eof
 	if deprecateEOF {
 		end = []byte{0xfe, 0, 0, byte(status), byte(status >> 8), 0, 0}
-	}
-	if err := send([]byte{1}); err != nil {
-		return err
 	}
 	if err := send(col); err != nil {
 		return err

@@ -52,7 +52,7 @@ func FuzzClientHandshake(f *testing.F) {
 		_ = c.SetDeadline(deadline)
 		_ = sc.SetDeadline(deadline)
 		g := newServerGate(sc, nil, 1)
-		s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, started: time.Now(), killCh: make(chan killReason, 1)}
+		s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, started: time.Now()}
 		a := &clientAuth{s: s, g: g, lo: appListener(nil, false)}
 		clientDone := make(chan struct{})
 		go func() {

@@ -6,13 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"go.uber.org/zap"
+
+	"github.com/dbproxy/dbproxy/creds"
 )
+
+// The relay is one goroutine per session, synchronous like the protocol:
+// read one command from the client, write it upstream with one flush,
+// relay the whole answer (tracker.go says when it is complete), repeat.
+// Kill, shutdown and drain deadlines reach it through deadlines on both
+// connections (interrupt.go). Packets are copied as bytes through the two
+// connections' buffers; nothing is allocated per command.
 
 // maxPayload is the largest physical packet; a logical packet of this
 // size or more continues in the next physical packet.
@@ -49,61 +56,6 @@ func readPacket(r io.Reader, maxLen int) (seq byte, payload []byte, err error) {
 	return hdr[3], payload, nil
 }
 
-// lenenc decodes a length-encoded integer at the start of b. ok is false
-// when b is too short or starts with a byte that is no integer (0xfb
-// NULL, 0xff).
-func lenenc(b []byte) (v uint64, n int, ok bool) {
-	if len(b) == 0 {
-		return 0, 0, false
-	}
-	switch b[0] {
-	case 0xfb, 0xff:
-		return 0, 0, false
-	case 0xfc:
-		if len(b) < 3 {
-			return 0, 0, false
-		}
-		return uint64(binary.LittleEndian.Uint16(b[1:])), 3, true
-	case 0xfd:
-		if len(b) < 4 {
-			return 0, 0, false
-		}
-		return uint64(b[1]) | uint64(b[2])<<8 | uint64(b[3])<<16, 4, true
-	case 0xfe:
-		if len(b) < 9 {
-			return 0, 0, false
-		}
-		return binary.LittleEndian.Uint64(b[1:]), 9, true
-	}
-	return uint64(b[0]), 1, true
-}
-
-// okStatus returns the status flags of an OK packet (header 0x00, or 0xfe
-// when it stands in for EOF under CLIENT_DEPRECATE_EOF).
-func okStatus(b []byte) (uint16, bool) {
-	pos := 1
-	for range 2 { // affected rows, last insert id
-		_, n, ok := lenenc(b[min(pos, len(b)):])
-		if !ok {
-			return 0, false
-		}
-		pos += n
-	}
-	if len(b) < pos+2 {
-		return 0, false
-	}
-	return binary.LittleEndian.Uint16(b[pos:]), true
-}
-
-// eofStatus returns the status flags of an EOF packet (0xfe, warnings,
-// status).
-func eofStatus(b []byte) (uint16, bool) {
-	if len(b) < 5 {
-		return 0, false
-	}
-	return binary.LittleEndian.Uint16(b[3:]), true
-}
-
 // okPacket is an OK packet with no rows affected and the given status.
 func okPacket(seq byte, status uint16) []byte {
 	b := []byte{0, 0, 0, 0, 0x00, 0, 0, byte(status), byte(status >> 8), 0, 0}
@@ -136,401 +88,50 @@ func peekPacket(r *bufio.Reader) (n int, seq byte, head []byte, err error) {
 // bytes) from r to w as bytes; packets larger than r's buffer stream
 // through without being held whole.
 func copyPacket(r *bufio.Reader, w io.Writer, n int) (int, error) {
-	if 4+n <= r.Size() {
-		b, err := r.Peek(4 + n)
+	m, rerr, werr := copyBytes(r, w, 4+n)
+	if rerr != nil {
+		return m, rerr
+	}
+	return m, werr
+}
+
+// copyBytes copies n bytes from r to w through r's buffer and tells a
+// read error (rerr) from a write error (werr).
+func copyBytes(r *bufio.Reader, w io.Writer, n int) (m int, rerr, werr error) {
+	for m < n {
+		if r.Buffered() == 0 {
+			if _, err := r.Peek(1); err != nil {
+				return m, err, nil
+			}
+		}
+		b, _ := r.Peek(min(n-m, r.Buffered()))
+		k, err := w.Write(b)
+		_, _ = r.Discard(k)
+		m += k
 		if err != nil {
-			return 0, err
+			return m, nil, err
 		}
-		if _, err := w.Write(b); err != nil {
-			return 0, err
-		}
-		_, _ = r.Discard(4 + n)
-		return 4 + n, nil
 	}
-	m, err := io.CopyN(w, r, int64(4+n))
-	return int(m), err
+	return m, nil, nil
 }
 
-// respKind is the shape of the server's answer to a command.
-type respKind uint8
+// upstreamError is a failure of the held upstream connection, as opposed
+// to the client's.
+type upstreamError struct{ err error }
 
-const (
-	respNone      respKind = iota // no answer: COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA
-	respSimple                    // one packet: OK, ERR, EOF or a string
-	respQuery                     // text result sets, OKs, ERR; several with MULTI_RESULTS
-	respExecute                   // the same with binary rows; a cursor ends it after the metadata
-	respPrepare                   // COM_STMT_PREPARE_OK, parameter and column definitions
-	respFieldList                 // column definitions up to EOF
-	respFetch                     // rows up to EOF
-)
+func (e *upstreamError) Error() string { return "upstream: " + e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
 
-// commandResponse says how the server answers cmd and whether dbproxy
-// relays cmd at all. Commands that would change who is logged in
-// (COM_CHANGE_USER), start replication or are server internals are
-// refused: they would bypass the credential dbproxy chose or break the
-// relay's view of the stream.
-func commandResponse(cmd byte) (respKind, bool) {
-	switch cmd {
-	case gomysql.COM_INIT_DB, gomysql.COM_CREATE_DB, gomysql.COM_DROP_DB, gomysql.COM_REFRESH,
-		gomysql.COM_STATISTICS, gomysql.COM_PROCESS_KILL, gomysql.COM_DEBUG, gomysql.COM_PING,
-		gomysql.COM_STMT_RESET, gomysql.COM_SET_OPTION, gomysql.COM_RESET_CONNECTION:
-		return respSimple, true
-	case gomysql.COM_QUERY, gomysql.COM_PROCESS_INFO:
-		return respQuery, true
-	case gomysql.COM_FIELD_LIST:
-		return respFieldList, true
-	case gomysql.COM_STMT_PREPARE:
-		return respPrepare, true
-	case gomysql.COM_STMT_EXECUTE:
-		return respExecute, true
-	case gomysql.COM_STMT_FETCH:
-		return respFetch, true
-	case gomysql.COM_STMT_SEND_LONG_DATA, gomysql.COM_STMT_CLOSE:
-		return respNone, true
+func upErr(err error) error {
+	if err == nil {
+		return nil
 	}
-	return respNone, false
+	return &upstreamError{err: err}
 }
 
-// commandName names a command byte for error messages.
-func commandName(cmd byte) string {
-	switch cmd {
-	case gomysql.COM_CHANGE_USER:
-		return "COM_CHANGE_USER"
-	case gomysql.COM_BINLOG_DUMP, gomysql.COM_BINLOG_DUMP_GTID, gomysql.COM_REGISTER_SLAVE, gomysql.COM_TABLE_DUMP:
-		return "replication command"
-	case gomysql.COM_SHUTDOWN:
-		return "COM_SHUTDOWN"
-	}
-	return fmt.Sprintf("command 0x%02x", cmd)
-}
-
-// phase is where the tracker is within one answer.
-type phase uint8
-
-const (
-	phFirst          phase = iota // first packet of a result
-	phColumns                     // column definitions
-	phColumnsEOF                  // EOF after them (no CLIENT_DEPRECATE_EOF)
-	phRows                        // rows up to EOF/OK or ERR
-	phParams                      // prepare: parameter definitions
-	phParamsEOF                   //
-	phPrepColumns                 // prepare: column definitions
-	phPrepColumnsEOF              //
-)
-
-// tracker follows the server's answers to the commands the client sent,
-// packet by packet, to know when an answer is complete, the status flags
-// (transaction state) it ended with, and so whether the connection is
-// idle. The client side calls expect before it forwards a command; the
-// upstream side calls packet for the first physical packet of each
-// logical packet the server sends.
-type tracker struct {
-	deprecateEOF bool
-
-	mu      sync.Mutex
-	queue   []respKind
-	pending atomic.Int64 // answers expected and not complete
-
-	// Owned by the upstream side.
-	active   bool
-	cur      respKind
-	ph       phase
-	left     uint64
-	prepCols uint64
-}
-
-func newTracker(deprecateEOF bool) *tracker { return &tracker{deprecateEOF: deprecateEOF} }
-
-// expect records that the client sent a command answered as k.
-func (t *tracker) expect(k respKind) {
-	if k == respNone {
-		return
-	}
-	t.mu.Lock()
-	t.queue = append(t.queue, k)
-	t.mu.Unlock()
-	t.pending.Add(1)
-}
-
-// idle reports that no answer is outstanding.
-func (t *tracker) idle() bool { return t.pending.Load() == 0 }
-
-// event is what one server packet meant.
-type event struct {
-	done      bool   // an answer is complete
-	status    uint16 // server status flags, if hasStatus
-	hasStatus bool
-	errPacket bool // an unsolicited ERR, e.g. the server going away
-}
-
-// errLocalInfile is the server asking for a client file, which it may not
-// do: dbproxy never negotiates CLIENT_LOCAL_FILES.
-var errLocalInfile = &Error{Code: erNotSupportedYet, State: "42000",
-	Message: "LOAD DATA LOCAL INFILE is not supported through dbproxy: load the file on the database host or send the rows with INSERT"}
-
-func violation(format string, args ...any) *Error {
-	return &Error{Code: erMalformedPacket, State: "HY000",
-		Message: "dbproxy closed the session: the database sent " + fmt.Sprintf(format, args...)}
-}
-
-// isTerminator: an EOF packet, or the OK that replaces it.
-func (t *tracker) isTerminator(b []byte, n int) bool {
-	if len(b) == 0 || b[0] != 0xfe {
-		return false
-	}
-	if t.deprecateEOF {
-		return n < maxPayload
-	}
-	return n < 9
-}
-
-func (t *tracker) terminatorStatus(b []byte) (uint16, bool) {
-	if t.deprecateEOF && len(b) >= 7 {
-		return okStatus(b)
-	}
-	return eofStatus(b)
-}
-
-// packet takes the first bytes (b) of a logical packet of n bytes (the
-// first physical packet's length) from the server.
-func (t *tracker) packet(b []byte, n int) (event, error) {
-	var ev event
-	if len(b) == 0 {
-		return ev, violation("an empty packet")
-	}
-	if !t.active {
-		t.mu.Lock()
-		if len(t.queue) == 0 {
-			t.mu.Unlock()
-			if b[0] == 0xff {
-				// The server says why it ends the session (shutdown,
-				// KILL); the client should see that.
-				ev.errPacket = true
-				return ev, nil
-			}
-			return ev, violation("a packet (0x%02x) nobody asked for", b[0])
-		}
-		t.cur = t.queue[0]
-		t.queue = t.queue[1:]
-		t.mu.Unlock()
-		t.active = true
-		t.ph = phFirst
-		if t.cur == respFetch {
-			t.ph = phRows
-		}
-	}
-	finish := func() {
-		ev.done = true
-		t.active = false
-		t.pending.Add(-1)
-	}
-	setStatus := func(s uint16, ok bool) {
-		if ok {
-			ev.status, ev.hasStatus = s, true
-		}
-	}
-	if b[0] == 0xff {
-		// ERR ends an answer wherever it comes: no row, column or
-		// parameter definition starts with 0xff.
-		finish()
-		return ev, nil
-	}
-	switch t.cur {
-	case respSimple:
-		switch {
-		case b[0] == 0x00 && n >= 7:
-			setStatus(okStatus(b))
-		case b[0] == 0xfe && n < 9:
-			setStatus(t.terminatorStatus(b))
-		}
-		finish()
-	case respFieldList:
-		if t.isTerminator(b, n) {
-			setStatus(t.terminatorStatus(b))
-			finish()
-		}
-	case respQuery, respExecute, respFetch:
-		switch t.ph {
-		case phFirst:
-			switch {
-			case b[0] == 0x00:
-				s, ok := okStatus(b)
-				if !ok {
-					return ev, violation("a malformed OK packet")
-				}
-				setStatus(s, ok)
-				if s&gomysql.SERVER_MORE_RESULTS_EXISTS == 0 {
-					finish()
-				}
-			case b[0] == 0xfb && t.cur == respQuery:
-				return ev, errLocalInfile
-			default:
-				cols, _, ok := lenenc(b)
-				if !ok || cols == 0 {
-					return ev, violation("a malformed result set header (0x%02x)", b[0])
-				}
-				t.left = cols
-				t.ph = phColumns
-			}
-		case phColumns:
-			t.left--
-			if t.left == 0 {
-				t.ph = phRows
-				if !t.deprecateEOF {
-					t.ph = phColumnsEOF
-				}
-			}
-		case phColumnsEOF:
-			if b[0] != 0xfe {
-				return ev, violation("no EOF after the column definitions (0x%02x)", b[0])
-			}
-			s, ok := eofStatus(b)
-			setStatus(s, ok)
-			if t.cur == respExecute && s&gomysql.SERVER_STATUS_CURSOR_EXISTS != 0 {
-				// A cursor was opened: rows come with COM_STMT_FETCH.
-				finish()
-			} else {
-				t.ph = phRows
-			}
-		case phRows:
-			if t.isTerminator(b, n) {
-				s, ok := t.terminatorStatus(b)
-				setStatus(s, ok)
-				if t.cur != respFetch && ok && s&gomysql.SERVER_MORE_RESULTS_EXISTS != 0 {
-					t.ph = phFirst
-				} else {
-					finish()
-				}
-			}
-		}
-	case respPrepare:
-		switch t.ph {
-		case phFirst:
-			if b[0] != 0x00 || len(b) < 9 {
-				return ev, violation("a malformed COM_STMT_PREPARE answer (0x%02x)", b[0])
-			}
-			t.prepCols = uint64(binary.LittleEndian.Uint16(b[5:]))
-			params := uint64(binary.LittleEndian.Uint16(b[7:]))
-			if params > 0 {
-				t.left, t.ph = params, phParams
-			} else {
-				t.prepColumns(finish)
-			}
-		case phParams:
-			t.left--
-			if t.left == 0 {
-				if t.deprecateEOF {
-					t.prepColumns(finish)
-				} else {
-					t.ph = phParamsEOF
-				}
-			}
-		case phParamsEOF:
-			t.prepColumns(finish)
-		case phPrepColumns:
-			t.left--
-			if t.left == 0 {
-				if t.deprecateEOF {
-					finish()
-				} else {
-					t.ph = phPrepColumnsEOF
-				}
-			}
-		case phPrepColumnsEOF:
-			finish()
-		}
-	}
-	return ev, nil
-}
-
-func (t *tracker) prepColumns(finish func()) {
-	if t.prepCols == 0 {
-		finish()
-		return
-	}
-	t.left, t.ph = t.prepCols, phPrepColumns
-}
-
-// clientToUpstream relays the client's commands until COM_QUIT or error.
-func (s *session) clientToUpstream() error {
-	up := s.currentUpstream()
-	maxLen := s.srv.opts.MaxMessageBytes
-	cont := false // the last physical packet was full: the next continues it
-	var lastSeq byte
-	logical := 0
-	for {
-		n, seq, head, err := peekPacket(s.cbr)
-		if err != nil {
-			return err
-		}
-		if cont {
-			if seq != lastSeq+1 {
-				return outOfOrder(lastSeq+1, seq)
-			}
-			logical += n
-		} else {
-			if seq != 0 {
-				return outOfOrder(0, seq)
-			}
-			if n == 0 {
-				return &Error{Code: erMalformedPacket, State: "HY000", Message: "malformed packet: an empty command packet"}
-			}
-			logical = n
-			cmd := head[0]
-			if cmd == gomysql.COM_QUIT {
-				_, _ = s.cbr.Discard(min(4+n, s.cbr.Buffered()))
-				return errQuit
-			}
-			kind, ok := commandResponse(cmd)
-			if !ok {
-				return &Error{Code: erNotSupportedYet, State: "42000",
-					Message: fmt.Sprintf("%s is not supported through dbproxy: dbproxy logs in with the Vault credential of your identity's grant; reconnect instead", commandName(cmd))}
-			}
-			if len(head) == n {
-				handled, err := s.intercept(cmd, head)
-				if err != nil {
-					return err
-				}
-				if handled {
-					_, _ = s.cbr.Discard(4 + n)
-					s.bytesIn.Add(int64(4 + n))
-					continue
-				}
-			}
-			if cmd == gomysql.COM_SET_OPTION {
-				// The multi-statement switch is connection state that
-				// COM_RESET_CONNECTION is not documented to restore: do
-				// not hand this connection to another client. (The
-				// database, changed by COM_INIT_DB or USE, Reset restores.)
-				s.dirty.Store(true)
-			}
-			s.track.expect(kind)
-		}
-		if logical > maxLen {
-			return &Error{Code: erNetPacketTooLarge, State: "08S01",
-				Message: fmt.Sprintf("Got a packet bigger than dbproxy's limit of %d bytes; send smaller statements or values (e.g. several INSERTs, LOAD DATA in parts)", maxLen)}
-		}
-		m, err := copyPacket(s.cbr, upstreamWriter{up.bw}, n)
-		s.bytesIn.Add(int64(m))
-		if err != nil {
-			return err
-		}
-		lastSeq, cont = seq, n == maxPayload
-		if s.cbr.Buffered() == 0 {
-			if err := up.bw.Flush(); err != nil {
-				return upErr(err)
-			}
-		}
-	}
-}
-
-// upstreamWriter marks its write errors as the upstream's, so the relay
-// can tell a server that hung up mid-command from a client that left.
-type upstreamWriter struct{ w io.Writer }
-
-func (u upstreamWriter) Write(b []byte) (int, error) {
-	n, err := u.w.Write(b)
-	return n, upErr(err)
+func isUpstream(err error) bool {
+	var ue *upstreamError
+	return errors.As(err, &ue)
 }
 
 func outOfOrder(want, got byte) *Error {
@@ -538,62 +139,249 @@ func outOfOrder(want, got byte) *Error {
 		Message: fmt.Sprintf("Got packets out of order: sequence %d where %d was due", got, want)}
 }
 
-// upstreamToClient relays the server's packets and tracks the answers.
-func (s *session) upstreamToClient() error {
+func tooLarge(maxLen int) *Error {
+	return &Error{Code: erNetPacketTooLarge, State: "08S01",
+		Message: fmt.Sprintf("Got a packet bigger than dbproxy's limit of %d bytes; send smaller statements or values (e.g. several INSERTs, LOAD DATA in parts)", maxLen)}
+}
+
+var errEmptyCommand = &Error{Code: erMalformedPacket, State: "HY000", Message: "malformed packet: an empty command packet"}
+
+func notSupported(cmd byte) *Error {
+	return &Error{Code: erNotSupportedYet, State: "42000",
+		Message: fmt.Sprintf("%s is not supported through dbproxy: dbproxy logs in with the Vault credential of your identity's grant; reconnect instead", commandName(cmd))}
+}
+
+// relay serves the session's commands on its one upstream until the
+// session ends. It reports how it ended and whether the upstream is
+// quiescent, outside a transaction, and so may serve another client.
+func (s *session) relay(gen *creds.Generation) (string, bool) {
 	up := s.currentUpstream()
-	cont := false
+	s.holding(gen)
 	for {
-		n, seq, head, err := peekPacket(up.br)
+		kind, err := s.forward(up)
+		if err != nil && !s.track.idle() && isUpstream(err) {
+			// The server hung up while the command was being sent (e.g.
+			// a packet over its max_allowed_packet): its ERR may be on
+			// the way.
+			_ = up.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, _, _ = s.relayAnswer(up)
+		}
+		if err == nil && kind != respNone {
+			_, _, err = s.relayAnswer(up)
+		}
 		if err != nil {
-			s.wmu.Lock()
-			_ = s.cbw.Flush() // whatever was complete still reaches the client
-			s.wmu.Unlock()
-			return err
+			return s.endSession(err)
 		}
-		var ev event
-		if !cont {
-			if ev, err = s.track.packet(head, n); err != nil {
-				return err
-			}
-		}
-		// Bookkeeping first: once the client has the packet it may act
-		// on it (and ask the admin API, or quit).
-		if ev.hasStatus {
-			s.status.Store(uint32(ev.status))
-		}
-		s.nextSeq.Store(uint32(seq + 1))
-		if ev.done && s.track.idle() {
-			// The client's next command starts at 0; an error we send
-			// in between is the answer to it.
-			s.nextSeq.Store(1)
-		}
-		s.wmu.Lock()
-		m, err := copyPacket(up.br, s.cbw, n)
-		s.bytesOut.Add(int64(m))
-		if err != nil && m > 0 {
-			s.torn.Store(true)
-		}
-		if err == nil && up.br.Buffered() == 0 {
-			err = s.cbw.Flush()
-		}
-		s.wmu.Unlock()
-		if err != nil {
-			return err
-		}
-		cont = n == maxPayload
 	}
 }
 
-// isTimeout reports a deadline we set to stop a blocked read.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+// forward reads one command from the client and streams it upstream,
+// all its physical packets, with one flush at the end.
+func (s *session) forward(up *upstream) (respKind, error) {
+	s.waiting = true
+	n, seq, head, err := peekPacket(s.cbr)
+	if err != nil {
+		return respNone, err
+	}
+	s.waiting = false
+	if seq != 0 {
+		return respNone, outOfOrder(0, seq)
+	}
+	if n == 0 {
+		return respNone, errEmptyCommand
+	}
+	cmd := head[0]
+	if cmd == gomysql.COM_QUIT {
+		_, _ = s.cbr.Discard(min(4+n, s.cbr.Buffered()))
+		return respNone, errQuit
+	}
+	kind, ok := commandResponse(cmd)
+	if !ok {
+		return respNone, notSupported(cmd)
+	}
+	if len(head) == n {
+		handled, err := s.intercept(cmd, head)
+		if err != nil || handled {
+			_, _ = s.cbr.Discard(4 + n)
+			s.bytesIn.Add(int64(4 + n))
+			return respNone, err
+		}
+	}
+	if cmd == gomysql.COM_SET_OPTION {
+		// The multi-statement switch is connection state that
+		// COM_RESET_CONNECTION is not documented to restore: do not hand
+		// this connection to another client. (The database, changed by
+		// COM_INIT_DB or USE, Reset restores.)
+		s.dirty.Store(true)
+	}
+	s.track.expect(kind)
+	s.nextSeq.Store(1)
+	maxLen := s.srv.opts.MaxMessageBytes
+	for logical := n; ; {
+		if logical > maxLen {
+			return kind, tooLarge(maxLen)
+		}
+		m, rerr, werr := copyBytes(s.cbr, upstreamWriter{up.bw}, 4+n)
+		s.bytesIn.Add(int64(m))
+		if werr != nil {
+			return kind, werr
+		}
+		if rerr != nil {
+			return kind, rerr
+		}
+		if n < maxPayload {
+			break
+		}
+		hdr, err := s.cbr.Peek(4)
+		if err != nil {
+			return kind, err
+		}
+		if hdr[3] != seq+1 {
+			return kind, outOfOrder(seq+1, hdr[3])
+		}
+		n, seq = payloadLen(hdr), hdr[3]
+		logical += n
+	}
+	return kind, upErr(up.bw.Flush())
 }
 
-// interruptRead stops a goroutine blocked reading c and restores c.
-func interruptRead(c net.Conn, done <-chan error) error {
-	_ = c.SetReadDeadline(time.Unix(1, 0))
-	err := <-done
-	_ = c.SetReadDeadline(time.Time{})
-	return err
+// upstreamWriter marks its write errors as the upstream's, so the relay
+// can tell a server that hung up mid-command from a client that left. It
+// is one pointer, so it goes into an io.Writer without allocating.
+type upstreamWriter struct{ w *bufio.Writer }
+
+func (u upstreamWriter) Write(b []byte) (int, error) {
+	n, err := u.w.Write(b)
+	return n, upErr(err)
+}
+
+// relayAnswer relays the server's packets to the client until the answer
+// to the client's command is complete, flushing the client whenever the
+// upstream buffer runs empty. It returns the last status flags the
+// answer carried (ok false: none).
+func (s *session) relayAnswer(up *upstream) (status uint16, ok bool, err error) {
+	cont, done, hangup := false, false, false
+	for {
+		n, seq, head, err := peekPacket(up.br)
+		if err != nil {
+			return status, ok, upErr(err)
+		}
+		if !cont {
+			ev, err := s.track.packet(head, n)
+			if err != nil {
+				return status, ok, upErr(err)
+			}
+			if ev.hasStatus {
+				s.status.Store(uint32(ev.status))
+				status, ok = ev.status, true
+			}
+			done = ev.done && s.track.idle()
+			hangup = done && closesConnection(head)
+		}
+		s.nextSeq.Store(uint32(seq + 1))
+		if done {
+			// The client's next command starts at 0; an error dbproxy
+			// sends in between is the answer to it.
+			s.nextSeq.Store(1)
+		}
+		if err := s.toClient(up.br, n); err != nil {
+			return status, ok, err
+		}
+		cont = n == maxPayload
+		if done && !cont {
+			if err := s.flushClient(); err != nil || !hangup {
+				return status, ok, err
+			}
+			return status, ok, errHangup
+		}
+		if up.br.Buffered() == 0 {
+			if err := s.flushClient(); err != nil {
+				return status, ok, err
+			}
+		}
+	}
+}
+
+// errHangup ends a session whose server said it closes the connection.
+var errHangup = upErr(errors.New("the server closes the connection after its error"))
+
+// closesConnection reports an ERR after which the server closes the
+// connection (packet too large, connection killed, shutdown, the network
+// errors): the session ends with it, as it would without dbproxy, and the
+// connection is not used again.
+func closesConnection(b []byte) bool {
+	if len(b) < 3 || b[0] != 0xff {
+		return false
+	}
+	code := binary.LittleEndian.Uint16(b[1:])
+	return code == erServerShutdown || code >= 1152 && code <= 1161 || code == erConnectionKilled || code == 4031
+}
+
+// toClient copies one server packet of n payload bytes from r to the
+// client's buffer.
+func (s *session) toClient(r *bufio.Reader, n int) error {
+	m, rerr, werr := copyBytes(r, s.cbw, 4+n)
+	s.bytesOut.Add(int64(m))
+	if m > 0 && m < 4+n {
+		s.torn = true // the client has part of a packet
+	}
+	if rerr != nil {
+		return upErr(rerr)
+	}
+	return werr
+}
+
+func (s *session) flushClient() error {
+	if err := s.cbw.Flush(); err != nil {
+		s.torn = true // how much reached the client is unknown
+		return err
+	}
+	return nil
+}
+
+// endSession tells the client why the relay ended, if it should hear it.
+func (s *session) endSession(err error) (string, bool) {
+	if r := s.stopReason(); r != killNone {
+		e, result := s.stopError(r)
+		s.sendError(e)
+		return result, false
+	}
+	if errors.Is(err, errQuit) {
+		return "ok", s.track.idle() && !s.inTransaction() && !s.dirty.Load()
+	}
+	result := s.failure(err)
+	return result, false
+}
+
+// failure reports an error that ended a session to the client, when it
+// should hear of it, and names how the session ended.
+func (s *session) failure(err error) string {
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		var pe *Error
+		if errors.As(ue.err, &pe) {
+			// The server broke the protocol (or asked for a local file):
+			// nothing it sends can be trusted any more.
+			s.log.Warn("upstream protocol error", zap.Error(err))
+			s.sendError(pe)
+			return "server_error"
+		}
+		// The server ended the session. Its ERR, if it sent one, was
+		// relayed; if a command is still unanswered, say what happened
+		// instead of leaving the client with a bare close.
+		if !s.track.idle() {
+			s.sendError(&Error{Code: erUnknownError, State: "08S01",
+				Message: fmt.Sprintf("Lost connection to backend %s during a command (%v): the database closed the connection; see its log", s.backend.Name, ue.err)})
+		} else {
+			s.sendError(nil)
+		}
+		return "server_closed"
+	}
+	var pe *Error
+	if errors.As(err, &pe) {
+		s.log.Info("client protocol error", zap.Error(err))
+		s.sendError(pe)
+		return "client_error"
+	}
+	return "client_gone"
 }

@@ -244,8 +244,9 @@ func newRelayPair(t *testing.T, deprecateEOF bool, maxMsg int) *relayPair {
 	up := &upstream{conn: uc, br: bufio.NewReaderSize(uc, 64<<10), bw: bufio.NewWriterSize(uc, 64<<10), threadID: 9}
 	gen := &creds.Generation{N: 1, Username: "v"}
 	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, cbr: bufio.NewReaderSize(sc, 64<<10),
-		cbw: bufio.NewWriterSize(sc, 64<<10), killCh: make(chan killReason, 1), backend: &Backend{Name: "appdb"},
+		cbw: bufio.NewWriterSize(sc, 64<<10), backend: &Backend{Name: "appdb"},
 		track: newTracker(deprecateEOF), lease: &pool.Lease{Conn: up, Gen: gen}}
+	s.cbr, s.cbw = bufio.NewReaderSize(clientIO{s}, 64<<10), bufio.NewWriterSize(clientIO{s}, 64<<10)
 	s.nextSeq.Store(1)
 	p := &relayPair{s: s, client: &pipeClient{c: cc}, server: &pipeClient{c: us}, result: make(chan string, 1), reusable: make(chan bool, 1)}
 	go func() {
@@ -394,5 +395,21 @@ func TestRelayLeaseEndAndServerLoss(t *testing.T) {
 	}
 	if r, _ := p.end(t); r != "killed" {
 		t.Fatalf("ended %s", r)
+	}
+}
+
+// TestRelayServerHangsUpAfterERR: after an ERR with which the server
+// closes the connection (here: packet too large) the session ends too.
+func TestRelayServerHangsUpAfterERR(t *testing.T) {
+	p := newRelayPair(t, false, 0)
+	_ = p.client.write(append([]byte{gomysql.COM_QUERY}, "select 1"...))
+	_, _, _ = p.server.read(t)
+	tooLarge := append([]byte{0xff, 0x81, 0x04, '#'}, "08S01Got a packet bigger than 'max_allowed_packet' bytes"...)
+	go func() { _ = p.server.write(tooLarge) }()
+	if _, b, err := p.client.read(t); err != nil || errCode(b) != erNetPacketTooLarge {
+		t.Fatalf("client got %q, %v", b, err)
+	}
+	if r, reusable := p.end(t); r != "server_closed" || reusable {
+		t.Fatalf("ended %s reusable %v", r, reusable)
 	}
 }

@@ -27,6 +27,7 @@ import (
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 
+	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
@@ -88,6 +89,10 @@ type Server struct {
 	// greeted with, by backend, role and pool key (see txn.go).
 	greetings pool.Greetings[uint16]
 
+	// expired reports a generation past its drain deadline (tests
+	// replace it: they cannot expire a generation).
+	expired func(*creds.Generation) bool
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	sessions  map[*session]struct{}
@@ -116,6 +121,7 @@ func NewServer(o Options) *Server {
 	return &Server{
 		opts: o, log: o.Log, metrics: o.Metrics, gm: map[string]*server.Server{},
 		sessions: make(map[*session]struct{}), byID: make(map[uint32]*session), closing: make(chan struct{}),
+		expired: func(g *creds.Generation) bool { return g.State() >= creds.Expired },
 	}
 }
 

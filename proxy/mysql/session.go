@@ -20,14 +20,14 @@ import (
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
-// session is one client connection from accept to close.
+// session is one client connection from accept to close. One goroutine
+// runs it; fields without a note are that goroutine's.
 type session struct {
 	srv     *Server
 	log     *zap.Logger
 	raw     net.Conn // as accepted
 	client  net.Conn // raw, or TLS over raw
 	cbr     *bufio.Reader
-	wmu     sync.Mutex // cbw: the relay and dbproxy's own answers write it
 	cbw     *bufio.Writer
 	started time.Time
 	connID  uint32 // the connection id the greeting gave the client
@@ -46,30 +46,27 @@ type session struct {
 	poolKey string
 	dialer  pool.DialFunc
 
-	mu       sync.Mutex
-	lease    *pool.Lease
-	killCh   chan killReason
-	killOnce sync.Once
+	// mu guards lease and cancel for other goroutines (admin API, KILL,
+	// interrupt); the session goroutine alone writes them.
+	mu     sync.Mutex
+	lease  *pool.Lease
+	cancel context.CancelFunc // ends a checkout in transaction pooling
+
+	reason  atomic.Uint32 // a killReason: why the session is being stopped (interrupt.go)
+	stop    killReason    // the reason that stopped a client read or write
+	waiting bool          // reading the first bytes of the next command
+	torn    bool          // a server packet reached the client in part
 
 	status   atomic.Uint32 // server status flags of the last OK/EOF
 	nextSeq  atomic.Uint32 // sequence number an ERR from dbproxy should carry
 	dirty    atomic.Bool   // session state a reset may not undo
-	torn     atomic.Bool   // a server packet reached the client in part
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
 }
 
-type killReason int
-
-const (
-	killShutdown killReason = iota
-	killIdleShutdown
-	killByClient // KILL CONNECTION from a session of the same identity
-)
-
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	s := &session{
-		srv: srv, raw: c, client: c, started: time.Now(), killCh: make(chan killReason, 1),
+		srv: srv, raw: c, client: c, started: time.Now(),
 		connID: srv.issueID(),
 		log:    srv.log.With(zap.String("listener", lo.Name), zap.String("remote", c.RemoteAddr().String())),
 	}
@@ -93,8 +90,8 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	// command, even if it came early, is still in the socket or in the
 	// TLS connection's buffer.
 	s.client = g.conn
-	s.cbr = bufio.NewReaderSize(s.client, 64<<10)
-	s.cbw = bufio.NewWriterSize(s.client, 64<<10)
+	s.cbr = bufio.NewReaderSize(clientIO{s}, 64<<10)
+	s.cbw = bufio.NewWriterSize(clientIO{s}, 64<<10)
 	_ = c.SetDeadline(time.Time{})
 	srv.track(s, true)
 	defer srv.track(s, false)
@@ -263,25 +260,28 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 			return nil
 		}
 	}
+	if !s.txnMode {
+		lease, err := pl.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.lease = lease
+		s.mu.Unlock()
+		s.status.Store(uint32(lease.Conn.(*upstream).status))
+		return nil
+	}
 	lease, err := pl.Checkout(ctx, s.poolKey, s.dialer)
 	if err != nil {
 		return err
 	}
-	if s.txnMode {
-		// One login proves the backend takes this key's capabilities;
-		// the connection serves the session's first transaction or
-		// another client's.
-		st := lease.Conn.(*upstream).status
-		s.srv.greetings.Put(greetKey, st)
-		s.status.Store(uint32(st))
-		lease.Put()
-		return nil
-	}
-	s.mu.Lock()
-	s.lease = lease
-	s.mu.Unlock()
-	up := lease.Conn.(*upstream)
-	s.status.Store(uint32(up.status))
+	// One login proves the backend takes this key's capabilities; the
+	// connection serves the session's first transaction or another
+	// client's.
+	st := lease.Conn.(*upstream).status
+	s.srv.greetings.Put(greetKey, st)
+	s.status.Store(uint32(st))
+	lease.Put()
 	return nil
 }
 
@@ -290,8 +290,9 @@ func (s *session) run() {
 	m := s.srv.metrics
 	b := s.backend.Name
 	m.connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
-	m.clients.WithLabelValues(b, s.id.Name).Inc()
-	defer m.clients.WithLabelValues(b, s.id.Name).Dec()
+	clients := m.clients.WithLabelValues(b, s.id.Name)
+	clients.Inc()
+	defer clients.Dec()
 	if s.txnMode {
 		// Each transaction has its own server connection and may have
 		// its own database user; the log lines say so.
@@ -337,120 +338,26 @@ func (s *session) logEnd(result string, gen *creds.Generation) {
 	s.log.Info("session end", fields...)
 }
 
-// relay copies packets both ways until one side ends or the session is
-// killed. It reports how the session ended and whether the upstream is
-// quiescent, outside a transaction, and so may serve another client.
-func (s *session) relay(gen *creds.Generation) (string, bool) {
-	up := s.currentUpstream()
-	upDone := make(chan error, 1)
-	cliDone := make(chan error, 1)
-	go func() { upDone <- s.upstreamToClient() }()
-	go func() { cliDone <- s.clientToUpstream() }()
-
-	select {
-	case err := <-cliDone:
-		var ue *upstreamError
-		if errors.As(err, &ue) {
-			// The server hung up while the client's command was being
-			// sent (e.g. a packet over its max_allowed_packet): its ERR
-			// may still be in flight, relay it before closing.
-			select {
-			case <-upDone:
-			case <-time.After(5 * time.Second):
-				_ = up.conn.Close()
-				<-upDone
-			}
-			if !s.track.idle() {
-				s.sendError(&Error{Code: erUnknownError, State: "08S01",
-					Message: fmt.Sprintf("Lost connection to backend %s during a command (%v): the database closed the connection; see its log", s.backend.Name, ue.err)})
-			}
-			return "server_closed", false
-		}
-		if errors.Is(err, errQuit) && s.track.idle() && !s.inTransaction() && !s.dirty.Load() {
-			if uerr := interruptRead(up.conn, upDone); isTimeout(uerr) {
-				return "ok", true
-			}
-			return "ok", false
-		}
-		_ = up.conn.Close()
-		<-upDone
-		if errors.Is(err, errQuit) {
-			return "ok", false
-		}
-		var pe *Error
-		if errors.As(err, &pe) {
-			s.log.Info("client protocol error", zap.Error(err))
-			s.sendError(pe)
-			return "client_error", false
-		}
-		return "client_gone", false
-	case err := <-upDone:
-		var pe *Error
-		if errors.As(err, &pe) {
-			// The server broke the protocol (or asked for a local file):
-			// nothing it sends can be trusted any more.
-			s.log.Warn("upstream protocol error", zap.Error(err))
-			_ = up.conn.Close()
-			_ = s.client.SetReadDeadline(time.Unix(1, 0))
-			<-cliDone
-			s.sendError(pe)
-			return "server_error", false
-		}
-		// The server ended the session. Its ERR, if it sent one, was
-		// relayed; if a command is still unanswered, say what happened
-		// instead of leaving the client with a bare close.
-		_ = s.client.SetReadDeadline(time.Unix(1, 0))
-		<-cliDone
-		if !s.track.idle() {
-			s.sendError(&Error{Code: erUnknownError, State: "08S01",
-				Message: fmt.Sprintf("Lost connection to backend %s during a command (%v): the database closed the connection; see its log", s.backend.Name, err)})
-		}
-		return "server_closed", false
-	case <-gen.Expired():
-		s.stopRelay(up, upDone, cliDone)
-		s.sendError(&Error{Code: erConnectionKilled, State: "70100",
-			Message: fmt.Sprintf("Connection was killed: dbproxy closed this session because the database credential for backend %s has reached the end of its lease (%s); reconnecting is safe: new sessions use a fresh credential", s.backend.Name, reasonText(gen.Reason()))})
-		return "lease_end", false
-	case r := <-s.killCh:
-		s.stopRelay(up, upDone, cliDone)
-		switch r {
-		case killByClient:
-			s.sendError(&Error{Code: erConnectionKilled, State: "70100", Message: "Connection was killed (KILL CONNECTION through dbproxy)"})
-			return "killed", false
-		case killIdleShutdown:
-			s.sendError(&Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; this idle session was closed, reconnect to another dbproxy instance or retry shortly"})
-		default:
-			s.sendError(&Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; reconnect to another dbproxy instance or retry shortly"})
-		}
-		return "shutdown", false
-	}
-}
-
-func (s *session) stopRelay(up *upstream, upDone, cliDone chan error) {
-	_ = up.conn.Close()
-	<-upDone
-	_ = s.client.SetReadDeadline(time.Unix(1, 0))
-	<-cliDone
-}
-
-// sendError tells the client e. After a server packet reached it in part
-// nothing more can be said: the client sees the connection close.
+// sendError tells the client e, after whatever whole packets it has not
+// been sent yet; e nil sends only those. After a server packet reached
+// it in part nothing more can be said: the client sees the connection
+// close.
 func (s *session) sendError(e *Error) {
-	s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
-	if s.torn.Load() {
+	if e != nil {
+		s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
+	}
+	if s.torn {
 		return
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	_, _ = s.cbw.Write(e.packet(byte(s.nextSeq.Load())))
+	if e != nil {
+		_, _ = s.cbw.Write(e.packet(byte(s.nextSeq.Load())))
+	}
 	_ = s.cbw.Flush()
 }
 
 // reply writes dbproxy's own answer to a command (KILL, see cancel.go).
 func (s *session) reply(pkt []byte) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	s.bytesOut.Add(int64(len(pkt)))
 	if _, err := s.cbw.Write(pkt); err != nil {
 		return err
@@ -458,34 +365,8 @@ func (s *session) reply(pkt []byte) error {
 	return s.cbw.Flush()
 }
 
-func reasonText(r string) string {
-	switch r {
-	case "max_ttl":
-		return "its max TTL"
-	case "token":
-		return "dbproxy's Vault token expires"
-	case "external_revoke", "auth_failed":
-		return "the lease was revoked in Vault"
-	case "manual":
-		return "an operator rotated it"
-	case "":
-		return "lease expired"
-	}
-	return r
-}
-
-func (s *session) kill(r killReason) {
-	s.killOnce.Do(func() { s.killCh <- r })
-}
-
 func (s *session) inTransaction() bool {
 	return uint16(s.status.Load())&gomysql.SERVER_STATUS_IN_TRANS != 0
-}
-
-func (s *session) closeIfIdle() {
-	if s.track != nil && s.track.idle() && !s.inTransaction() {
-		s.kill(killIdleShutdown)
-	}
 }
 
 func (s *session) currentUpstream() *upstream {

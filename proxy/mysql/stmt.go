@@ -167,8 +167,8 @@ func (t *txnSession) stmtCommand(p []byte, kind respKind) error {
 		t.settle()
 		return nil
 	}
-	q := make([]byte, len(p))
-	copy(q, p)
+	// The command is the client's buffer, which is dbproxy's to change.
+	q := p
 	binary.LittleEndian.PutUint32(q[1:], us.id)
 	switch cmd {
 	case gomysql.COM_STMT_EXECUTE:
@@ -250,9 +250,11 @@ func bindTypes(pkt []byte, cs *clientStmt, us *upStmt) []byte {
 		if len(pkt) < pos+1+2*n {
 			return pkt
 		}
+		// Copied into the arrays they have: most drivers send the
+		// types with every execute.
 		types := pkt[pos+1 : pos+1+2*n]
-		cs.types = bytes.Clone(types)
-		us.types = bytes.Clone(types)
+		cs.types = append(cs.types[:0], types...)
+		us.types = append(us.types[:0], types...)
 		return pkt
 	}
 	if cs.types == nil || bytes.Equal(us.types, cs.types) {
@@ -263,6 +265,6 @@ func bindTypes(pkt []byte, cs *clientStmt, us *upStmt) []byte {
 	out = append(out, 1)
 	out = append(out, cs.types...)
 	out = append(out, pkt[pos+1:]...)
-	us.types = bytes.Clone(cs.types)
+	us.types = append(us.types[:0], cs.types...)
 	return out
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
@@ -23,28 +22,21 @@ import (
 //
 // Unlike PostgreSQL's extended protocol, MySQL's is strictly command and
 // answer: a client sends one command and waits for the whole answer (only
-// COM_STMT_CLOSE and COM_STMT_SEND_LONG_DATA have none). So one goroutine
-// per session reads a command, writes it upstream, relays the whole
-// answer and only then, with nothing in flight by construction, decides
-// whether the connection goes back. Nothing else ever writes to the
-// upstream, so there is no writing flag as in proxy/postgres: the watch
-// goroutine only interrupts (closes the upstream socket and the client's
-// read) and never returns a lease itself.
+// COM_STMT_CLOSE and COM_STMT_SEND_LONG_DATA have none). So the session
+// goroutine reads a command, writes it upstream, relays the whole answer
+// and only then, with nothing in flight by construction, decides whether
+// the connection goes back. Kill, shutdown and drain deadlines stop it as
+// in session mode (interrupt.go); a drain deadline stops only a session
+// that holds a connection of the expired generation.
 
-// txnSession is the transaction-pooling state of one client session.
+// txnSession is the transaction-pooling state of one client session,
+// owned by the session goroutine.
 type txnSession struct {
-	s      *session
-	ctx    context.Context // cancelled when the session is killed
-	cancel context.CancelFunc
-	wake   chan struct{} // tells watch a lease was taken
+	s     *session
+	ctx   context.Context // cancelled when the session is killed
+	lease *pool.Lease     // held, or nil; also s.lease
+	up    *upstream
 
-	mu      sync.Mutex
-	lease   *pool.Lease // held, or nil
-	up      *upstream
-	killErr *Error // why watch ended the session; nil while alive
-	killed  string // its result label
-
-	// Owned by the session goroutine.
 	stmts    map[uint32]*clientStmt // by the id dbproxy gave the client
 	nextStmt uint32
 	status   uint16 // server status flags on the held upstream
@@ -53,37 +45,24 @@ type txnSession struct {
 	pinOnce  bool   // keep the connection for the next command (SET TRANSACTION)
 	dirty    bool   // session state changed: reset before another client
 	poisoned bool   // state a reset does not undo: close instead
-}
 
-// upstreamError is a failure of the held upstream connection, as opposed
-// to the client's.
-type upstreamError struct{ err error }
-
-func (e *upstreamError) Error() string { return "upstream: " + e.err.Error() }
-func (e *upstreamError) Unwrap() error { return e.err }
-
-func upErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &upstreamError{err: err}
+	consumed int     // bytes of the last command still in s.cbr
+	hdr      [4]byte // scratch for packet headers
 }
 
 // runTxn relays in transaction-pooling mode until the session ends and
 // reports how it ended.
 func (s *session) runTxn() string {
 	ctx, cancel := context.WithCancel(context.Background())
-	t := &txnSession{s: s, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), stmts: map[uint32]*clientStmt{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() { t.watch(stop) })
+	defer cancel()
+	s.mu.Lock()
+	s.cancel = cancel
+	s.mu.Unlock()
+	t := &txnSession{s: s, ctx: ctx, stmts: map[uint32]*clientStmt{}}
 	result := t.loop()
 	// Still held here means the session ended inside a transaction (or
 	// on an error): close it, never hand it to another client.
 	t.release(false)
-	close(stop)
-	wg.Wait()
-	cancel()
 	return result
 }
 
@@ -102,126 +81,78 @@ func (t *txnSession) loop() string {
 // end tells the client why the session ends, if it should hear it.
 func (t *txnSession) end(err error) string {
 	s := t.s
-	t.mu.Lock()
-	ke, killed := t.killErr, t.killed
-	t.mu.Unlock()
-	if ke != nil {
-		s.sendError(ke)
-		return killed
+	if r := s.stopReason(); r != killNone {
+		e, result := s.stopError(r)
+		s.sendError(e)
+		return result
 	}
 	if errors.Is(err, errQuit) {
 		return "ok"
 	}
-	var ue *upstreamError
-	if errors.As(err, &ue) {
-		var pe *Error
-		if errors.As(ue.err, &pe) {
-			// The server broke the protocol (or asked for a local file).
-			s.log.Warn("upstream protocol error", zap.Error(err))
-			s.sendError(pe)
-			return "server_error"
-		}
-		if !s.track.idle() {
-			s.sendError(&Error{Code: erUnknownError, State: "08S01",
-				Message: fmt.Sprintf("Lost connection to backend %s during a command (%v): the database closed the connection; see its log", s.backend.Name, ue.err)})
-		}
-		return "server_closed"
-	}
-	var pe *Error
-	if errors.As(err, &pe) {
-		s.log.Info("client protocol error", zap.Error(err))
-		s.sendError(pe)
-		return "client_error"
-	}
-	return "client_gone"
+	return s.failure(err)
 }
 
-// watch ends the session at a kill, or when the transaction it holds
-// reaches its generation's drain deadline. A session that holds nothing
-// has nothing to lose at a deadline: its next command simply checks out
-// a connection of the newest generation.
-func (t *txnSession) watch(stop <-chan struct{}) {
-	var held *pool.Lease
-	var expired <-chan struct{} // nil while no upstream is held
-	for {
-		select {
-		case <-stop:
-			return
-		case r := <-t.s.killCh:
-			t.interrupt(killError(r), killResult(r))
-			return
-		case <-t.wake:
-		case <-expired:
-			t.mu.Lock()
-			still := t.lease == held
-			t.mu.Unlock()
-			if still {
-				t.interrupt(&Error{Code: erConnectionKilled, State: "70100",
-					Message: fmt.Sprintf("Connection was killed: dbproxy closed this session because its transaction outlived the database credential for backend %s (%s); reconnecting is safe: new transactions use a fresh credential", t.s.backend.Name, reasonText(held.Gen.Reason()))}, "lease_end")
-				return
-			}
-		}
-		t.mu.Lock()
-		held = t.lease
-		t.mu.Unlock()
-		expired = nil
-		if held != nil {
-			expired = held.Gen.Expired()
-		}
-	}
-}
-
-func killError(r killReason) *Error {
-	switch r {
-	case killByClient:
-		return &Error{Code: erConnectionKilled, State: "70100", Message: "Connection was killed (KILL CONNECTION through dbproxy)"}
-	case killIdleShutdown:
-		return &Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; this idle session was closed, reconnect to another dbproxy instance or retry shortly"}
-	}
-	return &Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; reconnect to another dbproxy instance or retry shortly"}
-}
-
-func killResult(r killReason) string {
-	if r == killByClient {
-		return "killed"
-	}
-	return "shutdown"
-}
-
-// interrupt records why the session ends and unblocks the session
-// goroutine wherever it waits: on the client, on the upstream or in a
-// checkout. The session goroutine tells the client and closes the lease.
-func (t *txnSession) interrupt(e *Error, result string) {
-	t.mu.Lock()
-	t.killErr, t.killed = e, result
-	if t.up != nil {
-		_ = t.up.conn.Close()
-	}
-	t.mu.Unlock()
-	t.cancel()
-	_ = t.s.client.SetReadDeadline(time.Unix(1, 0))
-	// A session goroutine blocked writing to a client that does not read
-	// is freed too; sendError sets a fresh write deadline.
-	_ = t.s.client.SetWriteDeadline(time.Unix(1, 0))
-}
-
-// readCommand reads one logical command packet (all its 16 MiB parts).
+// readCommand reads one logical command packet. One that fits the
+// client's read buffer is returned in place (valid until the next
+// readCommand); a larger one is read into memory.
 func (t *txnSession) readCommand() ([]byte, error) {
 	s := t.s
+	if t.consumed > 0 {
+		_, _ = s.cbr.Discard(t.consumed)
+		t.consumed = 0
+	}
+	s.waiting = true
+	hdr, err := s.cbr.Peek(4)
+	if err != nil {
+		return nil, err
+	}
+	s.waiting = false
+	if hdr[3] != 0 {
+		return nil, outOfOrder(0, hdr[3])
+	}
 	maxLen := s.srv.opts.MaxMessageBytes
+	n := payloadLen(hdr)
 	var p []byte
-	for seq := byte(0); ; seq++ {
-		var hdr [4]byte
-		if _, err := io.ReadFull(s.cbr, hdr[:]); err != nil {
+	switch {
+	case n > maxLen:
+		return nil, tooLarge(maxLen)
+	case n < maxPayload && 4+n <= s.cbr.Size():
+		b, err := s.cbr.Peek(4 + n)
+		if err != nil {
 			return nil, err
 		}
-		if hdr[3] != seq {
-			return nil, outOfOrder(seq, hdr[3])
+		p, t.consumed = b[4:], 4+n
+		s.bytesIn.Add(int64(4 + n))
+	default:
+		if p, err = t.readLong(maxLen); err != nil {
+			return nil, err
 		}
-		n := payloadLen(hdr[:])
+	}
+	if len(p) == 0 {
+		return nil, errEmptyCommand
+	}
+	if p[0] == gomysql.COM_QUIT {
+		return nil, errQuit
+	}
+	s.nextSeq.Store(1)
+	return p, nil
+}
+
+// readLong reads a command larger than the client's read buffer, all its
+// 16 MiB parts, into memory.
+func (t *txnSession) readLong(maxLen int) ([]byte, error) {
+	s := t.s
+	var p []byte
+	for seq := byte(0); ; seq++ {
+		if _, err := io.ReadFull(s.cbr, t.hdr[:]); err != nil {
+			return nil, err
+		}
+		if t.hdr[3] != seq {
+			return nil, outOfOrder(seq, t.hdr[3])
+		}
+		n := payloadLen(t.hdr[:])
 		if len(p)+n > maxLen {
-			return nil, &Error{Code: erNetPacketTooLarge, State: "08S01",
-				Message: fmt.Sprintf("Got a packet bigger than dbproxy's limit of %d bytes; send smaller statements or values (e.g. several INSERTs, LOAD DATA in parts)", maxLen)}
+			return nil, tooLarge(maxLen)
 		}
 		p = append(p, make([]byte, n)...)
 		if _, err := io.ReadFull(s.cbr, p[len(p)-n:]); err != nil {
@@ -229,17 +160,9 @@ func (t *txnSession) readCommand() ([]byte, error) {
 		}
 		s.bytesIn.Add(int64(4 + n))
 		if n < maxPayload {
-			break
+			return p, nil
 		}
 	}
-	if len(p) == 0 {
-		return nil, &Error{Code: erMalformedPacket, State: "HY000", Message: "malformed packet: an empty command packet"}
-	}
-	if p[0] == gomysql.COM_QUIT {
-		return nil, errQuit
-	}
-	s.nextSeq.Store(1)
-	return p, nil
 }
 
 // Marks a command puts on the connection it runs on.
@@ -324,27 +247,23 @@ func (t *txnSession) hold(kind respKind) (bool, error) {
 func (t *txnSession) attach() error {
 	s := t.s
 	// Checkout bounds the wait with the pool's checkout_timeout.
-	lease, err := s.pool.Checkout(t.ctx, s.poolKey, s.dialer)
+	lease, err := s.pool.CheckoutFor(t.ctx, s.poolKey, s.dialer, s)
 	if err != nil {
 		return fmt.Errorf("checkout for backend %s: %w", s.backend.Name, err)
 	}
-	up := lease.Conn.(*upstream)
-	t.mu.Lock()
-	if t.killErr != nil {
-		t.mu.Unlock()
-		lease.Put()
-		return errors.New("session killed during checkout")
-	}
-	t.lease, t.up = lease, up
-	t.mu.Unlock()
+	// Published before the kill check: interrupt stops what it sees.
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
-	t.status = up.status
-	select {
-	case t.wake <- struct{}{}:
-	default:
+	if killReason(s.reason.Load()).rank() == killShutdown {
+		// Killed while waiting: interrupt saw no connection to stop.
+		t.lease = lease
+		t.release(false)
+		return errors.New("session killed during checkout")
 	}
+	t.lease, t.up = lease, lease.Conn.(*upstream)
+	t.status = t.up.status
+	s.holding(lease.Gen)
 	return nil
 }
 
@@ -398,20 +317,18 @@ func (t *txnSession) quiescent() bool {
 // release gives the upstream back: to the pool when clean (after a reset
 // if the client changed session state), closed otherwise.
 func (t *txnSession) release(clean bool) {
-	t.mu.Lock()
 	lease := t.lease
-	t.lease, t.up = nil, nil
-	killed := t.killErr != nil
-	t.mu.Unlock()
 	if lease == nil {
 		return
 	}
 	s := t.s
 	s.mu.Lock()
-	if s.lease == lease {
-		s.lease = nil
-	}
+	s.lease = nil
 	s.mu.Unlock()
+	t.lease, t.up = nil, nil
+	// Read after the lease left s.lease: an interrupter that set a
+	// deadline on the connection recorded its reason before.
+	killed := killReason(s.reason.Load()).rank() == killShutdown
 	up := lease.Conn.(*upstream)
 	up.status = t.status
 	dirty, poisoned := t.dirty, t.poisoned
@@ -428,21 +345,22 @@ func (t *txnSession) release(clean bool) {
 		lease.Return(ctx)
 		cancel()
 	default:
+		// A connection of an expired generation (its deadline may have
+		// been set by a lease end) is closed by Put.
 		lease.Put()
 	}
 }
 
 // writeUp sends one logical packet to the held upstream.
 func (t *txnSession) writeUp(p []byte) error {
-	up := t.up
+	bw := t.up.bw
 	for seq := byte(0); ; seq++ {
 		n := min(len(p), maxPayload)
-		var hdr [4]byte
-		putHeader(hdr[:], n, seq)
-		if _, err := up.bw.Write(hdr[:]); err != nil {
+		putHeader(t.hdr[:], n, seq)
+		if _, err := bw.Write(t.hdr[:]); err != nil {
 			return upErr(err)
 		}
-		if _, err := up.bw.Write(p[:n]); err != nil {
+		if _, err := bw.Write(p[:n]); err != nil {
 			return upErr(err)
 		}
 		p = p[n:]
@@ -450,7 +368,7 @@ func (t *txnSession) writeUp(p []byte) error {
 			break
 		}
 	}
-	return upErr(up.bw.Flush())
+	return upErr(bw.Flush())
 }
 
 // answer reads the server's whole answer to the command just sent. Each
@@ -458,93 +376,86 @@ func (t *txnSession) writeUp(p []byte) error {
 // command). The first packet is returned when swallow or first is set;
 // first may change it before it goes to the client.
 func (t *txnSession) answer(kind respKind, swallow bool, first func([]byte)) ([]byte, error) {
-	s := t.s
-	up := t.up
+	s, up := t.s, t.up
 	s.track.expect(kind)
-	cont := false
-	var head0 []byte
-	for i := 0; ; i++ {
-		n, seq, head, err := peekPacket(up.br)
-		if err != nil {
-			return nil, upErr(err)
-		}
-		var pkt []byte // the whole packet, when read into memory
-		if i == 0 && (swallow || first != nil) {
-			if _, head0, err = readPacket(up.br, maxPayload); err != nil {
-				return nil, upErr(err)
-			}
-			head = head0
-			pkt = make([]byte, 4+len(head0))
-		}
-		var ev event
-		if !cont {
-			if ev, err = s.track.packet(head, n); err != nil {
-				return nil, upErr(err)
-			}
-		}
-		cont = n == maxPayload
-		done := ev.done && s.track.idle()
-		if swallow {
-			if pkt == nil {
-				if _, err := up.br.Discard(4 + n); err != nil {
-					return nil, upErr(err)
-				}
-			}
-			if done {
-				return head0, nil
-			}
-			continue
-		}
-		if ev.hasStatus {
-			t.status = ev.status
-			s.status.Store(uint32(ev.status))
-			t.noteCursor(kind, ev.status)
-		}
-		s.nextSeq.Store(uint32(seq + 1))
-		if done {
-			// The client's next command starts at 0; an error dbproxy
-			// sends in between is the answer to it.
-			s.nextSeq.Store(1)
-		}
-		if err := t.toClient(up, pkt, head0, first, seq, n, done); err != nil {
-			return nil, err
-		}
+	if !swallow && first == nil {
+		st, ok, err := s.relayAnswer(up)
+		t.took(kind, st, ok)
+		return nil, err
+	}
+	// The first packet is read into memory to be looked at or changed.
+	seq, head0, err := readPacket(up.br, maxPayload)
+	if err != nil {
+		return nil, upErr(err)
+	}
+	ev, err := s.track.packet(head0, len(head0))
+	if err != nil {
+		return nil, upErr(err)
+	}
+	done := ev.done && s.track.idle()
+	if swallow {
 		if done {
 			return head0, nil
 		}
+		return head0, t.skipAnswer()
+	}
+	if ev.hasStatus {
+		s.status.Store(uint32(ev.status))
+		t.status = ev.status
+	}
+	first(head0)
+	s.nextSeq.Store(uint32(seq + 1))
+	if done {
+		s.nextSeq.Store(1)
+	}
+	putHeader(t.hdr[:], len(head0), seq)
+	_, _ = s.cbw.Write(t.hdr[:])
+	if _, err := s.cbw.Write(head0); err != nil {
+		s.torn = true
+		return nil, err
+	}
+	s.bytesOut.Add(int64(4 + len(head0)))
+	if done {
+		if err := s.flushClient(); err != nil || !closesConnection(head0) {
+			return head0, err
+		}
+		return head0, errHangup
+	}
+	st, ok, err := s.relayAnswer(up)
+	t.took(kind, st, ok)
+	return head0, err
+}
+
+// took records the status flags an answer ended with, if it had any.
+func (t *txnSession) took(kind respKind, st uint16, ok bool) {
+	if ok {
+		t.status = st
+		t.noteCursor(kind, st)
 	}
 }
 
-// toClient writes one server packet to the client: pkt (with payload
-// head0, after first) when it was read into memory, else straight from
-// the upstream's buffer.
-func (t *txnSession) toClient(up *upstream, pkt, head0 []byte, first func([]byte), seq byte, n int, flush bool) error {
-	s := t.s
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	var err error
-	var m int
-	if pkt != nil {
-		if first != nil {
-			first(head0)
+// skipAnswer reads the rest of an answer to dbproxy's own command.
+func (t *txnSession) skipAnswer() error {
+	up := t.up
+	for cont := false; ; {
+		n, _, head, err := peekPacket(up.br)
+		if err != nil {
+			return upErr(err)
 		}
-		putHeader(pkt, len(head0), seq)
-		copy(pkt[4:], head0)
-		m, err = s.cbw.Write(pkt)
-	} else {
-		m, err = copyPacket(up.br, s.cbw, n)
-	}
-	s.bytesOut.Add(int64(m))
-	if err != nil {
-		if m > 0 {
-			s.torn.Store(true)
+		var ev event
+		if !cont {
+			if ev, err = t.s.track.packet(head, n); err != nil {
+				return upErr(err)
+			}
 		}
-		return err
+		if _, err := up.br.Discard(4 + n); err != nil {
+			return upErr(err)
+		}
+		cont = n == maxPayload
+		if ev.done && t.s.track.idle() && !cont {
+			return nil
+		}
 	}
-	if flush || up.br.Buffered() == 0 {
-		return s.cbw.Flush()
-	}
-	return nil
 }
 
 // noteCursor follows cursors, which pin the connection until their last

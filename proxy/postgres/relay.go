@@ -146,6 +146,12 @@ func (s *session) answer() error {
 		return t.finishDuplex()
 	}
 	for t.outstanding() {
+		if done, err := t.emitIfOnlyFakes(); done || err != nil {
+			if err != nil {
+				return err
+			}
+			break
+		}
 		copyIn, err := t.relayOne()
 		if err != nil {
 			return err
