@@ -131,8 +131,8 @@ func followers(nodes []*fleetNode, issuer *fleetNode) []*fleetNode {
 	return out
 }
 
-// TestFleet runs the fleet tests in parallel with each other but not
-// with the rest of the package: they run several instances each, and the
+// TestFleet runs the fleet tests in parallel with each other (three at a
+// time) but not with the rest of the package: they run several instances each, and the
 // single-instance tests' timings should not pay for that.
 func TestFleet(t *testing.T) {
 	for _, tt := range []struct {
@@ -150,9 +150,18 @@ func TestFleet(t *testing.T) {
 		{"LeaveIgnoresDeadMembers", fleetLeaveIgnoresDeadMembers},
 		{"IssuerDiesBeforeRotation", fleetIssuerDiesBeforeRotation},
 	} {
-		t.Run(tt.name, tt.run)
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			// A few at a time: each runs several instances, and on a
+			// slow machine too many at once only make all of them slow.
+			fleetSlots <- struct{}{}
+			defer func() { <-fleetSlots }()
+			tt.run(t)
+		})
 	}
 }
+
+var fleetSlots = make(chan struct{}, 3)
 
 func (f *fakeVault) record(t *testing.T) fleetRecord {
 	t.Helper()
@@ -162,7 +171,6 @@ func (f *fakeVault) record(t *testing.T) fleetRecord {
 }
 
 func fleetSharesOneGeneration(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, logs := startFleet(t, fv, 3, LeaseOptions{})
 	var gens []*Generation
@@ -193,7 +201,6 @@ func fleetSharesOneGeneration(t *testing.T) {
 }
 
 func fleetNoHotLoop(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, _ := startFleet(t, fv, 2, LeaseOptions{})
 	nodes[1].current(t, 1, patience)
@@ -208,7 +215,6 @@ func fleetNoHotLoop(t *testing.T) {
 }
 
 func fleetRotationWaitsForFollowersToDrain(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, _ := startFleet(t, fv, 3, LeaseOptions{DrainTimeout: time.Minute})
 	for _, n := range nodes {
@@ -259,10 +265,9 @@ func fleetRotationWaitsForFollowersToDrain(t *testing.T) {
 }
 
 func fleetDrainDeadlineRevokesWithoutStragglers(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
-	// Rotation 2s after issue, drain deadline 1s before the 4s hard end.
-	fv.set(func(f *fakeVault) { f.ttl, f.maxTTL = 4*time.Second, 4*time.Second })
+	// Rotation 4s after issue, drain deadline 1s before the 8s hard end.
+	fv.set(func(f *fakeVault) { f.ttl, f.maxTTL = 8*time.Second, 8*time.Second })
 	nodes, _ := startFleet(t, fv, 2, LeaseOptions{SafetyMargin: time.Second})
 	is := waitIssuer(t, nodes, patience)
 	f := followers(nodes, is)[0]
@@ -279,7 +284,6 @@ func fleetDrainDeadlineRevokesWithoutStragglers(t *testing.T) {
 }
 
 func fleetFailover(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	// The lease must outlast a takeover (lock_ttl 2s): 6s.
 	fv.set(func(f *fakeVault) { f.ttl = 6 * time.Second })
@@ -320,7 +324,6 @@ func fleetFailover(t *testing.T) {
 }
 
 func fleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	// A short lease, so that the partition outlasts it; long enough that
 	// a follower's view (one poll behind) does not fall behind its end.
@@ -358,7 +361,6 @@ func fleetPartitionedFollowerServesUntilLeaseEnd(t *testing.T) {
 }
 
 func fleetPartitionedIssuerStepsDown(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	log, _ := fleetLogger(t)
 	cut := newCutter(t, fv.URL())
@@ -385,7 +387,6 @@ func fleetPartitionedIssuerStepsDown(t *testing.T) {
 }
 
 func fleetLastMemberRevokes(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, _ := startFleet(t, fv, 3, LeaseOptions{})
 	for _, n := range nodes {
@@ -413,7 +414,6 @@ func fleetLastMemberRevokes(t *testing.T) {
 }
 
 func fleetLeaveIgnoresDeadMembers(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	nodes, _ := startFleet(t, fv, 2, LeaseOptions{})
 	g := nodes[1].current(t, 1, patience)
@@ -429,7 +429,6 @@ func fleetLeaveIgnoresDeadMembers(t *testing.T) {
 // The issuer dies just before it would rotate: its successor rotates in
 // its place, and the other instances never lack a credential.
 func fleetIssuerDiesBeforeRotation(t *testing.T) {
-	t.Parallel()
 	fv := newFakeVault(t)
 	// Rotation 6s after issue, drain deadline 1s before the 12s hard end:
 	// room for a takeover (lock_ttl 2s) between the kill and the deadline.

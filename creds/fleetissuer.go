@@ -68,8 +68,13 @@ func (s *Source) keepLock(ctx context.Context, term uint64) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errCAS) {
+			// Our own earlier write may have landed after its request
+			// timed out: only another holder means the lock is lost.
+			nv, err = s.reclaimLock(ctx, term)
+		}
 		if err != nil {
-			if errors.Is(err, errCAS) || now.Sub(extended) >= ttl {
+			if errors.Is(err, errCAS) || errors.Is(err, errFenced) || now.Sub(extended) >= ttl {
 				s.stepDown("could not extend the fleet lock: " + err.Error())
 				s.poke()
 				return
@@ -82,6 +87,23 @@ func (s *Source) keepLock(ctx context.Context, term uint64) {
 		}
 		f.mu.Unlock()
 	}
+}
+
+// reclaimLock reads the lock after a CAS mismatch: if it is still ours
+// (a write of ours that timed out had landed), it extends it from that
+// version; if another instance holds it, errFenced.
+func (s *Source) reclaimLock(ctx context.Context, term uint64) (int, error) {
+	f := s.fleet
+	var lock lockRecord
+	ver, err := f.kv.read(ctx, f.base+"/lock", &lock)
+	if err != nil {
+		return 0, err
+	}
+	if lock.Holder != f.o.InstanceID || lock.Term != term {
+		return 0, errFenced
+	}
+	mine := lockRecord{Holder: f.o.InstanceID, Term: term, Expires: s.now().Add(f.o.LockTTL).UTC()}
+	return f.kv.write(ctx, f.base+"/lock", mine, ver)
 }
 
 // becomeIssuer fences the previous issuer with the new term, adopts the
@@ -242,7 +264,7 @@ func (s *Source) fleetPublishNew(ctx context.Context, g *Generation, reason stri
 		err = errFenced
 		s.stepDown(err.Error())
 	}
-	if err == nil {
+	if err == nil || (!fenced && s.publishedAnyway(ctx, g)) {
 		return nil
 	}
 	if g.LeaseID != "" {
@@ -295,4 +317,15 @@ func (s *Source) fleetRenewBy(nextRenew, leaseEnd time.Time, ttl time.Duration) 
 		return t
 	}
 	return nextRenew
+}
+
+// publishedAnyway reports whether g is in the record after a write that
+// failed on our side (a timeout) but may have reached Vault.
+func (s *Source) publishedAnyway(ctx context.Context, g *Generation) bool {
+	var r fleetRecord
+	if _, err := s.fleet.kv.read(ctx, s.fleet.base+"/generation", &r); err != nil {
+		return false
+	}
+	rg := r.gen(g.N)
+	return rg != nil && rg.LeaseID == g.LeaseID
 }
