@@ -100,6 +100,7 @@ func (s *session) step(ph *int) error {
 	} else if s.moveWanted.Load() {
 		s.maybeMove()
 	}
+	s.endOfGrace()
 	return nil
 }
 

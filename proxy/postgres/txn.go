@@ -298,8 +298,9 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 		}
 		if typ == 'Z' {
 			t.pop(1)
+			fakes = t.popFakes()
 		}
-		return true, nil
+		return true, fakes
 	}
 	if head.set != nil {
 		if typ == 'E' {
@@ -324,12 +325,19 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 	case head.completes(typ):
 		t.pop(1)
 		drop = head.action == actSwallow
-		for len(t.queue) > 0 && t.queue[0].action == actFake {
-			fakes = append(fakes, t.queue[0].fake)
-			t.pop(1)
-		}
+		fakes = t.popFakes()
 	}
 	return drop, fakes
+}
+
+// popFakes takes the fake answers now at the head of the queue: they are
+// due right after the message that completed the request before them.
+func (t *txnSession) popFakes() (fakes [][]byte) {
+	for len(t.queue) > 0 && t.queue[0].action == actFake {
+		fakes = append(fakes, t.queue[0].fake)
+		t.pop(1)
+	}
+	return fakes
 }
 
 // pop removes n requests from the head of the queue, reusing its array.
