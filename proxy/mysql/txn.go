@@ -15,10 +15,11 @@ import (
 
 // Transaction pooling: a client holds an upstream connection only while
 // the server's status flags say the connection carries something of its
-// own: a transaction (SERVER_STATUS_IN_TRANS, or autocommit off), more
-// results, an open cursor, long data sent for a statement not yet
+// own: a transaction (SERVER_STATUS_IN_TRANS, with autocommit on or off),
+// more results, an open cursor, long data sent for a statement not yet
 // executed. Otherwise the connection goes back to the pool after each
-// answer, with lease.Put (no reset), and the next command checks one out.
+// answer, with lease.Put (no reset), and the next command checks one out;
+// the session variables the client set go with it (txnstate.go).
 //
 // Unlike PostgreSQL's extended protocol, MySQL's is strictly command and
 // answer: a client sends one command and waits for the whole answer (only
@@ -45,6 +46,12 @@ type txnSession struct {
 	pinOnce  bool   // keep the connection for the next command (SET TRANSACTION)
 	dirty    bool   // session state changed: reset before another client
 	poisoned bool   // state a reset does not undo: close instead
+	// state is the session state the client set (txnstate.go), applied
+	// on each connection it lands on.
+	state sessState
+	// pinned names state dbproxy cannot carry to another connection:
+	// the session keeps the one it has until it ends.
+	pinned string
 
 	consumed int     // bytes of the last command still in s.cbr
 	hdr      [4]byte // scratch for packet headers
@@ -195,6 +202,10 @@ func (t *txnSession) command(p []byte) error {
 				return t.refuse(f)
 			}
 			mark = sessionChange(p[1:])
+			if ch := t.stateChange(p[1:]); ch != nil {
+				mark &^= markDirty
+				return t.tracked(p, kind, mark, ch)
+			}
 		}
 	case gomysql.COM_STMT_PREPARE:
 		if f := sessionLock(p[1:]); f != "" {
@@ -205,7 +216,7 @@ func (t *txnSession) command(p []byte) error {
 		gomysql.COM_STMT_RESET, gomysql.COM_STMT_CLOSE:
 		return t.stmtCommand(p, kind)
 	case gomysql.COM_INIT_DB:
-		mark = markDirty
+		return t.tracked(p, kind, mark, &stateChange{use: true, db: string(p[1:])})
 	case gomysql.COM_SET_OPTION:
 		// Multi-statement switch: COM_RESET_CONNECTION is not documented
 		// to restore it.
@@ -213,6 +224,7 @@ func (t *txnSession) command(p []byte) error {
 	case gomysql.COM_RESET_CONNECTION:
 		// The client's own statements are gone with its session state.
 		clear(t.stmts)
+		t.state.clear()
 		mark = markDirty | markNoStmts
 	}
 	if ok, err := t.hold(kind); !ok {
@@ -264,6 +276,10 @@ func (t *txnSession) attach() error {
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	t.status = t.up.status
 	s.holding(lease.Gen)
+	if err := t.applyState(); err != nil {
+		t.release(false)
+		return err
+	}
 	return nil
 }
 
@@ -272,6 +288,9 @@ func (t *txnSession) apply(mark int) {
 	t.dirty = t.dirty || mark&(markDirty|markNoStmts) != 0
 	t.poisoned = t.poisoned || mark&markPoison != 0
 	t.pinOnce = t.pinOnce || mark&markPinOnce != 0
+	if mark&markDirty != 0 {
+		t.up.tag = dirtyTag
+	}
 	if mark&markNoStmts != 0 {
 		t.up.stmts = nil
 		t.cursor, t.longData = false, false
@@ -295,8 +314,9 @@ func (t *txnSession) roundTrip(p []byte, kind respKind) error {
 }
 
 // settle gives the upstream back when the server says it is idle: no
-// transaction, autocommit on, no more results, and nothing the client
-// left on it (cursor, long data, a one-shot SET TRANSACTION).
+// transaction (autocommit on or off), no more results, and nothing the
+// client left on it (cursor, long data, a one-shot SET TRANSACTION, state
+// that cannot move).
 func (t *txnSession) settle() {
 	if t.pinOnce {
 		t.pinOnce = false
@@ -310,8 +330,8 @@ func (t *txnSession) settle() {
 
 func (t *txnSession) quiescent() bool {
 	st := t.status
-	return st&gomysql.SERVER_STATUS_IN_TRANS == 0 && st&gomysql.SERVER_STATUS_AUTOCOMMIT != 0 &&
-		st&gomysql.SERVER_MORE_RESULTS_EXISTS == 0 && !t.cursor && !t.longData && t.s.track.idle()
+	return st&gomysql.SERVER_STATUS_IN_TRANS == 0 && st&gomysql.SERVER_MORE_RESULTS_EXISTS == 0 &&
+		!t.cursor && !t.longData && t.pinned == "" && t.s.track.idle()
 }
 
 // release gives the upstream back: to the pool when clean (after a reset
