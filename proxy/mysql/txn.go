@@ -225,6 +225,7 @@ func (t *txnSession) command(p []byte) error {
 		// The client's own statements are gone with its session state.
 		clear(t.stmts)
 		t.state.clear()
+		t.pinned = "" // what pinned it is gone with the rest
 		mark = markDirty | markNoStmts
 	}
 	if ok, err := t.hold(kind); !ok {
