@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
@@ -53,6 +55,11 @@ type txnSession struct {
 	// the session keeps the one it has until it ends.
 	pinned string
 
+	// Session mode (move.go): a move to a new credential's connection.
+	moveMu     sync.Mutex
+	parked     bool // waiting for the client's next command; under moveMu
+	moveWanted atomic.Bool
+
 	consumed int     // bytes of the last command still in s.cbr
 	hdr      [4]byte // scratch for packet headers
 }
@@ -66,7 +73,19 @@ func (s *session) runTxn() string {
 	s.cancel = cancel
 	s.mu.Unlock()
 	t := &txnSession{s: s, ctx: ctx, stmts: map[uint32]*clientStmt{}}
+	if !s.txnMode {
+		t.adoptSession()
+	}
+	s.rl.Store(t)
 	result := t.loop()
+	t.moveMu.Lock() // no move after the end
+	defer t.moveMu.Unlock()
+	if !s.txnMode && result == "ok" && t.up != nil && t.quiescent() && !t.poisoned {
+		// A session-mode client said goodbye: its connection serves
+		// another session after a reset.
+		t.dirty, t.pinned = true, ""
+		t.release(true)
+	}
 	// Still held here means the session ended inside a transaction (or
 	// on an error): close it, never hand it to another client.
 	t.release(false)
@@ -90,6 +109,10 @@ func (t *txnSession) end(err error) string {
 	s := t.s
 	if r := s.stopReason(); r != killNone {
 		e, result := s.stopError(r)
+		if r == killLeaseEnd && t.pinned != "" {
+			// Say why it could not move to the new credential.
+			e.Message += "; the session could not move to the new credential because it holds " + t.pinned
+		}
 		s.sendError(e)
 		return result
 	}
@@ -108,8 +131,10 @@ func (t *txnSession) readCommand() ([]byte, error) {
 		_, _ = s.cbr.Discard(t.consumed)
 		t.consumed = 0
 	}
+	t.park()
 	s.waiting = true
 	hdr, err := s.cbr.Peek(4)
+	t.unpark()
 	if err != nil {
 		return nil, err
 	}
@@ -199,9 +224,17 @@ func (t *txnSession) command(p []byte) error {
 		}
 		if cmd == gomysql.COM_QUERY {
 			if f := sessionLock(p[1:]); f != "" {
-				return t.refuse(f)
+				if s.txnMode {
+					return t.refuse(f)
+				}
+				t.pin(f)
 			}
 			mark = sessionChange(p[1:])
+			if !s.txnMode {
+				if r := sessionPin(p[1:]); r != "" {
+					t.pin(r)
+				}
+			}
 			if ch := t.stateChange(p[1:]); ch != nil {
 				mark &^= markDirty
 				return t.tracked(p, kind, mark, ch)
@@ -209,7 +242,10 @@ func (t *txnSession) command(p []byte) error {
 		}
 	case gomysql.COM_STMT_PREPARE:
 		if f := sessionLock(p[1:]); f != "" {
-			return t.refuse(f)
+			if s.txnMode {
+				return t.refuse(f)
+			}
+			t.pin(f)
 		}
 		return t.prepare(p)
 	case gomysql.COM_STMT_EXECUTE, gomysql.COM_STMT_FETCH, gomysql.COM_STMT_SEND_LONG_DATA,
@@ -221,6 +257,9 @@ func (t *txnSession) command(p []byte) error {
 		// Multi-statement switch: COM_RESET_CONNECTION is not documented
 		// to restore it.
 		mark = markPoison
+		if !s.txnMode {
+			t.pin("COM_SET_OPTION")
+		}
 	case gomysql.COM_RESET_CONNECTION:
 		// The client's own statements are gone with its session state.
 		clear(t.stmts)
@@ -286,6 +325,11 @@ func (t *txnSession) attach() error {
 
 // apply records what a command does to the connection it runs on.
 func (t *txnSession) apply(mark int) {
+	if !t.s.txnMode {
+		// The session keeps its connection and has it reset when it
+		// ends; what cannot move pinned it.
+		mark &^= markDirty
+	}
 	t.dirty = t.dirty || mark&(markDirty|markNoStmts) != 0
 	t.poisoned = t.poisoned || mark&markPoison != 0
 	t.pinOnce = t.pinOnce || mark&markPinOnce != 0
@@ -319,6 +363,9 @@ func (t *txnSession) roundTrip(p []byte, kind respKind) error {
 // client left on it (cursor, long data, a one-shot SET TRANSACTION, state
 // that cannot move).
 func (t *txnSession) settle() {
+	if !t.s.txnMode {
+		return // session mode: the connection is the session's
+	}
 	if t.pinOnce {
 		t.pinOnce = false
 		return

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
-	"go.uber.org/zap"
 )
 
 // Session state in transaction pooling. The session variables a client
@@ -226,10 +225,7 @@ func (t *txnSession) tracked(p []byte, kind respKind, mark int, ch *stateChange)
 		return err
 	}
 	if ch.pin != "" {
-		if t.pinned == "" {
-			t.s.log.Info("transaction pooling: session pinned to its server connection", zap.String("reason", ch.pin))
-		}
-		t.pinned = ch.pin
+		t.pin(ch.pin)
 		mark |= markDirty
 	}
 	t.apply(mark)
