@@ -31,7 +31,7 @@ export DBPROXY_BUILD_FLAGS ?= $(RACE)
 LOGDIR ?= .cache
 FUZZTIME ?= 20s
 
-.PHONY: build lint deps vault test-unit test-integration fuzz test clean
+.PHONY: build lint deps vault test-unit test-integration fuzz soak test clean
 
 build:
 	$(GO) build -o bin/dbproxy ./cmd/dbproxy
@@ -70,6 +70,15 @@ test-integration:
 	echo; echo '>> integration summary (full log: $(LOGDIR)/test-integration.log)'; \
 	grep -E '^(--- (PASS|FAIL|SKIP)|FAIL|ok|PASS|panic:)' $(LOGDIR)/test-integration.log || true; \
 	exit $$st
+
+# make soak: TestSoak alone for SOAK (default 10m): real clients of both
+# protocols through transaction pools while pooled connections are
+# killed, Vault pauses and rotations are asked for; make test runs it
+# for 2m.
+SOAK ?= 10m
+soak:
+	$(MAKE) -j2 --output-sync=target deps vault
+	DBPROXY_SOAK=$(SOAK) $(GO) test -count=1 -timeout 60m -v -run 'TestSoak$$' ./test/integration/
 
 # deps (apt, mostly I/O) and the Vault build (CPU) overlap; the tests run
 # one after the other (unit, fuzz, integration), and each runs even when

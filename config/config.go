@@ -178,14 +178,57 @@ type Listener struct {
 	// ("0660"). Default 0660.
 	SocketMode FileMode `yaml:"socket_mode"`
 	// Auth is how clients on this listener are identified: listener (every
-	// client is Identity), peer (unix socket peer uid), or mtls (client
-	// certificate). Default: listener when identity is set, peer on a unix
-	// socket, mtls when tls.require_client_cert is set.
+	// client is Identity), peer (unix socket peer uid), mtls (client
+	// certificate), vault_token (a Vault token sent as the password) or
+	// jwt (a JWT sent as the password). Default: listener when identity
+	// is set, peer on a unix socket, mtls when tls.require_client_cert is
+	// set. vault_token and jwt need tls or a unix_socket: the listener
+	// never asks for a token over cleartext TCP.
 	Auth string `yaml:"auth"`
 	// Identity is the one identity of every client (auth listener).
 	Identity string `yaml:"identity"`
 	// TLS, when set, lets clients upgrade to TLS.
 	TLS *ListenerTLS `yaml:"tls"`
+	// VaultToken tunes auth vault_token.
+	VaultToken *ListenerVaultToken `yaml:"vault_token"`
+	// JWT configures auth jwt (required for it).
+	JWT *ListenerJWT `yaml:"jwt"`
+}
+
+// ListenerVaultToken tunes how Vault tokens sent as passwords are checked
+// (auth/token/lookup-self, asked with the client's own token at
+// vault.address).
+type ListenerVaultToken struct {
+	// CacheTTL caps how long a valid token is remembered (by its SHA-256,
+	// never the token) before Vault is asked again; never longer than the
+	// token's remaining TTL. Default 1m.
+	CacheTTL Duration `yaml:"cache_ttl"`
+}
+
+// ListenerJWT says which JWTs a listener accepts as passwords.
+type ListenerJWT struct {
+	// Issuer must equal the token's iss claim. Required.
+	Issuer string `yaml:"issuer"`
+	// Audience must be among the token's aud claim. Required.
+	Audience string `yaml:"audience"`
+	// JWKSFile is a file holding the issuer's public keys (a JWKS).
+	JWKSFile string `yaml:"jwks_file"`
+	// JWKSURL is where to fetch the issuer's JWKS (https, or http on
+	// loopback). It is fetched on first use, again when a token names an
+	// unknown key id (at most every 30s) and when older than 1h.
+	// Exactly one of jwks_file and jwks_url.
+	JWKSURL string `yaml:"jwks_url"`
+	// JWKSCAFile verifies the JWKS URL's TLS certificate; empty uses the
+	// system roots.
+	JWKSCAFile string `yaml:"jwks_ca_file"`
+	// Algorithms the token may be signed with. Default [RS256, ES256].
+	// Only asymmetric algorithms: none and HS* are refused.
+	Algorithms []string `yaml:"algorithms"`
+	// ClockSkew tolerated on exp and nbf. Default 30s.
+	ClockSkew Duration `yaml:"clock_skew"`
+	// SessionOutlivesToken keeps sessions open after the token's exp.
+	// Default false: a session ends when its token expires.
+	SessionOutlivesToken bool `yaml:"session_outlives_token"`
 }
 
 // ListenerTLS is the server side TLS of a listener.
@@ -209,15 +252,37 @@ type Identity struct {
 	Grants []Grant `yaml:"grants"`
 }
 
-// Match says how a client is recognised as this identity. Any one
-// matching field is enough.
+// Match says how a client is recognised as this identity. Any one kind
+// of proof is enough: a certificate (spiffe_id, cert_cn), a unix uid, a
+// Vault token (vault_*) or a JWT (jwt_*, or spiffe_id for a JWT-SVID).
+// Within the vault_* fields, and within the jwt_* fields, every field set
+// must match, so adding one never lets more clients in. A token matching
+// two identities is refused.
 type Match struct {
-	// SpiffeID matches a URI SAN in the client certificate.
+	// SpiffeID matches a URI SAN in the client certificate, or the sub
+	// of a JWT (a JWT-SVID).
 	SpiffeID string `yaml:"spiffe_id"`
 	// CertCN matches the client certificate's subject common name.
 	CertCN string `yaml:"cert_cn"`
 	// UnixUID matches the peer uid on a unix socket.
 	UnixUID *int `yaml:"unix_uid"`
+	// VaultEntity matches the name of a Vault token's entity (read with
+	// the token itself; Vault's default policy allows it).
+	VaultEntity string `yaml:"vault_entity"`
+	// VaultEntityID matches a Vault token's entity_id.
+	VaultEntityID string `yaml:"vault_entity_id"`
+	// VaultPolicy matches a Vault token that carries this policy (token
+	// or identity policy).
+	VaultPolicy string `yaml:"vault_policy"`
+	// VaultMetadata matches a Vault token whose metadata has every one of
+	// these keys with these values.
+	VaultMetadata map[string]string `yaml:"vault_metadata"`
+	// JWTSubject matches a JWT's sub claim, e.g.
+	// system:serviceaccount:shop:orders for a Kubernetes token.
+	JWTSubject string `yaml:"jwt_subject"`
+	// JWTClaims matches a JWT whose top-level claims have these values (a
+	// list claim must contain the value).
+	JWTClaims map[string]string `yaml:"jwt_claims"`
 }
 
 // Grant lets an identity use a backend with credentials of a Vault role.

@@ -10,22 +10,28 @@ import (
 
 // Defaults, as documented on the Config fields.
 const (
-	DefaultShutdownTimeout   = 30 * time.Second
-	DefaultRequestTimeout    = 10 * time.Second
-	DefaultVaultMount        = "database"
-	DefaultConnectTimeout    = 10 * time.Second
-	DefaultPoolMode          = "session"
-	DefaultMaxConnections    = 20
-	DefaultCheckoutTimeout   = 5 * time.Second
-	DefaultIdleTimeout       = 5 * time.Minute
-	DefaultDrainTimeout      = 30 * time.Second
-	DefaultSafetyMargin      = 5 * time.Second
-	DefaultRevokeGrace       = 5 * time.Second
-	DefaultMaxIssuePerMinute = 6
-	DefaultSocketMode        = FileMode(0o660)
-	DefaultAdminAddress      = "127.0.0.1:9187"
-	DefaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultShutdownTimeout    = 30 * time.Second
+	DefaultRequestTimeout     = 10 * time.Second
+	DefaultVaultMount         = "database"
+	DefaultConnectTimeout     = 10 * time.Second
+	DefaultPoolMode           = "session"
+	DefaultMaxConnections     = 20
+	DefaultCheckoutTimeout    = 5 * time.Second
+	DefaultIdleTimeout        = 5 * time.Minute
+	DefaultDrainTimeout       = 30 * time.Second
+	DefaultSafetyMargin       = 5 * time.Second
+	DefaultRevokeGrace        = 5 * time.Second
+	DefaultMaxIssuePerMinute  = 6
+	DefaultSocketMode         = FileMode(0o660)
+	DefaultAdminAddress       = "127.0.0.1:9187"
+	DefaultKubernetesJWTFile  = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultVaultTokenCacheTTL = time.Minute
+	DefaultJWTClockSkew       = 30 * time.Second
 )
+
+// DefaultJWTAlgorithms are the JWT signature algorithms accepted when a
+// listener names none.
+var DefaultJWTAlgorithms = []string{"RS256", "ES256"}
 
 // Load reads the YAML configuration at path, applies defaults and
 // validates it. Any problem in the file is returned as Problems, each
@@ -153,12 +159,28 @@ func (c *Config) SetDefaults() {
 		switch {
 		case l.Identity != "":
 			auth = "listener"
+		case l.JWT != nil:
+			auth = "jwt"
+		case l.VaultToken != nil:
+			auth = "vault_token"
 		case l.UnixSocket != "":
 			auth = "peer"
 		case l.TLS != nil && l.TLS.RequireClientCert:
 			auth = "mtls"
 		}
 		setStr(c, p+".auth", &l.Auth, auth)
+		if l.Auth == "vault_token" {
+			if l.VaultToken == nil {
+				l.VaultToken = &ListenerVaultToken{}
+			}
+			setDur(c, p+".vault_token.cache_ttl", &l.VaultToken.CacheTTL, DefaultVaultTokenCacheTTL)
+		}
+		if l.JWT != nil {
+			setDur(c, p+".jwt.clock_skew", &l.JWT.ClockSkew, DefaultJWTClockSkew)
+			if c.absent(p+".jwt.algorithms", len(l.JWT.Algorithms) == 0) {
+				l.JWT.Algorithms = append([]string(nil), DefaultJWTAlgorithms...)
+			}
+		}
 		if l.Auth == "mtls" && l.TLS != nil {
 			if c.absent(p+".tls.require_client_cert", !l.TLS.RequireClientCert) {
 				l.TLS.RequireClientCert = true
@@ -198,6 +220,10 @@ func (c *Config) resolvePaths(dir string) {
 			fix(&l.TLS.CertFile)
 			fix(&l.TLS.KeyFile)
 			fix(&l.TLS.ClientCAFile)
+		}
+		if l.JWT != nil {
+			fix(&l.JWT.JWKSFile)
+			fix(&l.JWT.JWKSCAFile)
 		}
 	}
 	fix(&c.Admin.TokenFile)

@@ -414,12 +414,20 @@ func (v *validator) listeners() {
 			if l.TLS == nil || l.TLS.ClientCAFile == "" {
 				v.at(p+".auth", "%s: auth mtls needs tls with cert_file, key_file and client_ca_file (the CA that signs client certificates)", what)
 			}
+		case "vault_token", "jwt":
+			v.tokenListener(p, what, l)
 		case "":
-			v.atKey(p+".auth", "%s: cannot tell how clients are identified; set identity (auth listener), use unix_socket (auth peer), or tls.require_client_cert with client_ca_file (auth mtls)", what)
+			v.atKey(p+".auth", "%s: cannot tell how clients are identified; set identity (auth listener), use unix_socket (auth peer), tls.require_client_cert with client_ca_file (auth mtls), or auth vault_token or jwt", what)
 		default:
-			v.at(p+".auth", "%s: auth %q is not supported; use listener, peer or mtls", what, l.Auth)
+			v.at(p+".auth", "%s: auth %q is not supported; use listener, peer, mtls, vault_token or jwt", what, l.Auth)
 		}
-		if (l.Auth == "peer" || l.Auth == "mtls") && l.Identity != "" {
+		if l.JWT != nil && l.Auth != "jwt" {
+			v.atKey(p+".jwt", "%s: jwt is only used with auth jwt, but auth is %s; remove it or set auth: jwt", what, l.Auth)
+		}
+		if l.VaultToken != nil && l.Auth != "vault_token" {
+			v.atKey(p+".vault_token", "%s: vault_token is only used with auth vault_token, but auth is %s; remove it or set auth: vault_token", what, l.Auth)
+		}
+		if (l.Auth == "peer" || l.Auth == "mtls" || l.Auth == "vault_token" || l.Auth == "jwt") && l.Identity != "" {
 			v.at(p+".identity", "%s: identity is only used with auth listener, but auth is %s; remove identity or set auth: listener", what, l.Auth)
 		}
 	}
@@ -469,8 +477,18 @@ func (v *validator) identities() {
 			v.atKey(p, "identities: an identity needs a non-empty name")
 		}
 		m := id.Match
-		if m.SpiffeID == "" && m.CertCN == "" && m.UnixUID == nil && !fixed[name] {
-			v.atKey(p, "identity %q can never be matched: set match.spiffe_id, match.cert_cn or match.unix_uid, or name it as a listener's identity", name)
+		if m.SpiffeID == "" && m.CertCN == "" && m.UnixUID == nil && !m.hasToken() && !fixed[name] {
+			v.atKey(p, "identity %q can never be matched: set match.spiffe_id, match.cert_cn, match.unix_uid, a match.vault_* or match.jwt_* rule, or name it as a listener's identity", name)
+		}
+		for k := range m.VaultMetadata {
+			if k == "" {
+				v.at(p+".match.vault_metadata", "%s.match.vault_metadata: a key is empty", p)
+			}
+		}
+		for k := range m.JWTClaims {
+			if k == "" {
+				v.at(p+".match.jwt_claims", "%s.match.jwt_claims: a claim name is empty", p)
+			}
 		}
 		if m.SpiffeID != "" {
 			if u, err := url.Parse(m.SpiffeID); err != nil || u.Scheme != "spiffe" || u.Host == "" {

@@ -544,14 +544,19 @@ func secondsField(v any) time.Duration {
 	return 0
 }
 
-// renewAt is about two thirds of the way to the lease end, with jitter so
-// that many leases do not renew in lockstep.
+// renewAt is about two thirds of the way to the lease end (a third for
+// short leases), with jitter so that many leases do not renew in lockstep.
 func renewAt(now, leaseEnd time.Time) time.Time {
 	left := leaseEnd.Sub(now)
 	if left <= 0 {
 		return now
 	}
 	frac := 0.6 + 0.1*rand.Float64()
+	if left < time.Minute {
+		// A short lease renews at 30-40%: a Vault outage of a few seconds
+		// plus a timed-out request must still fit before it ends.
+		frac -= 0.3
+	}
 	return now.Add(time.Duration(float64(left) * frac))
 }
 

@@ -32,7 +32,13 @@ type Error struct {
 	Backend string
 	// Msg is the complete message.
 	Msg string
+	// Err is the cause, if any (for logs and errors.Is); it is not part
+	// of the message the client sees.
+	Err error
 }
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
 
 func (e *Error) Error() string {
 	if e.Msg == "" {
@@ -40,3 +46,15 @@ func (e *Error) Error() string {
 	}
 	return e.Msg
 }
+
+// Reasons a presented token is refused.
+const (
+	// ReasonInvalidToken: the token is malformed, badly signed, for
+	// someone else (issuer, audience) or unknown to Vault.
+	ReasonInvalidToken Reason = "invalid_token"
+	// ReasonExpiredToken: the token's lifetime is over (or has not begun).
+	ReasonExpiredToken Reason = "expired_token"
+	// ReasonTokenCheckFailed: the token could not be checked (Vault or
+	// the JWKS URL unreachable); retrying may help.
+	ReasonTokenCheckFailed Reason = "token_check_failed"
+)

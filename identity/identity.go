@@ -8,7 +8,11 @@
 //   - listener: the listener is bound to one identity (Fixed);
 //   - peer: the uid of the process on the other end of a unix socket (FromPeer);
 //   - mtls: the verified client certificate, URI SAN (SPIFFE ID) first,
-//     then subject CN (FromCert).
+//     then subject CN (FromCert);
+//   - vault_token: a Vault token the client sends as its password, looked
+//     up in Vault with itself (VaultTokens);
+//   - jwt: a JWT the client sends as its password, verified against a
+//     JWKS (JWTs).
 //
 // Authorize then decides which Grant (backend and Vault role) the session
 // gets. Deny is the default: an unknown identity is an error and never
@@ -23,6 +27,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Method is how a client was identified.
@@ -36,6 +41,10 @@ const (
 	MethodPeer Method = "peer"
 	// MethodMTLS: verified client certificate (URI SAN or subject CN).
 	MethodMTLS Method = "mtls"
+	// MethodVaultToken: a Vault token sent as the password.
+	MethodVaultToken Method = "vault_token"
+	// MethodJWT: a JWT sent as the password.
+	MethodJWT Method = "jwt"
 )
 
 // Identity is an identified client: the configured identity name and how
@@ -43,6 +52,9 @@ const (
 type Identity struct {
 	Name   string
 	Method Method
+	// Expires is when the proof of identity ends (a token's expiry); the
+	// front ends close the session then. Zero: never.
+	Expires time.Time
 }
 
 // Grant lets an identity use a backend with credentials of a Vault role.
@@ -62,6 +74,8 @@ type Spec struct {
 	CertCN string
 	// UnixUID matches the peer uid on a unix socket.
 	UnixUID *int
+	// Token matches Vault tokens and JWTs sent as passwords.
+	Token TokenMatch
 	// Grants are the backends (with Vault role) the identity may use.
 	Grants []Grant
 }
@@ -73,6 +87,7 @@ type Policy struct {
 	spiffe map[string]string  // normalised SPIFFE ID -> identity name
 	cn     map[string]string  // certificate CN -> identity name
 	uid    map[int]string     // unix uid -> identity name
+	tokens map[string]TokenMatch
 }
 
 // NewPolicy checks specs (keyed by identity name) and builds a Policy. It
@@ -85,6 +100,7 @@ func NewPolicy(specs map[string]Spec) (*Policy, error) {
 		spiffe: make(map[string]string),
 		cn:     make(map[string]string),
 		uid:    make(map[int]string),
+		tokens: make(map[string]TokenMatch),
 	}
 	names := make([]string, 0, len(specs))
 	for name := range specs {
@@ -128,6 +144,11 @@ func NewPolicy(specs map[string]Spec) (*Policy, error) {
 			} else {
 				p.uid[u] = name
 			}
+		}
+		if err := s.Token.check(); err != nil {
+			fail("identities.%s.match.%w", name, err)
+		} else if !s.Token.empty() {
+			p.tokens[name] = s.Token
 		}
 		grants := make([]Grant, 0, len(s.Grants))
 		for i, g := range s.Grants {

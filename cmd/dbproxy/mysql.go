@@ -56,5 +56,5 @@ func mysqlBackend(name string, b config.Backend) (*mysql.Backend, error) {
 // how clients are identified); the two front ends identify alike.
 func mysqlListener(lo postgres.ListenerOptions) mysql.ListenerOptions {
 	return mysql.ListenerOptions{Name: lo.Name, TLS: lo.TLS, RequireTLS: lo.RequireTLS,
-		Authenticate: mysql.Authenticator(lo.Authenticate)}
+		Authenticate: mysql.Authenticator(lo.Authenticate), Token: lo.Token, MaxTokenBytes: lo.MaxTokenBytes}
 }

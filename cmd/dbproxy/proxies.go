@@ -88,8 +88,16 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		return nil, err
 	}
 
+	logins := newTokenLogins(deps.Registry)
+	tokenAuthFor := func(l config.Listener) (identity.TokenAuthenticator, error) {
+		a, err := tokenAuth(cfg, l, policy)
+		if err != nil {
+			return nil, err
+		}
+		return logins.wrap(l.Auth, a), nil
+	}
 	for _, l := range cfg.Listeners {
-		ln, lo, err := openListener(l, policy)
+		ln, lo, err := openListener(l, policy, tokenAuthFor)
 		if err != nil {
 			st.close()
 			return nil, err
@@ -114,7 +122,11 @@ func (st *stack) close() {
 func identitySpecs(cfg *config.Config) map[string]identity.Spec {
 	out := make(map[string]identity.Spec, len(cfg.Identities))
 	for name, id := range cfg.Identities {
-		sp := identity.Spec{SpiffeID: id.Match.SpiffeID, CertCN: id.Match.CertCN, UnixUID: id.Match.UnixUID}
+		m := id.Match
+		sp := identity.Spec{SpiffeID: m.SpiffeID, CertCN: m.CertCN, UnixUID: m.UnixUID, Token: identity.TokenMatch{
+			VaultEntity: m.VaultEntity, VaultEntityID: m.VaultEntityID, VaultPolicy: m.VaultPolicy, VaultMetadata: m.VaultMetadata,
+			JWTSubject: m.JWTSubject, JWTClaims: m.JWTClaims,
+		}}
 		for _, g := range id.Grants {
 			sp.Grants = append(sp.Grants, identity.Grant{Backend: g.Backend, Role: grantRole(cfg, g)})
 		}
@@ -215,7 +227,7 @@ func loadCAs(path string) (*x509.CertPool, error) {
 }
 
 // openListener opens the socket and builds how its clients are identified.
-func openListener(l config.Listener, policy *identity.Policy) (net.Listener, postgres.ListenerOptions, error) {
+func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error)) (net.Listener, postgres.ListenerOptions, error) {
 	lo := postgres.ListenerOptions{Name: l.Name}
 	if l.TLS != nil {
 		cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
@@ -258,6 +270,15 @@ func openListener(l config.Listener, policy *identity.Policy) (net.Listener, pos
 				return identity.Identity{}, &identity.Error{Reason: identity.ReasonNoClientCert, Msg: "this listener identifies clients by certificate: connect with TLS and a client certificate"}
 			}
 			return policy.FromCert(*st)
+		}
+	case "vault_token", "jwt":
+		tok, err := tokenAuth(l)
+		if err != nil {
+			return nil, lo, err
+		}
+		lo.Token = tok
+		lo.Authenticate = func(net.Conn, *tls.ConnectionState) (identity.Identity, error) {
+			return identity.Identity{}, errors.New("token listener: no token was checked")
 		}
 	default:
 		return nil, lo, fmt.Errorf("listener %s: unknown auth %q", l.Name, l.Auth)

@@ -469,7 +469,7 @@ type clientAuth struct {
 
 func (a *clientAuth) GetCredential(string) (server.Credential, bool, error) {
 	plugin := gomysql.AUTH_NATIVE_PASSWORD
-	if a.g.resp != nil && a.g.resp.plugin == gomysql.AUTH_CACHING_SHA2_PASSWORD {
+	if a.lo.Token == nil && a.g.resp != nil && a.g.resp.plugin == gomysql.AUTH_CACHING_SHA2_PASSWORD {
 		plugin = gomysql.AUTH_CACHING_SHA2_PASSWORD
 	}
 	// acceptIdentity never compares this; go-mysql only needs one.
@@ -477,7 +477,12 @@ func (a *clientAuth) GetCredential(string) (server.Credential, bool, error) {
 }
 
 func (a *clientAuth) OnAuthSuccess(c *server.Conn) error {
-	if err := a.s.login(a.lo, a.g); err != nil {
+	lo, err := a.tokenListener(c) // password.go
+	if err != nil {
+		a.loginErr = err
+		return asClientError(a.s.backendName(), err).myError()
+	}
+	if err := a.s.login(lo, a.g); err != nil {
 		a.loginErr = err
 		return asClientError(a.s.backendName(), err).myError()
 	}

@@ -73,6 +73,14 @@ type ListenerOptions struct {
 	// mysql_native_password (default) or caching_sha2_password. Clients
 	// may answer with either; the proxy checks no password.
 	AuthPlugin string
+	// Token, when set, makes clients send a token (Vault token or JWT)
+	// as their password through mysql_clear_password, asked for only over
+	// TLS or a unix socket; it replaces Authenticate and the greeting
+	// names mysql_native_password. Sessions end when the token expires.
+	Token identity.TokenAuthenticator
+	// MaxTokenBytes caps the password. Default
+	// identity.DefaultMaxTokenBytes.
+	MaxTokenBytes int
 }
 
 // Server accepts MySQL clients on any number of listeners.
@@ -99,6 +107,8 @@ type Server struct {
 	byID      map[uint32]*session
 	closing   chan struct{}
 	wg        sync.WaitGroup
+	// tokenWatch starts watchTokens (password.go) once.
+	tokenWatch sync.Once
 }
 
 // NewServer makes a server; call Serve for each listener.
@@ -149,6 +159,12 @@ func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {
 	srv.mu.Lock()
 	srv.listeners = append(srv.listeners, ln)
 	srv.mu.Unlock()
+	if lo.Token != nil {
+		// One auth switch only (to mysql_clear_password, password.go):
+		// clients such as go-sql-driver refuse a second one.
+		lo.AuthPlugin = gomysql.AUTH_NATIVE_PASSWORD
+		srv.tokenWatch.Do(func() { srv.wg.Add(1); go srv.watchTokens() })
+	}
 	srv.wg.Add(1)
 	go func() {
 		defer srv.wg.Done()

@@ -49,8 +49,15 @@ func (t *txnSession) startDuplex() {
 func (t *txnSession) answers(d *duplex, up *upstream) error {
 	for {
 		t.mu.Lock()
-		quit := d.abort || d.stop && !t.outstanding() && !(t.listening && !t.s.txnMode)
+		quit := d.abort || d.stop && t.onlyFakes() && !(t.listening && !t.s.txnMode)
+		var err error
+		if quit && !d.abort {
+			err = t.emitHead()
+		}
 		t.mu.Unlock()
+		if err != nil {
+			return err
+		}
 		if quit {
 			return errStopped
 		}
@@ -92,7 +99,7 @@ func (t *txnSession) endDuplex() error {
 	}
 	t.mu.Lock()
 	d.stop = true
-	idle := !t.outstanding()
+	idle := t.onlyFakes()
 	t.mu.Unlock()
 	if idle {
 		// It may be blocked reading a server with nothing to say.

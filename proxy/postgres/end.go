@@ -48,6 +48,9 @@ func (s *session) ended(err error) string {
 		if why == whyLeaseEnd {
 			return "lease_end"
 		}
+		if why == whyTokenExpired { // password.go
+			return "token_expired"
+		}
 		return "shutdown"
 	}
 	if s.idleArmed && isTimeout(err) {

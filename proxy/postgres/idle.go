@@ -3,7 +3,6 @@ package postgres
 import (
 	"bufio"
 	"net"
-	"sync"
 	"time"
 )
 
@@ -18,10 +17,49 @@ const (
 	idleReadSize    = 512
 )
 
+// The buffers of idle sessions wait in bounded free lists, not a
+// sync.Pool: a GC empties a sync.Pool, and refilling it would allocate on
+// the hot path. At most freeBuffers of each wait (8 MiB in all).
+const freeBuffers = 256
+
 var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, clientReadSize) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, clientWriteSize) }}
+	freeReaders = make(chan *bufio.Reader, freeBuffers)
+	freeWriters = make(chan *bufio.Writer, freeBuffers)
 )
+
+func getReader() *bufio.Reader {
+	select {
+	case r := <-freeReaders:
+		return r
+	default:
+		return bufio.NewReaderSize(nil, clientReadSize)
+	}
+}
+
+func getWriter() *bufio.Writer {
+	select {
+	case w := <-freeWriters:
+		return w
+	default:
+		return bufio.NewWriterSize(nil, clientWriteSize)
+	}
+}
+
+func putReader(r *bufio.Reader) {
+	r.Reset(nil)
+	select {
+	case freeReaders <- r:
+	default:
+	}
+}
+
+func putWriter(w *bufio.Writer) {
+	w.Reset(nil)
+	select {
+	case freeWriters <- w:
+	default:
+	}
+}
 
 // prefixReader returns the bytes of the idle read first, then the
 // connection's.
@@ -44,11 +82,11 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 // borrowBuffers gives the session a reader and a writer for a request.
 func (s *session) borrowBuffers() {
 	if s.cbr == nil {
-		s.cbr = readerPool.Get().(*bufio.Reader)
+		s.cbr = getReader()
 		s.cbr.Reset(&s.in)
 	}
 	if s.cbw == nil {
-		s.cbw = writerPool.Get().(*bufio.Writer)
+		s.cbw = getWriter()
 		s.cbw.Reset(s.client)
 	}
 }
@@ -60,12 +98,9 @@ func (s *session) waitIdle() (bool, error) {
 		return false, nil
 	}
 	// Only the session goroutine touches the buffers outside duplex.
-	r, w := s.cbr, s.cbw
+	putReader(s.cbr)
+	putWriter(s.cbw)
 	s.cbr, s.cbw = nil, nil
-	r.Reset(nil)
-	w.Reset(nil)
-	readerPool.Put(r)
-	writerPool.Put(w)
 	for {
 		s.mu.Lock()
 		s.idleWaiting = true
@@ -94,12 +129,10 @@ func (s *session) waitIdle() (bool, error) {
 // releaseBuffers gives the buffers back when the session ends.
 func (s *session) releaseBuffers() {
 	if s.cbr != nil {
-		s.cbr.Reset(nil)
-		readerPool.Put(s.cbr)
+		putReader(s.cbr)
 	}
 	if s.cbw != nil {
-		s.cbw.Reset(nil)
-		writerPool.Put(s.cbw)
+		putWriter(s.cbw)
 	}
 	s.cbr, s.cbw = nil, nil
 }

@@ -26,9 +26,45 @@ func (s *session) Interrupt() {
 	s.mu.Lock()
 	l := s.lease
 	s.mu.Unlock()
-	if l != nil && l.Gen.State() >= creds.Expired {
-		s.interrupt(whyLeaseEnd)
+	if l == nil || l.Gen.State() < creds.Expired {
+		return
 	}
+	if s.busy.Load() && !s.expiring.Swap(true) {
+		// A request is in flight: let it finish (its transaction may end
+		// with it, and the connection then closes without an error),
+		// within a grace well inside the safety margin before the hard end.
+		time.AfterFunc(expiryGrace, func() {
+			s.mu.Lock()
+			still := s.lease == l
+			s.mu.Unlock()
+			if still {
+				s.interrupt(whyLeaseEnd)
+			}
+		})
+		return
+	}
+	s.interrupt(whyLeaseEnd)
+}
+
+// expiryGrace is how long a request in flight at its credential's drain
+// deadline may take to finish.
+const expiryGrace = 2 * time.Second
+
+// endOfGrace, after a request, ends a session still holding a connection
+// whose credential expired while the request ran: its transaction is
+// still open (or, in session mode, it could not move).
+func (s *session) endOfGrace() {
+	if !s.expiring.Load() {
+		return
+	}
+	s.mu.Lock()
+	l := s.lease
+	s.mu.Unlock()
+	if l == nil || l.Gen.State() < creds.Expired {
+		s.expiring.Store(false)
+		return
+	}
+	s.interrupt(whyLeaseEnd)
 }
 
 // interrupt records why and wakes the session goroutine.
@@ -132,6 +168,8 @@ func (s *session) interruptError(why int32, gen *creds.Generation) *Error {
 			Hint:    "reconnecting is safe: new sessions use a fresh credential"}
 	case whyIdleShutdown:
 		return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down; this idle session was closed", Hint: "reconnect to another dbproxy instance or retry shortly"}
+	case whyTokenExpired: // password.go
+		return s.tokenExpiredError()
 	}
 	return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down", Hint: "reconnect to another dbproxy instance or retry shortly"}
 }

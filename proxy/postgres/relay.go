@@ -100,6 +100,7 @@ func (s *session) step(ph *int) error {
 	} else if s.moveWanted.Load() {
 		s.maybeMove()
 	}
+	s.endOfGrace()
 	return nil
 }
 
@@ -146,6 +147,12 @@ func (s *session) answer() error {
 		return t.finishDuplex()
 	}
 	for t.outstanding() {
+		if done, err := t.emitIfOnlyFakes(); done || err != nil {
+			if err != nil {
+				return err
+			}
+			break
+		}
 		copyIn, err := t.relayOne()
 		if err != nil {
 			return err

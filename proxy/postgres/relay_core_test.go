@@ -224,3 +224,26 @@ func TestRelayRetriesDeadPooledConnection(t *testing.T) {
 		})
 	}
 }
+
+// A client whose state must be applied (RESET/SET swallowed in front of
+// its request) and whose Parse the connection already has (a fake
+// ParseComplete): the fake comes right after the swallowed answer, and
+// the request is answered in full (this hung once).
+func TestRelayStateApplyThenFakeParse(t *testing.T) {
+	h := startRelay(t, "transaction")
+	if st := h.roundTrip(t, prepareStmt); st != 'I' {
+		t.Fatalf("status %c", st)
+	}
+	for i := range 3 {
+		// A new state each time: the connection's tag never matches.
+		h.s.rl.sets = []setStmt{{name: "application_name", sql: "SET application_name = 'x" + strings.Repeat("y", i) + "'"}}
+		h.s.rl.setTag = stateTag(h.s.rl.sets)
+		_ = h.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if st := h.roundTrip(t, prepareStmt); st != 'I' {
+			t.Fatalf("round %d: status %c", i, st)
+		}
+		if st := h.roundTrip(t, preparedExec); st != 'I' {
+			t.Fatalf("round %d exec: status %c", i, st)
+		}
+	}
+}

@@ -48,6 +48,13 @@ type ListenerOptions struct {
 	TLS          *tls.Config
 	RequireTLS   bool
 	Authenticate Authenticator
+	// Token, when set, makes clients send a token (Vault token or JWT)
+	// as their password, asked for only over TLS or a unix socket; it
+	// replaces Authenticate. Sessions end when the token expires.
+	Token identity.TokenAuthenticator
+	// MaxTokenBytes caps the password. Default
+	// identity.DefaultMaxTokenBytes.
+	MaxTokenBytes int
 }
 
 // Server accepts PostgreSQL clients on any number of listeners.
@@ -65,6 +72,8 @@ type Server struct {
 	sessions  map[*session]struct{}
 	closing   chan struct{}
 	wg        sync.WaitGroup
+	// tokenWatch starts watchTokens (password.go) once.
+	tokenWatch sync.Once
 }
 
 // NewServer makes a server; call Serve for each listener.
@@ -89,6 +98,9 @@ func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {
 	srv.mu.Lock()
 	srv.listeners = append(srv.listeners, ln)
 	srv.mu.Unlock()
+	if lo.Token != nil {
+		srv.tokenWatch.Do(func() { srv.wg.Add(1); go srv.watchTokens() })
+	}
 	srv.wg.Add(1)
 	go func() {
 		defer srv.wg.Done()

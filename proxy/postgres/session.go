@@ -63,10 +63,13 @@ type session struct {
 	// session is blocked waiting for the client's next request.
 	moveWanted  atomic.Bool
 	idleWaiting bool
-	idleArmed   bool          // the client read deadline is idle_transaction_timeout's
-	txStatus    atomic.Uint32 // last ReadyForQuery status byte
-	bytesIn     atomic.Int64
-	bytesOut    atomic.Int64
+	// expiring: the held connection's credential expired while a request
+	// ran; the request may finish (interrupt.go).
+	expiring  atomic.Bool
+	idleArmed bool          // the client read deadline is idle_transaction_timeout's
+	txStatus  atomic.Uint32 // last ReadyForQuery status byte
+	bytesIn   atomic.Int64
+	bytesOut  atomic.Int64
 }
 
 type killReason int
@@ -181,7 +184,7 @@ func (s *session) startup(lo ListenerOptions) error {
 			s.srv.cancel(context.Background(), m.ProcessID, m.SecretKey)
 			return errCancelHandled
 		case *pgproto3.StartupMessage:
-			return s.login(lo, m, tlsState)
+			return s.tokenThenLogin(lo, m, tlsState)
 		}
 	}
 }

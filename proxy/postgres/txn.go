@@ -250,6 +250,9 @@ func (t *txnSession) relayOne() (copyIn bool, err error) {
 	if t.deadOnArrival(typ, up) {
 		return false, errDeadOnArrival
 	}
+	if err := t.emitHead(); err != nil {
+		return false, err
+	}
 	drop, fakes := t.complete(typ)
 	var body []byte
 	n := 0
@@ -295,8 +298,9 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 		}
 		if typ == 'Z' {
 			t.pop(1)
+			fakes = t.popFakes()
 		}
-		return true, nil
+		return true, fakes
 	}
 	if head.set != nil {
 		if typ == 'E' {
@@ -321,12 +325,19 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 	case head.completes(typ):
 		t.pop(1)
 		drop = head.action == actSwallow
-		for len(t.queue) > 0 && t.queue[0].action == actFake {
-			fakes = append(fakes, t.queue[0].fake)
-			t.pop(1)
-		}
+		fakes = t.popFakes()
 	}
 	return drop, fakes
+}
+
+// popFakes takes the fake answers now at the head of the queue: they are
+// due right after the message that completed the request before them.
+func (t *txnSession) popFakes() (fakes [][]byte) {
+	for len(t.queue) > 0 && t.queue[0].action == actFake {
+		fakes = append(fakes, t.queue[0].fake)
+		t.pop(1)
+	}
+	return fakes
 }
 
 // pop removes n requests from the head of the queue, reusing its array.
@@ -345,6 +356,41 @@ func (t *txnSession) flushUp() error {
 		return err
 	}
 	return nil
+}
+
+// emitHead writes the fake answers at the head of the queue: nothing
+// before them is outstanding. t.mu is held.
+func (t *txnSession) emitHead() error {
+	for len(t.queue) > 0 && t.queue[0].action == actFake {
+		t.retry.ok = false // the client has part of this request's answer
+		if _, err := t.s.cbw.Write(t.s.patchStatus(t.queue[0].fake)); err != nil {
+			return err
+		}
+		t.pop(1)
+	}
+	return nil
+}
+
+// emitIfOnlyFakes writes the queue's fake answers if nothing else is
+// outstanding, and reports whether it did.
+func (t *txnSession) emitIfOnlyFakes() (bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.onlyFakes() {
+		return false, nil
+	}
+	return true, t.emitHead()
+}
+
+// onlyFakes reports that nothing the server owes is outstanding. t.mu
+// is held.
+func (t *txnSession) onlyFakes() bool {
+	for _, r := range t.queue {
+		if r.action != actFake {
+			return false
+		}
+	}
+	return true
 }
 
 // emit writes fake answers that are due now. t.mu is held.

@@ -169,12 +169,14 @@ var (
 )
 
 func (t *txnSession) enqueueFrames(frames []byte) error {
-	if len(t.queue) == 0 {
+	if len(t.queue) == 0 && t.duplex != nil {
 		// Every earlier answer was written: this one is due now.
-		t.retry.ok = false // the client has part of this request's answer
 		_, err := t.s.cbw.Write(t.s.patchStatus(frames))
 		return err
 	}
+	// Held until the server's first answer shows the connection is alive
+	// (or nothing else is due): a retry must not send the client an
+	// answer twice.
 	t.queue = append(t.queue, request{action: actFake, fake: frames})
 	return nil
 }
