@@ -76,13 +76,16 @@ func (t *txnSession) park() {
 	t.moveMu.Unlock()
 }
 
-func (t *txnSession) unpark() {
+// unpark reports whether the session moved while parked.
+func (t *txnSession) unpark() bool {
 	if t.s.txnMode {
-		return
+		return false
 	}
 	t.moveMu.Lock()
-	t.parked = false
+	moved := t.moved
+	t.parked, t.moved = false, false
 	t.moveMu.Unlock()
+	return moved
 }
 
 // pin records state that keeps a session-mode session on its connection.
@@ -128,6 +131,7 @@ func (t *txnSession) maybeMove() {
 	s.mu.Unlock()
 	s.holding(lease.Gen)
 	old.Close()
+	t.moved = true
 	s.log.Info("session moved to the new credential", zap.Uint64("from_generation", old.Gen.N),
 		zap.Uint64("generation", lease.Gen.N), zap.String("db_user", lease.Gen.Username),
 		zap.Uint32("thread_id", t.up.threadID))

@@ -58,6 +58,7 @@ type txnSession struct {
 	// Session mode (move.go): a move to a new credential's connection.
 	moveMu     sync.Mutex
 	parked     bool // waiting for the client's next command; under moveMu
+	moved      bool // moved while parked; under moveMu
 	moveWanted atomic.Bool
 
 	consumed int     // bytes of the last command still in s.cbr
@@ -134,6 +135,16 @@ func (t *txnSession) readCommand() ([]byte, error) {
 	t.park()
 	s.waiting = true
 	hdr, err := s.cbr.Peek(4)
+	for err != nil && t.unpark() && s.stop == killLeaseEnd {
+		// The drain deadline woke the read while the session was moving
+		// off that credential: it no longer applies.
+		s.stop = killNone
+		if s.interrupted(true) != killNone {
+			break
+		}
+		t.park()
+		hdr, err = s.cbr.Peek(4)
+	}
 	t.unpark()
 	if err != nil {
 		return nil, err
