@@ -52,6 +52,12 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	}
 	specs := sourceSpecs(cfg)
 	st := &stack{broker: creds.NewBroker(client, specs, log.Named("creds"), cm), pools: map[creds.SourceKey]*pool.Pool{}}
+	if f := cfg.Fleet; f != nil {
+		st.broker.JoinFleet(creds.FleetOptions{
+			Name: f.Name, KVMount: f.KVMount, KVPath: f.KVPath, InstanceID: f.InstanceID,
+			LockTTL: f.LockTTL.D(), PollInterval: f.PollInterval.D(),
+		}, cm)
+	}
 	st.report = newReportConfig(cfg, specs, deps.Registry)
 	pm := pool.NewMetrics(deps.Registry)
 	for _, sp := range specs {
