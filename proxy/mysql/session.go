@@ -59,9 +59,10 @@ type session struct {
 	waiting bool          // reading the first bytes of the next command
 	torn    bool          // a server packet reached the client in part
 
-	status   atomic.Uint32 // server status flags of the last OK/EOF
-	nextSeq  atomic.Uint32 // sequence number an ERR from dbproxy should carry
-	dirty    atomic.Bool   // session state a reset may not undo
+	status   atomic.Uint32              // server status flags of the last OK/EOF
+	nextSeq  atomic.Uint32              // sequence number an ERR from dbproxy should carry
+	dirty    atomic.Bool                // session state a reset may not undo
+	rl       atomic.Pointer[txnSession] // the relay's state, for Superseded (move.go)
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
 }
@@ -306,19 +307,9 @@ func (s *session) run() {
 	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N),
 		zap.Uint32("connection_id", s.connID), zap.Uint32("thread_id", up.threadID))
 
-	result, reusable := s.relay(gen)
-
-	s.mu.Lock()
-	lease := s.lease
-	s.lease = nil
-	s.mu.Unlock()
-	if reusable {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		lease.Return(ctx)
-		cancel()
-	} else {
-		lease.Close()
-	}
+	// The transaction-pooling relay keeps the session's connection in
+	// session mode, and moves it at a rotation (move.go).
+	result := s.runTxn()
 	s.logEnd(result, gen)
 }
 

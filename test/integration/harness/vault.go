@@ -287,7 +287,7 @@ var (
 	}
 	MySQLCreation = []string{
 		`CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}';`,
-		`GRANT SELECT, INSERT, UPDATE, DELETE ON appdb.* TO '{{name}}'@'%';`,
+		`GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES ON appdb.* TO '{{name}}'@'%';`,
 	}
 	MySQLRevocation = []string{
 		`DROP USER IF EXISTS '{{name}}'@'%';`,
