@@ -49,6 +49,10 @@ type Config struct {
 	// ShutdownTimeout bounds how long SIGTERM waits for open sessions.
 	// Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// Fleet, when set, makes every dbproxy with the same fleet name share
+	// one credential generation per backend and role through Vault KV v2
+	// (docs/fleet.md). Absent (the default): each instance has its own.
+	Fleet *Fleet `yaml:"fleet"`
 	// Runtime tunes the Go runtime. Default: Go's own defaults.
 	Runtime Runtime `yaml:"runtime"`
 
@@ -313,6 +317,29 @@ type Admin struct {
 	// Pprof serves Go's profiler at /debug/pprof/ (behind the token when
 	// one is set). Default false.
 	Pprof bool `yaml:"pprof"`
+}
+
+// Fleet is fleet mode: instances that share Name share credentials.
+type Fleet struct {
+	// Name: instances with the same name (in one Vault) share each
+	// backend and role's credential. Required; letters, digits, . _ -.
+	Name string `yaml:"name"`
+	// KVMount is the KV version 2 secrets engine holding the shared
+	// records. Default "secret".
+	KVMount string `yaml:"kv_mount"`
+	// KVPath is where under kv_mount the records live; the fleet's are
+	// at KVPath/Name/BACKEND/ROLE/. Default "dbproxy/fleet".
+	KVPath string `yaml:"kv_path"`
+	// InstanceID names this instance in the records and the admin API.
+	// Default: hostname-pid-random, new at every start.
+	InstanceID string `yaml:"instance_id"`
+	// LockTTL: an issuer that has not extended its lock this long is
+	// replaced by another instance. Keep it well under the credentials'
+	// TTL. Default 10s.
+	LockTTL Duration `yaml:"lock_ttl"`
+	// PollInterval: each instance reads the records every PollInterval/2
+	// to PollInterval. Default 2s.
+	PollInterval Duration `yaml:"poll_interval"`
 }
 
 // Runtime tunes the Go runtime dbproxy runs on. A zero value keeps Go's

@@ -27,6 +27,10 @@ const (
 	DefaultKubernetesJWTFile  = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 	DefaultVaultTokenCacheTTL = time.Minute
 	DefaultJWTClockSkew       = 30 * time.Second
+	DefaultFleetKVMount       = "secret"
+	DefaultFleetKVPath        = "dbproxy/fleet"
+	DefaultFleetLockTTL       = 10 * time.Second
+	DefaultFleetPollInterval  = 2 * time.Second
 )
 
 // DefaultJWTAlgorithms are the JWT signature algorithms accepted when a
@@ -193,6 +197,12 @@ func (c *Config) SetDefaults() {
 
 	if !c.Admin.Disabled {
 		setStr(c, "admin.address", &c.Admin.Address, DefaultAdminAddress)
+	}
+	if f := c.Fleet; f != nil {
+		setStr(c, "fleet.kv_mount", &f.KVMount, DefaultFleetKVMount)
+		setStr(c, "fleet.kv_path", &f.KVPath, DefaultFleetKVPath)
+		setDur(c, "fleet.lock_ttl", &f.LockTTL, DefaultFleetLockTTL)
+		setDur(c, "fleet.poll_interval", &f.PollInterval, DefaultFleetPollInterval)
 	}
 }
 

@@ -7,9 +7,12 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Validate checks the whole configuration and returns every problem found
@@ -23,6 +26,7 @@ func (c *Config) Validate() error {
 	v.listeners()
 	v.identities()
 	v.admin()
+	v.fleet()
 	v.runtime()
 	if c.ShutdownTimeout <= 0 {
 		v.at("shutdown_timeout", "shutdown_timeout: must be greater than 0 (e.g. 30s); it bounds how long SIGTERM waits for open sessions")
@@ -571,6 +575,43 @@ func (v *validator) admin() {
 		}
 	} else if !isLoopback(a.Address) {
 		v.at("admin.address", "admin.address: %s is not a loopback address, so admin.token_file is required (a file holding the bearer token for /v1 requests); or listen on 127.0.0.1", a.Address)
+	}
+}
+
+// fleetName is what may go into a KV path segment: no slashes, no dots only.
+var fleetName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+func (v *validator) fleet() {
+	f := v.c.Fleet
+	if f == nil {
+		if v.c.src != nil && v.c.src.null["fleet"] {
+			v.atKey("fleet", "fleet: empty; set fleet.name to share credentials with the other instances of that name, or remove the key to keep fleet mode off")
+		}
+		return
+	}
+	switch {
+	case f.Name == "":
+		v.atKey("fleet.name", "fleet.name: required; instances with the same name share credentials, e.g. name: orders-api")
+	case !fleetName.MatchString(f.Name):
+		v.at("fleet.name", "fleet.name: %q may only contain letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit); it becomes part of a Vault KV path", f.Name)
+	}
+	if f.InstanceID != "" && !fleetName.MatchString(f.InstanceID) {
+		v.at("fleet.instance_id", "fleet.instance_id: %q may only contain letters, digits, '.', '_' and '-' (at most 64); leave the key out for hostname-pid-random", f.InstanceID)
+	}
+	for _, k := range []struct{ key, val, def string }{{"kv_mount", f.KVMount, DefaultFleetKVMount}, {"kv_path", f.KVPath, DefaultFleetKVPath}} {
+		p := "fleet." + k.key
+		switch {
+		case k.val == "":
+			v.at(p, "%s: empty; leave the key out to use %q", p, k.def)
+		case strings.HasPrefix(k.val, "/") || strings.HasSuffix(k.val, "/") || strings.Contains(k.val, "//") || slices.Contains(strings.Split(k.val, "/"), ".."):
+			v.at(p, "%s: %q is not a Vault path; write it without leading or trailing slashes, like %q", p, k.val, k.def)
+		}
+	}
+	if f.PollInterval.D() < 100*time.Millisecond {
+		v.at("fleet.poll_interval", "fleet.poll_interval: %s is too short; each poll reads Vault, use at least 100ms (default %s)", f.PollInterval, DefaultFleetPollInterval)
+	}
+	if f.LockTTL < 3*f.PollInterval {
+		v.at("fleet.lock_ttl", "fleet.lock_ttl: %s must be at least three poll intervals (3 x %s), or a live issuer could look dead between two polls", f.LockTTL, f.PollInterval)
 	}
 }
 

@@ -46,6 +46,20 @@ func NewBroker(c *Client, specs []SourceSpec, log *zap.Logger, m *Metrics) *Brok
 	return b
 }
 
+// JoinFleet makes every source share its generations with the other
+// instances of fleet o.Name (see fleet.go). Call it before Run.
+func (b *Broker) JoinFleet(o FleetOptions, m *Metrics) {
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	o = o.withDefaults()
+	for k, s := range b.sources {
+		s.fleet = newFleetMember(o, b.client, m, k.Backend, k.Role)
+	}
+	b.log.Info("fleet mode", zap.String("fleet", o.Name), zap.String("instance", o.InstanceID),
+		zap.String("kv", o.KVMount+"/"+o.KVPath+"/"+o.Name))
+}
+
 // Run logs in and starts every source; it returns at once. A failed login
 // is not fatal: each source retries (and logs in) with backoff, and
 // readiness reports the backends without a credential.

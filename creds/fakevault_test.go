@@ -56,6 +56,10 @@ type fakeVault struct {
 	revoked  []string
 	seen     []string // every X-Vault-Token sent, in order
 	issuedAt []time.Time
+
+	// KV v2 at kvMount (see fakekv_test.go).
+	kvMount string
+	kv      map[string]*fakeKV
 }
 
 type fakeErr struct {
@@ -87,6 +91,8 @@ const (
 	opRenewSelf  = "renew-self"
 	opApprole    = "approle"
 	opKubernetes = "kubernetes"
+	opKVRead     = "kv-read"
+	opKVWrite    = "kv-write"
 )
 
 func newFakeVault(t testing.TB) *fakeVault {
@@ -99,6 +105,7 @@ func newFakeVault(t testing.TB) *fakeVault {
 		fails: map[string]fakeErr{}, leaseFail: map[string]fakeErr{}, delays: map[string]time.Duration{},
 		tokens: map[string]*fakeToken{}, leases: map[string]*fakeLease{},
 		hits: map[string]int{}, opHits: map[string]int{}, bodies: map[string][]map[string]any{},
+		kvMount: "secret", kv: map[string]*fakeKV{},
 	}
 	f.tokens[f.rootToken] = &fakeToken{issued: time.Now(), renewable: false}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
@@ -254,6 +261,11 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 		op = opLookupSelf
 	case write && path == "/v1/auth/token/renew-self":
 		op = opRenewSelf
+	case strings.HasPrefix(path, "/v1/"+f.kvMount+"/data/"):
+		op = opKVRead
+		if write {
+			op = opKVWrite
+		}
 	case write && strings.HasPrefix(path, "/v1/auth/") && strings.HasSuffix(path, "/login"):
 		if _, ok := body["jwt"]; ok {
 			op = opKubernetes
@@ -300,6 +312,8 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	switch op {
+	case opKVRead, opKVWrite:
+		f.serveKV(w, op, strings.TrimPrefix(path, "/v1/"+f.kvMount+"/data/"), body, now)
 	case opCreds:
 		f.nLease++
 		f.issuedAt = append(f.issuedAt, now)

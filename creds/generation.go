@@ -138,6 +138,31 @@ type Info struct {
 	Connections int       `json:"connections"`
 	// TTLSeconds is the lease duration Vault granted at issue.
 	TTLSeconds int `json:"ttl_seconds"`
+	// Fleet is the shared state in fleet mode; absent otherwise.
+	Fleet *FleetInfo `json:"fleet,omitempty"`
+}
+
+// FleetInfo is what this instance knows of its fleet, for one generation.
+type FleetInfo struct {
+	Name     string `json:"name"`
+	Instance string `json:"instance"`
+	// Issuer is the lock holder; IsIssuer says whether that is us.
+	Issuer   string `json:"issuer"`
+	IsIssuer bool   `json:"is_issuer"`
+	Term     uint64 `json:"term"`
+	// Members are the instances in the record, live or not.
+	Members []FleetMember `json:"members"`
+	// DrainedBy lists the instances done with this generation.
+	DrainedBy map[string]time.Time `json:"drained_by,omitempty"`
+	// LagSeconds is the age of this instance's view of the records.
+	LagSeconds float64 `json:"lag_seconds"`
+}
+
+// FleetMember is one instance as the record shows it.
+type FleetMember struct {
+	ID   string    `json:"id"`
+	Seen time.Time `json:"seen"`
+	Live bool      `json:"live"`
 }
 
 // Info returns a snapshot for display.

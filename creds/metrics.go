@@ -16,6 +16,9 @@ type Metrics struct {
 	leaseLeft     *prometheus.GaugeVec
 	hardLeft      *prometheus.GaugeVec
 	generation    *prometheus.GaugeVec
+
+	fleetIssuerChanges *prometheus.CounterVec
+	fleetLag           *prometheus.GaugeVec
 }
 
 // NewMetrics registers the collectors on reg. A nil reg gives unregistered
@@ -50,9 +53,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		generation: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "dbproxy_credential_generation", Help: "Number of the generation new connections use.",
 		}, []string{"backend", "role"}),
+		fleetIssuerChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dbproxy_fleet_issuer_changes_total", Help: "Times this instance became or stopped being the fleet issuer of a backend and role.",
+		}, []string{"backend", "role"}),
+		fleetLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dbproxy_fleet_lag_seconds", Help: "Seconds since this instance last read the fleet's shared records (grows while Vault is unreachable).",
+		}, []string{"backend", "role"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.vaultRequests, m.renewals, m.rotations, m.issued, m.refused, m.revocations, m.leaseLeft, m.hardLeft, m.generation)
+		reg.MustRegister(m.vaultRequests, m.renewals, m.rotations, m.issued, m.refused, m.revocations, m.leaseLeft, m.hardLeft, m.generation,
+			m.fleetIssuerChanges, m.fleetLag)
 	}
 	return m
 }

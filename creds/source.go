@@ -111,6 +111,8 @@ type Source struct {
 	issued       []time.Time   // issuances in the last minute, oldest first
 	capWaiting   bool          // a due rotation waits for the issuance cap
 	changed      chan struct{} // closed and replaced when cur changes or a fetch fails
+
+	fleet *fleetMember // nil outside fleet mode
 }
 
 func newSource(c *Client, backend, mount, role string, o LeaseOptions, log *zap.Logger, m *Metrics) *Source {
@@ -172,6 +174,11 @@ func (s *Source) Ready() error {
 // issuance cap the rotation waits for the window; an operator's request
 // should use TryRotate, which says so instead.
 func (s *Source) Rotate(reason string) {
+	if s.fleet != nil && !s.fleet.isIssuer() {
+		s.fleetRequestRotate(reason)
+		s.poke()
+		return
+	}
 	s.mu.Lock()
 	s.wantRotate = reason
 	s.retryAt = time.Time{}
@@ -184,6 +191,12 @@ func (s *Source) Rotate(reason string) {
 // credential may be issued. A rotation already pending absorbs the
 // request: it would fetch the same credential.
 func (s *Source) TryRotate(reason string) error {
+	if s.fleet != nil && !s.fleet.isIssuer() {
+		// The issuer fetches and applies its own cap.
+		s.fleetRequestRotate(reason)
+		s.poke()
+		return nil
+	}
 	now := s.now()
 	s.mu.Lock()
 	if err := s.capErrLocked(now); err != nil {
@@ -230,10 +243,13 @@ func (s *Source) capErrLocked(now time.Time) *IssueCapError {
 // Generations returns snapshots of every generation not yet revoked.
 func (s *Source) Generations() []Info {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	out := make([]Info, 0, len(s.gens))
 	for _, g := range s.gens {
 		out = append(out, g.Info())
+	}
+	s.mu.Unlock()
+	if s.fleet != nil {
+		s.fleet.annotate(out, s.now())
 	}
 	return out
 }
@@ -250,10 +266,15 @@ func (s *Source) poke() {
 func (s *Source) reportGone(g *Generation, reason string) {
 	g.startDrain(reason, s.now().Add(s.opts.RevokeGrace))
 	s.mu.Lock()
-	if s.cur == g && s.wantRotate == "" {
+	cur := s.cur == g
+	follower := s.fleet != nil && !s.fleet.isIssuer()
+	if cur && s.wantRotate == "" && !follower {
 		s.wantRotate = reason
 	}
 	s.mu.Unlock()
+	if cur && follower {
+		s.fleetRequestRotate(reason)
+	}
 	s.poke()
 }
 
@@ -293,9 +314,17 @@ func (s *Source) step(ctx context.Context) time.Time {
 			next = t
 		}
 	}
+	issuer := true // outside a fleet every instance is its own issuer
+	if s.fleet != nil {
+		soonest(s.fleetBefore(ctx))
+		issuer = s.fleet.isIssuer()
+		defer s.fleetAfter(ctx)
+	}
 
 	var waiting time.Time // a due rotation waits until then
-	if reason := s.rotationDue(now); reason != "" {
+	if !issuer {
+		// Followers adopt; they neither fetch nor rotate.
+	} else if reason := s.rotationDue(now); reason != "" {
 		waiting = s.tryFetch(ctx, reason)
 		soonest(waiting)
 	}
@@ -303,7 +332,7 @@ func (s *Source) step(ctx context.Context) time.Time {
 	gens := append([]*Generation(nil), s.gens...)
 	cur := s.cur
 	s.mu.Unlock()
-	if cur != nil {
+	if cur != nil && issuer {
 		// A rotateAt already past while the rotation waits out a backoff
 		// or the issuance cap would wake the loop every 10ms.
 		if at := s.rotateAt(cur); waiting.IsZero() || at.After(now) {
@@ -397,6 +426,9 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 	s.mu.Unlock()
 
 	g, err := s.fetch(ctx)
+	if err == nil && s.fleet != nil {
+		err = s.fleetPublishNew(ctx, g, reason)
+	}
 	s.mu.Lock()
 	if err != nil {
 		s.fetchFails++
@@ -544,14 +576,19 @@ func secondsField(v any) time.Duration {
 	return 0
 }
 
-// renewAt is about two thirds of the way to the lease end, with jitter so
-// that many leases do not renew in lockstep.
+// renewAt is about two thirds of the way to the lease end (a third for
+// short leases), with jitter so that many leases do not renew in lockstep.
 func renewAt(now, leaseEnd time.Time) time.Time {
 	left := leaseEnd.Sub(now)
 	if left <= 0 {
 		return now
 	}
 	frac := 0.6 + 0.1*rand.Float64()
+	if left < time.Minute {
+		// A short lease renews at 30-40%: a Vault outage of a few seconds
+		// plus a timed-out request must still fit before it ends.
+		frac -= 0.3
+	}
 	return now.Add(time.Duration(float64(left) * frac))
 }
 
@@ -568,11 +605,11 @@ func Backoff(n int) time.Duration {
 func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 	now := s.now()
 	g.mu.Lock()
-	state, refs, deadline, leaseEnd, hardEnd, nextRenew := g.state, g.refs, g.deadline, g.leaseEnd, g.hardEnd, g.nextRenew
+	state, refs, deadline, leaseEnd, hardEnd, nextRenew, ttl := g.state, g.refs, g.deadline, g.leaseEnd, g.hardEnd, g.nextRenew, g.ttl
 	canRenew := g.renewable && (hardEnd.IsZero() || leaseEnd.Before(hardEnd))
 	g.mu.Unlock()
 
-	gen := strconv.FormatUint(g.N, 10)
+	gen := genLabel(g.N)
 	s.m.leaseLeft.WithLabelValues(s.backend, s.role, gen).Set(max(leaseEnd.Sub(now).Seconds(), 0))
 	if !hardEnd.IsZero() {
 		s.m.hardLeft.WithLabelValues(s.backend, s.role, gen).Set(max(hardEnd.Sub(now).Seconds(), 0))
@@ -586,7 +623,7 @@ func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 			state = Expired
 		}
 	}
-	if state != Active && refs == 0 && g.retireIfUnused() {
+	if state != Active && refs == 0 && s.mayRevoke(g, now) && g.retireIfUnused() {
 		return s.revoke(ctx, g)
 	}
 	if state >= Expired {
@@ -595,11 +632,11 @@ func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 		return time.Time{}
 	}
 	if state < Expired && canRenew {
-		if !now.Before(nextRenew) {
+		if !now.Before(s.fleetRenewBy(nextRenew, leaseEnd, ttl)) {
 			s.renew(ctx, g)
 		}
 		g.mu.Lock()
-		nextRenew = g.nextRenew
+		nextRenew = s.fleetRenewBy(g.nextRenew, g.leaseEnd, ttl)
 		g.mu.Unlock()
 		return earliest(nextRenew, deadline, leaseEnd)
 	}
@@ -716,8 +753,8 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 	}
 	s.mu.Unlock()
 	s.m.revocations.WithLabelValues(s.backend, s.role, result).Inc()
-	s.m.leaseLeft.DeleteLabelValues(s.backend, s.role, strconv.FormatUint(g.N, 10))
-	s.m.hardLeft.DeleteLabelValues(s.backend, s.role, strconv.FormatUint(g.N, 10))
+	s.m.leaseLeft.DeleteLabelValues(s.backend, s.role, genLabel(g.N))
+	s.m.hardLeft.DeleteLabelValues(s.backend, s.role, genLabel(g.N))
 	s.log.Info("credential generation revoked", zap.Uint64("generation", g.N), zap.String("result", result), zap.String("db_user", g.Username))
 	return time.Time{}
 }
@@ -728,6 +765,10 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 func (s *Source) revokeAll(ctx context.Context) int {
 	s.mu.Lock()
 	s.stopped = true
+	if s.fleet != nil {
+		s.mu.Unlock()
+		return s.fleetLeave(ctx)
+	}
 	gens := append([]*Generation(nil), s.gens...)
 	s.mu.Unlock()
 	n := 0
@@ -746,3 +787,5 @@ func (s *Source) revokeAll(ctx context.Context) int {
 	}
 	return n
 }
+
+func genLabel(n uint64) string { return strconv.FormatUint(n, 10) }

@@ -190,6 +190,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\n", l.Backend, l.Role, l.Generation, l.State, l.Username,
 			until(l.LeaseEnd), until(l.HardEnd), l.Connections)
 	}
+	writeFleet(w, leases)
 	counts := map[string]int{}
 	for _, s := range sessions {
 		counts[s.Protocol+"\t"+s.Backend+"\t"+s.Identity+"\t"+s.State]++
@@ -207,6 +208,38 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exitStartup
 	}
 	return exitOK
+}
+
+// writeFleet adds a table of the fleet's view of each generation, when
+// fleet mode is on.
+func writeFleet(w io.Writer, leases []creds.Info) {
+	header := false
+	for _, l := range leases {
+		f := l.Fleet
+		if f == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(w, "\nFLEET\tCREDENTIAL\tGEN\tTHIS INSTANCE\tISSUER\tLIVE\tDRAINED BY\tLAG")
+			header = true
+		}
+		live, drained := 0, make([]string, 0, len(f.DrainedBy))
+		for _, m := range f.Members {
+			if m.Live {
+				live++
+			}
+		}
+		for id := range f.DrainedBy {
+			drained = append(drained, id)
+		}
+		sort.Strings(drained)
+		d := strings.Join(drained, ",")
+		if d == "" {
+			d = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s/%s\t%d\t%s\t%s\t%d/%d\t%s\t%.1fs\n", f.Name, l.Backend, l.Role, l.Generation, f.Instance,
+			f.Issuer, live, len(f.Members), d, f.LagSeconds)
+	}
 }
 
 // until says how far off t is, or "-" when unknown.

@@ -31,7 +31,12 @@ func (o *opsFake) Pools() any {
 }
 func (o *opsFake) Leases() any {
 	return []creds.Info{{Backend: "orders", Role: "rw", Generation: 4, State: "active", Username: "v-rw-4",
-		LeaseEnd: time.Now().Add(time.Hour), Connections: 3}}
+		LeaseEnd: time.Now().Add(time.Hour), Connections: 3}, {Backend: "orders", Role: "ro", Generation: 7, State: "draining",
+		Username: "v-ro-7", LeaseEnd: time.Now().Add(time.Hour), Fleet: &creds.FleetInfo{
+			Name: "orders-api", Instance: "pod-b", Issuer: "pod-a", Term: 3, LagSeconds: 0.5,
+			Members:   []creds.FleetMember{{ID: "pod-a", Live: true}, {ID: "pod-b", Live: true}, {ID: "pod-c"}},
+			DrainedBy: map[string]time.Time{"pod-b": time.Now(), "pod-a": time.Now()},
+		}}}
 }
 func (o *opsFake) act(verb, b string) bool {
 	o.did = append(o.did, verb+" "+b)
@@ -90,7 +95,8 @@ func TestOperatorCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: %d %q", code, errs)
 	}
-	for _, want := range []string{"orders  rw    3     2     10   true", "v-rw-4", "active", "postgres  orders   api       idle   2"} {
+	for _, want := range []string{"orders  rw    3     2     10   true", "v-rw-4", "active", "postgres  orders   api       idle   2",
+		"orders-api  orders/ro   7    pod-b          pod-a   2/3   pod-a,pod-b  0.5s"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/mysql"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 	"github.com/dbproxy/dbproxy/proxy/postgres"
@@ -16,7 +17,7 @@ import (
 
 // newMySQLServer builds the MySQL front end for the mysql backends of cfg.
 // It shares the pools (and so the credentials) with the PostgreSQL one.
-func newMySQLServer(cfg *config.Config, st *stack, policy *identity.Policy, log *zap.Logger, deps Deps) (*mysql.Server, error) {
+func newMySQLServer(cfg *config.Config, st *stack, policy *identity.Policy, log *zap.Logger, fm *frontend.Metrics) (*mysql.Server, error) {
 	backends := map[string]*mysql.Backend{}
 	for name, b := range cfg.Backends {
 		if b.Protocol != "mysql" {
@@ -35,7 +36,7 @@ func newMySQLServer(cfg *config.Config, st *stack, policy *identity.Policy, log 
 		},
 		Authorizer: policy,
 		Log:        log.Named("mysql"),
-		Metrics:    mysql.NewMetrics(deps.Registry),
+		Metrics:    mysql.NewMetrics(fm),
 	}), nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/mysql"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 	"github.com/dbproxy/dbproxy/proxy/postgres"
@@ -52,8 +53,15 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	}
 	specs := sourceSpecs(cfg)
 	st := &stack{broker: creds.NewBroker(client, specs, log.Named("creds"), cm), pools: map[creds.SourceKey]*pool.Pool{}}
+	if f := cfg.Fleet; f != nil {
+		st.broker.JoinFleet(creds.FleetOptions{
+			Name: f.Name, KVMount: f.KVMount, KVPath: f.KVPath, InstanceID: f.InstanceID,
+			LockTTL: f.LockTTL.D(), PollInterval: f.PollInterval.D(),
+		}, cm)
+	}
 	st.report = newReportConfig(cfg, specs, deps.Registry)
 	pm := pool.NewMetrics(deps.Registry)
+	fm := frontend.NewMetrics(deps.Registry)
 	for _, sp := range specs {
 		b := cfg.Backends[sp.Backend]
 		k := creds.SourceKey{Backend: sp.Backend, Role: sp.Role}
@@ -81,10 +89,10 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		},
 		Authorizer: policy,
 		Log:        log.Named("postgres"),
-		Metrics:    postgres.NewMetrics(deps.Registry),
+		Metrics:    postgres.NewMetrics(deps.Registry, fm),
 	})
 
-	if st.mysql, err = newMySQLServer(cfg, st, policy, log, deps); err != nil {
+	if st.mysql, err = newMySQLServer(cfg, st, policy, log, fm); err != nil {
 		return nil, err
 	}
 

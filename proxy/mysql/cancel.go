@@ -71,13 +71,13 @@ func (s *session) intercept(cmd byte, body []byte) (bool, error) {
 	if target == nil {
 		return false, nil
 	}
-	m := s.srv.metrics.cancels
+	m := s.srv.metrics.Cancels
 	if target.id.Name != s.id.Name {
 		m.WithLabelValues("denied").Inc()
 		s.log.Info("KILL refused: target belongs to another identity", zap.Uint32("target", uint32(id)))
 		e := &Error{Code: erKillDenied, State: "HY000",
 			Message: fmt.Sprintf("You are not owner of thread %d: it is a session of another dbproxy identity", id)}
-		s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
+		s.srv.metrics.Errors.WithLabelValues(e.class()).Inc()
 		return true, s.reply(e.packet(1))
 	}
 	if !query {
@@ -101,20 +101,21 @@ func (s *session) intercept(cmd byte, body []byte) (bool, error) {
 // killTarget finds a session by the id the greeting gave it or by its
 // upstream thread id on the same backend as s.
 func (srv *Server) killTarget(s *session, id uint32) *session {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if t := srv.byID[id]; t != nil {
-		return t
-	}
-	for t := range srv.sessions {
-		if t.backend != s.backend {
-			continue
+	var byConn, byThread *session
+	srv.front.ForEach(func(t *session) {
+		switch {
+		case t.connID == id:
+			byConn = t
+		case byThread == nil && t.backend == s.backend:
+			if up := t.currentUpstream(); up != nil && up.threadID == id {
+				byThread = t
+			}
 		}
-		if up := t.currentUpstream(); up != nil && up.threadID == id {
-			return t
-		}
+	})
+	if byConn != nil {
+		return byConn
 	}
-	return nil
+	return byThread
 }
 
 // killQuery stops what target's upstream is running, over a side

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 	"github.com/dbproxy/dbproxy/proxy/postgres"
 )
@@ -25,8 +26,8 @@ func killSession(t *testing.T, srv *Server, b *Backend, id string, tid uint32) (
 	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, cbw: bufio.NewWriter(sc),
 		connID: srv.issueID(), id: identity.Identity{Name: id}, backend: b, track: newTracker(false),
 		lease: &pool.Lease{Conn: &upstream{threadID: tid}, Gen: &creds.Generation{N: 1}}}
-	srv.track(s, true)
-	t.Cleanup(func() { srv.track(s, false) })
+	srv.front.Track(s)
+	t.Cleanup(func() { srv.front.Untrack(s) })
 	return s, bufio.NewReader(c)
 }
 
@@ -109,11 +110,12 @@ func TestKillMapping(t *testing.T) {
 
 func TestMetricsShareARegistryWithPostgres(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	// Same names, help texts and labels; only the protocol const label
-	// differs. MustRegister would panic on a conflict.
-	postgres.NewMetrics(reg)
-	m := NewMetrics(reg)
-	m.sessions.WithLabelValues("b", "i", "ok").Inc()
+	// One shared set, the PostgreSQL relay's own beside it: MustRegister
+	// would panic on a conflict.
+	shared := frontend.NewMetrics(reg)
+	postgres.NewMetrics(reg, shared)
+	m := NewMetrics(shared)
+	m.Sessions.WithLabelValues("b", "i", "ok").Inc()
 	m.errors.WithLabelValues("28").Inc()
 	families, err := reg.Gather()
 	if err != nil {

@@ -6,9 +6,7 @@ import (
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 
-	"github.com/dbproxy/dbproxy/creds"
-	"github.com/dbproxy/dbproxy/identity"
-	"github.com/dbproxy/dbproxy/proxy/pool"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 )
 
 // Server error codes (and their SQLSTATEs) that dbproxy sends itself.
@@ -91,25 +89,19 @@ func asClientError(backend string, err error) *Error {
 	if errors.As(err, &pe) {
 		return pe
 	}
-	var ie *identity.Error
-	if errors.As(err, &ie) {
-		if ie.Reason == identity.ReasonNotGranted {
-			return &Error{Code: erDBAccessDenied, State: "42000", Message: ie.Error(), Err: err}
-		}
-		return &Error{Code: erAccessDenied, State: "28000", Message: ie.Error(), Err: err}
-	}
-	var nc *creds.ErrNoCredential
-	if errors.As(err, &nc) {
+	class, msg := frontend.Classify(err)
+	switch class {
+	case frontend.NotGranted:
+		return &Error{Code: erDBAccessDenied, State: "42000", Message: msg, Err: err}
+	case frontend.Denied:
+		return &Error{Code: erAccessDenied, State: "28000", Message: msg, Err: err}
+	case frontend.NoCredential:
 		return &Error{Code: erUnknownError, State: "08S01",
-			Message: nc.Error() + "; dbproxy retries Vault by itself, reconnect shortly", Err: err}
-	}
-	var ex *pool.ExhaustedError
-	if errors.As(err, &ex) {
-		return &Error{Code: erConCount, State: "08004", Message: ex.Error(), Err: err}
-	}
-	var paused *pool.PausedError
-	if errors.As(err, &paused) {
-		return &Error{Code: erUnknownError, State: "HY000", Message: paused.Error(), Err: err}
+			Message: msg + "; dbproxy retries Vault by itself, reconnect shortly", Err: err}
+	case frontend.Exhausted:
+		return &Error{Code: erConCount, State: "08004", Message: msg, Err: err}
+	case frontend.Paused:
+		return &Error{Code: erUnknownError, State: "HY000", Message: msg, Err: err}
 	}
 	var me *gomysql.MyError
 	if errors.As(err, &me) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dbproxy/dbproxy/creds"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 )
 
 // Stopping a session. Its one goroutine blocks in reads and writes on
@@ -21,22 +22,34 @@ import (
 // make that check themselves (clientIO), so the relay code never sees a
 // timeout that does not stop it.
 
-// killReason is why a session is stopped; a greater one overrides a
-// smaller one, except that shutdown and a client's KILL are equals.
-type killReason uint32
+// killReason is frontend.KillReason under the names this package's
+// files use; see there for the order. An idle shutdown applies only to a
+// session waiting for a command outside a transaction, a lease end only
+// to one holding a connection of an expired generation, a KILL
+// CONNECTION comes from a session of the same identity.
+type killReason frontend.KillReason
 
 const (
-	killNone         killReason = iota
-	killIdleShutdown            // only a session waiting for a command, outside a transaction
-	killLeaseEnd                // only a session holding a connection of an expired generation
-	killShutdown
-	killByClient // KILL CONNECTION from a session of the same identity
+	killNone         = killReason(frontend.KillNone)
+	killIdleShutdown = killReason(frontend.KillIdleShutdown)
+	killLeaseEnd     = killReason(frontend.KillLeaseEnd)
+	killShutdown     = killReason(frontend.KillShutdown)
+	killByClient     = killReason(frontend.KillByClient)
+	// killTokenExpired ranks as shutdown, so it cancels a waiting
+	// checkout and applies wherever the session is (password.go).
+	killTokenExpired = killReason(frontend.KillTokenExpired)
 )
 
-func (r killReason) rank() killReason { return min(r, killShutdown) }
+func (r killReason) rank() killReason { return killReason(frontend.KillReason(r).Rank()) }
 
 // kill stops the session for r.
 func (s *session) kill(r killReason) { s.interrupt(r, nil) }
+
+// Kill implements frontend.Session.
+func (s *session) Kill(r frontend.KillReason) { s.kill(killReason(r)) }
+
+// Expires implements frontend.Session.
+func (s *session) Expires() time.Time { return s.id.Expires }
 
 // interrupt records r, unless a reason as strong is recorded, and wakes
 // the session goroutine (again: a deadline may have been reset since). A
@@ -124,7 +137,7 @@ func (s *session) stopError(r killReason) (*Error, string) {
 	case killLeaseEnd:
 		why := ""
 		if s.lease != nil {
-			why = reasonText(s.lease.Gen.Reason())
+			why = frontend.ReasonText(s.lease.Gen.Reason())
 		}
 		if s.txnMode {
 			return &Error{Code: erConnectionKilled, State: "70100",
@@ -136,23 +149,8 @@ func (s *session) stopError(r killReason) (*Error, string) {
 	return &Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; reconnect to another dbproxy instance or retry shortly"}, "shutdown"
 }
 
-func reasonText(r string) string {
-	switch r {
-	case "max_ttl":
-		return "its max TTL"
-	case "token":
-		return "dbproxy's Vault token expires"
-	case "external_revoke", "auth_failed":
-		return "the lease was revoked in Vault"
-	case "manual":
-		return "an operator rotated it"
-	case "":
-		return "lease expired"
-	}
-	return r
-}
-
-func (s *session) closeIfIdle() {
+// CloseIfIdle implements frontend.Session.
+func (s *session) CloseIfIdle() {
 	if s.track != nil && s.track.idle() && !s.inTransaction() {
 		s.kill(killIdleShutdown)
 	}

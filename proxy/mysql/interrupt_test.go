@@ -153,7 +153,7 @@ func TestDrainDeadline(t *testing.T) {
 	}
 	deadline := func(srv *Server) {
 		expired.Store(true)
-		srv.forEachSession(func(s *session) { s.Interrupt() })
+		srv.front.ForEach(func(s *session) { s.Interrupt() })
 	}
 	src := &swapCreds{}
 	src.gen.Store(gen1)
@@ -264,7 +264,7 @@ func TestIdleShutdownSparesACommandInProgress(t *testing.T) {
 	if _, b, err := p.client.read(t); err != nil || b[0] != 0 {
 		t.Fatalf("client got %q, %v", b, err)
 	}
-	p.s.closeIfIdle()
+	p.s.CloseIfIdle()
 	_, b, err := p.client.read(t)
 	if err != nil {
 		t.Fatal(err)

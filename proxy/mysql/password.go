@@ -67,7 +67,7 @@ func (a *clientAuth) tokenListener(c *server.Conn) (ListenerOptions, error) {
 	if err != nil {
 		var ie *identity.Error
 		if errors.As(err, &ie) && ie.Reason == identity.ReasonTokenCheckFailed && ie.Err != nil {
-			a.s.log.Warn("cannot check a client's token", zap.String("kind", kind), zap.NamedError("cause", ie.Err))
+			a.s.startupLog().Warn("cannot check a client's token", zap.String("kind", kind), zap.NamedError("cause", ie.Err))
 		}
 		if errors.As(err, &ie) {
 			return lo, &Error{Code: erAccessDenied, State: "28000", Message: fmt.Sprintf("Access denied: %s refused: %s", kind, ie.Msg), Err: err}
@@ -78,12 +78,6 @@ func (a *clientAuth) tokenListener(c *server.Conn) (ListenerOptions, error) {
 	return lo, nil
 }
 
-// killTokenExpired: the token that identified the client has expired. It
-// is outside interrupt.go's iota block to keep that file the relay's; it
-// ranks as shutdown (killReason.rank), so it cancels a waiting checkout
-// and applies wherever the session is.
-const killTokenExpired killReason = 100
-
 // tokenExpiredError is what a client whose token expired is told.
 func (s *session) tokenExpiredError() *Error {
 	kind := "Vault token"
@@ -92,25 +86,4 @@ func (s *session) tokenExpiredError() *Error {
 	}
 	return &Error{Code: erConnectionKilled, State: "70100",
 		Message: fmt.Sprintf("Connection was killed: dbproxy closed this session because your %s expired at %s; reconnect with a fresh token", kind, s.id.Expires.UTC().Format(time.RFC3339))}
-}
-
-// watchTokens closes, about once a second, the sessions whose identity
-// came from a token that has expired. Serve starts it for listeners that
-// take tokens; it stops at Shutdown.
-func (srv *Server) watchTokens() {
-	defer srv.wg.Done()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-srv.closing:
-			return
-		case now := <-tick.C:
-			srv.forEachSession(func(s *session) {
-				if exp := s.id.Expires; !exp.IsZero() && !now.Before(exp) {
-					s.kill(killTokenExpired)
-				}
-			})
-		}
-	}
 }

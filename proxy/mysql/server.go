@@ -16,7 +16,6 @@ package mysql
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
@@ -48,7 +48,8 @@ type Options struct {
 	Pool       func(backend, role string) *pool.Pool
 	Authorizer Authorizer
 	Log        *zap.Logger
-	Metrics    *Metrics
+	// Metrics are the front end's collectors (NewMetrics).
+	Metrics *Metrics
 	// StartupTimeout bounds everything before the OK that ends the
 	// client's handshake, upstream login included.
 	StartupTimeout time.Duration
@@ -88,6 +89,7 @@ type Server struct {
 	opts    Options
 	log     *zap.Logger
 	metrics *Metrics
+	front   *frontend.Server[*session]
 	nextID  atomic.Uint32
 
 	gmMu sync.Mutex
@@ -95,20 +97,11 @@ type Server struct {
 
 	// greetings are the login status flags transaction-pool clients are
 	// greeted with, by backend, role and pool key (see txn.go).
-	greetings pool.Greetings[uint16]
+	greetings frontend.Greetings[uint16]
 
 	// expired reports a generation past its drain deadline (tests
 	// replace it: they cannot expire a generation).
 	expired func(*creds.Generation) bool
-
-	mu        sync.Mutex
-	listeners []net.Listener
-	sessions  map[*session]struct{}
-	byID      map[uint32]*session
-	closing   chan struct{}
-	wg        sync.WaitGroup
-	// tokenWatch starts watchTokens (password.go) once.
-	tokenWatch sync.Once
 }
 
 // NewServer makes a server; call Serve for each listener.
@@ -130,7 +123,7 @@ func NewServer(o Options) *Server {
 	}
 	return &Server{
 		opts: o, log: o.Log, metrics: o.Metrics, gm: map[string]*server.Server{},
-		sessions: make(map[*session]struct{}), byID: make(map[uint32]*session), closing: make(chan struct{}),
+		front:   frontend.NewServer[*session](o.Log),
 		expired: func(g *creds.Generation) bool { return g.State() >= creds.Expired },
 	}
 }
@@ -156,44 +149,13 @@ func (srv *Server) handshakeServer(plugin string) *server.Server {
 
 // Serve accepts clients on ln until Shutdown. It returns at once.
 func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {
-	srv.mu.Lock()
-	srv.listeners = append(srv.listeners, ln)
-	srv.mu.Unlock()
 	if lo.Token != nil {
 		// One auth switch only (to mysql_clear_password, password.go):
 		// clients such as go-sql-driver refuse a second one.
 		lo.AuthPlugin = gomysql.AUTH_NATIVE_PASSWORD
-		srv.tokenWatch.Do(func() { srv.wg.Add(1); go srv.watchTokens() })
+		srv.front.WatchExpiry()
 	}
-	srv.wg.Add(1)
-	go func() {
-		defer srv.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				select {
-				case <-srv.closing:
-					return
-				default:
-				}
-				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() {
-					continue
-				}
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				srv.log.Warn("accept failed", zap.String("listener", lo.Name), zap.Error(err))
-				time.Sleep(100 * time.Millisecond)
-				continue
-			}
-			srv.wg.Add(1)
-			go func() {
-				defer srv.wg.Done()
-				srv.handle(c, lo)
-			}()
-		}
-	}()
+	srv.front.Serve(ln, lo.Name, func(c net.Conn) { srv.handle(c, lo) })
 }
 
 // Name implements the service interface of cmd/dbproxy.
@@ -202,53 +164,7 @@ func (srv *Server) Name() string { return "mysql" }
 // Shutdown stops accepting, lets sessions finish until ctx ends, then
 // closes the rest with ER_SERVER_SHUTDOWN and reports how many were still
 // open.
-func (srv *Server) Shutdown(ctx context.Context) (int, error) {
-	srv.mu.Lock()
-	select {
-	case <-srv.closing:
-	default:
-		close(srv.closing)
-	}
-	for _, ln := range srv.listeners {
-		_ = ln.Close()
-	}
-	srv.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() { srv.wg.Wait(); close(done) }()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-done:
-			return 0, nil
-		case <-tick.C:
-			// Idle sessions can go now: nothing of theirs is in flight.
-			srv.forEachSession(func(s *session) { s.closeIfIdle() })
-		case <-ctx.Done():
-			open := 0
-			srv.forEachSession(func(s *session) { open++; s.kill(killShutdown) })
-			<-done
-			return open, nil
-		}
-	}
-}
-
-func (srv *Server) forEachSession(f func(*session)) {
-	srv.mu.Lock()
-	ss := make([]*session, 0, len(srv.sessions))
-	for s := range srv.sessions {
-		ss = append(ss, s)
-	}
-	srv.mu.Unlock()
-	for _, s := range ss {
-		f(s)
-	}
-}
+func (srv *Server) Shutdown(ctx context.Context) (int, error) { return srv.front.Shutdown(ctx) }
 
 // Sessions lists the open client sessions for the admin API.
-func (srv *Server) Sessions() []SessionInfo {
-	out := []SessionInfo{}
-	srv.forEachSession(func(s *session) { out = append(out, s.info()) })
-	return out
-}
+func (srv *Server) Sessions() []frontend.SessionInfo { return srv.front.Sessions() }

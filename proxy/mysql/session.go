@@ -17,20 +17,22 @@ import (
 
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
 // session is one client connection from accept to close. One goroutine
 // runs it; fields without a note are that goroutine's.
 type session struct {
-	srv     *Server
-	log     *zap.Logger
-	raw     net.Conn // as accepted
-	client  net.Conn // raw, or TLS over raw
-	cbr     *bufio.Reader
-	cbw     *bufio.Writer
-	started time.Time
-	connID  uint32 // the connection id the greeting gave the client
+	srv      *Server
+	log      *zap.Logger // with the session's fields from login on
+	listener string
+	raw      net.Conn // as accepted
+	client   net.Conn // raw, or TLS over raw
+	cbr      *bufio.Reader
+	cbw      *bufio.Writer
+	started  time.Time
+	connID   uint32 // the connection id the greeting gave the client
 
 	id      identity.Identity
 	backend *Backend
@@ -57,9 +59,10 @@ type session struct {
 	waiting bool          // reading the first bytes of the next command
 	torn    bool          // a server packet reached the client in part
 
-	status   atomic.Uint32 // server status flags of the last OK/EOF
-	nextSeq  atomic.Uint32 // sequence number an ERR from dbproxy should carry
-	dirty    atomic.Bool   // session state a reset may not undo
+	status   atomic.Uint32              // server status flags of the last OK/EOF
+	nextSeq  atomic.Uint32              // sequence number an ERR from dbproxy should carry
+	dirty    atomic.Bool                // session state a reset may not undo
+	rl       atomic.Pointer[txnSession] // the relay's state, for Superseded (move.go)
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
 }
@@ -67,8 +70,10 @@ type session struct {
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	s := &session{
 		srv: srv, raw: c, client: c, started: time.Now(),
-		connID: srv.issueID(),
-		log:    srv.log.With(zap.String("listener", lo.Name), zap.String("remote", c.RemoteAddr().String())),
+		connID: srv.issueID(), listener: lo.Name,
+		// The session's logger gets its fields once, at login, when
+		// they are all known; until then refused names them itself.
+		log: srv.log,
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(srv.opts.StartupTimeout))
@@ -93,8 +98,8 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	s.cbr = bufio.NewReaderSize(clientIO{s}, 64<<10)
 	s.cbw = bufio.NewWriterSize(clientIO{s}, 64<<10)
 	_ = c.SetDeadline(time.Time{})
-	srv.track(s, true)
-	defer srv.track(s, false)
+	srv.front.Track(s)
+	defer srv.front.Untrack(s)
 	s.run()
 }
 
@@ -103,18 +108,6 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 // of the servers behind the proxy (KILL accepts both, see cancel.go).
 func (srv *Server) issueID() uint32 {
 	return 1<<30 | srv.nextID.Add(1)&(1<<30-1)
-}
-
-func (srv *Server) track(s *session, add bool) {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if add {
-		srv.sessions[s] = struct{}{}
-		srv.byID[s.connID] = s
-	} else {
-		delete(srv.sessions, s)
-		delete(srv.byID, s.connID)
-	}
 }
 
 // refused logs and counts a failed handshake. The client has been told
@@ -127,21 +120,28 @@ func (s *session) refused(err, loginErr, gateErr error) {
 	case loginErr != nil:
 		cause = loginErr
 	}
+	log := s.startupLog()
 	if errors.Is(cause, io.EOF) || errors.Is(cause, io.ErrUnexpectedEOF) || errors.Is(cause, net.ErrClosed) {
-		s.log.Debug("client left during the handshake", zap.Error(err))
+		log.Debug("client left during the handshake", zap.Error(err))
 		return
 	}
 	var told *Error
 	if errors.As(cause, &told) || loginErr != nil {
 		ce := asClientError(s.backendName(), cause)
-		s.srv.metrics.errors.WithLabelValues(ce.class()).Inc()
-		s.log.Info("client refused", zap.Uint16("code", ce.Code), zap.String("sqlstate", ce.State),
-			zap.String("identity", s.id.Name), zap.String("backend", s.backendName()), zap.Error(cause))
+		s.srv.metrics.Errors.WithLabelValues(ce.class()).Inc()
+		log.Info("client refused", zap.Uint16("code", ce.Code), zap.String("sqlstate", ce.State),
+			zap.String("identity", s.id.Name), zap.String("backend", s.backendName()), zap.String("role", s.role), zap.Error(cause))
 		return
 	}
 	// TLS or go-mysql's own failure: nothing of dbproxy's reached the
 	// client.
-	s.log.Info("client handshake failed", zap.String("backend", s.backendName()), zap.Error(cause))
+	log.Info("client handshake failed", zap.String("backend", s.backendName()), zap.Error(cause))
+}
+
+// startupLog is the session's logger before login gives it its fields:
+// for the failures of a connection that never became a session.
+func (s *session) startupLog() *zap.Logger {
+	return s.srv.log.With(zap.String("listener", s.listener), zap.String("remote", s.raw.RemoteAddr().String()))
 }
 
 func (s *session) backendName() string {
@@ -221,7 +221,8 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 			Message: fmt.Sprintf("Unknown collation id %d: dbproxy must name it to the backend; connect with a MySQL collation such as utf8mb4_general_ci", r.collation), Err: err}
 	}
 	s.caps = r.caps & g.caps &^ gomysql.CLIENT_SSL
-	s.log = s.log.With(zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", grant.Role))
+	s.log = s.srv.log.With(zap.String("listener", lo.Name), zap.String("remote", s.raw.RemoteAddr().String()),
+		zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", grant.Role))
 
 	program := "dbproxy:" + id.Name
 	if p := r.attrs["program_name"]; p != "" {
@@ -247,7 +248,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 	}
 	s.nextSeq.Store(1)
 	s.track = newTracker(s.caps&gomysql.CLIENT_DEPRECATE_EOF != 0)
-	greetKey := b.Name + "\x00" + grant.Role + "\x00" + s.poolKey
+	greetKey := frontend.GreetingKey(b.Name, grant.Role, s.poolKey)
 	if s.txnMode {
 		// Clients of a transaction pool log in without waiting for a free
 		// server connection: the login status is the last one's. The
@@ -289,8 +290,8 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 func (s *session) run() {
 	m := s.srv.metrics
 	b := s.backend.Name
-	m.connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
-	clients := m.clients.WithLabelValues(b, s.id.Name)
+	m.Connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
+	clients := m.Clients.WithLabelValues(b, s.id.Name)
 	clients.Inc()
 	defer clients.Dec()
 	if s.txnMode {
@@ -306,30 +307,16 @@ func (s *session) run() {
 	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N),
 		zap.Uint32("connection_id", s.connID), zap.Uint32("thread_id", up.threadID))
 
-	result, reusable := s.relay(gen)
-
-	s.mu.Lock()
-	lease := s.lease
-	s.lease = nil
-	s.mu.Unlock()
-	if reusable {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		lease.Return(ctx)
-		cancel()
-	} else {
-		lease.Close()
-	}
+	// The transaction-pooling relay keeps the session's connection in
+	// session mode, and moves it at a rotation (move.go).
+	result := s.runTxn()
 	s.logEnd(result, gen)
 }
 
 // logEnd counts and logs the end of a session; gen is nil in transaction
 // pooling, where the session used many.
 func (s *session) logEnd(result string, gen *creds.Generation) {
-	m := s.srv.metrics
-	b := s.backend.Name
-	m.sessions.WithLabelValues(b, s.id.Name, result).Inc()
-	m.bytes.WithLabelValues(b, "client_to_server").Add(float64(s.bytesIn.Load()))
-	m.bytes.WithLabelValues(b, "server_to_client").Add(float64(s.bytesOut.Load()))
+	s.srv.metrics.SessionEnded(s.backend.Name, s.id.Name, result, s.bytesIn.Load(), s.bytesOut.Load())
 	fields := []zap.Field{zap.String("result", result), zap.Duration("duration", time.Since(s.started)),
 		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load())}
 	if gen != nil {
@@ -344,7 +331,7 @@ func (s *session) logEnd(result string, gen *creds.Generation) {
 // close.
 func (s *session) sendError(e *Error) {
 	if e != nil {
-		s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
+		s.srv.metrics.Errors.WithLabelValues(e.class()).Inc()
 	}
 	if s.torn {
 		return
@@ -378,26 +365,9 @@ func (s *session) currentUpstream() *upstream {
 	return s.lease.Conn.(*upstream)
 }
 
-// SessionInfo describes a client session for the admin API. Its fields
-// are those of the PostgreSQL front end's, plus the ids KILL accepts.
-type SessionInfo struct {
-	Protocol     string    `json:"protocol"`
-	Identity     string    `json:"identity"`
-	Method       string    `json:"method"`
-	Backend      string    `json:"backend"`
-	Role         string    `json:"role"`
-	DBUser       string    `json:"db_user"`
-	LeaseID      string    `json:"lease_id"`
-	Generation   uint64    `json:"generation"`
-	State        string    `json:"state"`
-	Since        time.Time `json:"since"`
-	Remote       string    `json:"remote"`
-	ConnectionID uint32    `json:"connection_id"`
-	ThreadID     uint32    `json:"thread_id,omitempty"`
-}
-
-func (s *session) info() SessionInfo {
-	si := SessionInfo{Protocol: "mysql", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
+// Info implements frontend.Session.
+func (s *session) Info() frontend.SessionInfo {
+	si := frontend.SessionInfo{Protocol: "mysql", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
 		Since: s.started, Remote: s.raw.RemoteAddr().String(), ConnectionID: s.connID, State: "idle"}
 	if s.backend != nil {
 		si.Backend = s.backend.Name

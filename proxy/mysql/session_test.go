@@ -50,8 +50,7 @@ func newTestProxy(t *testing.T, f *fakeServer, upstreamTLS *tls.Config) *testPro
 	p := &testProxy{srv: srv, fake: f, pool: pl, net: "dbproxy-pipe-" + string(rune('a'+pipeNets.Add(1)))}
 	drv.RegisterDialContext(p.net, func(context.Context, string) (net.Conn, error) {
 		c, sc := net.Pipe()
-		srv.wg.Add(1)
-		go func() { defer srv.wg.Done(); srv.handle(sc, appListener(nil, false)) }()
+		srv.front.Go(func() { srv.handle(sc, appListener(nil, false)) })
 		return c, nil
 	})
 	t.Cleanup(func() {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
@@ -15,10 +17,11 @@ import (
 
 // Transaction pooling: a client holds an upstream connection only while
 // the server's status flags say the connection carries something of its
-// own: a transaction (SERVER_STATUS_IN_TRANS, or autocommit off), more
-// results, an open cursor, long data sent for a statement not yet
+// own: a transaction (SERVER_STATUS_IN_TRANS, with autocommit on or off),
+// more results, an open cursor, long data sent for a statement not yet
 // executed. Otherwise the connection goes back to the pool after each
-// answer, with lease.Put (no reset), and the next command checks one out.
+// answer, with lease.Put (no reset), and the next command checks one out;
+// the session variables the client set go with it (txnstate.go).
 //
 // Unlike PostgreSQL's extended protocol, MySQL's is strictly command and
 // answer: a client sends one command and waits for the whole answer (only
@@ -45,6 +48,18 @@ type txnSession struct {
 	pinOnce  bool   // keep the connection for the next command (SET TRANSACTION)
 	dirty    bool   // session state changed: reset before another client
 	poisoned bool   // state a reset does not undo: close instead
+	// state is the session state the client set (txnstate.go), applied
+	// on each connection it lands on.
+	state sessState
+	// pinned names state dbproxy cannot carry to another connection:
+	// the session keeps the one it has until it ends.
+	pinned string
+
+	// Session mode (move.go): a move to a new credential's connection.
+	moveMu     sync.Mutex
+	parked     bool // waiting for the client's next command; under moveMu
+	moved      bool // moved while parked; under moveMu
+	moveWanted atomic.Bool
 
 	consumed int     // bytes of the last command still in s.cbr
 	hdr      [4]byte // scratch for packet headers
@@ -59,7 +74,19 @@ func (s *session) runTxn() string {
 	s.cancel = cancel
 	s.mu.Unlock()
 	t := &txnSession{s: s, ctx: ctx, stmts: map[uint32]*clientStmt{}}
+	if !s.txnMode {
+		t.adoptSession()
+	}
+	s.rl.Store(t)
 	result := t.loop()
+	t.moveMu.Lock() // no move after the end
+	defer t.moveMu.Unlock()
+	if !s.txnMode && result == "ok" && t.up != nil && t.quiescent() && !t.poisoned {
+		// A session-mode client said goodbye: its connection serves
+		// another session after a reset.
+		t.dirty, t.pinned = true, ""
+		t.release(true)
+	}
 	// Still held here means the session ended inside a transaction (or
 	// on an error): close it, never hand it to another client.
 	t.release(false)
@@ -83,6 +110,10 @@ func (t *txnSession) end(err error) string {
 	s := t.s
 	if r := s.stopReason(); r != killNone {
 		e, result := s.stopError(r)
+		if r == killLeaseEnd && t.pinned != "" {
+			// Say why it could not move to the new credential.
+			e.Message += "; the session could not move to the new credential because it holds " + t.pinned
+		}
 		s.sendError(e)
 		return result
 	}
@@ -101,8 +132,20 @@ func (t *txnSession) readCommand() ([]byte, error) {
 		_, _ = s.cbr.Discard(t.consumed)
 		t.consumed = 0
 	}
+	t.park()
 	s.waiting = true
 	hdr, err := s.cbr.Peek(4)
+	for err != nil && t.unpark() && s.stop == killLeaseEnd {
+		// The drain deadline woke the read while the session was moving
+		// off that credential: it no longer applies.
+		s.stop = killNone
+		if s.interrupted(true) != killNone {
+			break
+		}
+		t.park()
+		hdr, err = s.cbr.Peek(4)
+	}
+	t.unpark()
 	if err != nil {
 		return nil, err
 	}
@@ -192,27 +235,47 @@ func (t *txnSession) command(p []byte) error {
 		}
 		if cmd == gomysql.COM_QUERY {
 			if f := sessionLock(p[1:]); f != "" {
-				return t.refuse(f)
+				if s.txnMode {
+					return t.refuse(f)
+				}
+				t.pin(f)
 			}
 			mark = sessionChange(p[1:])
+			if !s.txnMode {
+				if r := sessionPin(p[1:]); r != "" {
+					t.pin(r)
+				}
+			}
+			if ch := t.stateChange(p[1:]); ch != nil {
+				mark &^= markDirty
+				return t.tracked(p, kind, mark, ch)
+			}
 		}
 	case gomysql.COM_STMT_PREPARE:
 		if f := sessionLock(p[1:]); f != "" {
-			return t.refuse(f)
+			if s.txnMode {
+				return t.refuse(f)
+			}
+			t.pin(f)
 		}
 		return t.prepare(p)
 	case gomysql.COM_STMT_EXECUTE, gomysql.COM_STMT_FETCH, gomysql.COM_STMT_SEND_LONG_DATA,
 		gomysql.COM_STMT_RESET, gomysql.COM_STMT_CLOSE:
 		return t.stmtCommand(p, kind)
 	case gomysql.COM_INIT_DB:
-		mark = markDirty
+		return t.tracked(p, kind, mark, &stateChange{use: true, db: string(p[1:])})
 	case gomysql.COM_SET_OPTION:
 		// Multi-statement switch: COM_RESET_CONNECTION is not documented
 		// to restore it.
 		mark = markPoison
+		if !s.txnMode {
+			t.pin("COM_SET_OPTION")
+		}
 	case gomysql.COM_RESET_CONNECTION:
 		// The client's own statements are gone with its session state.
 		clear(t.stmts)
+		t.state.clear()
+		t.pinned = "" // what pinned it is gone with the rest
 		mark = markDirty | markNoStmts
 	}
 	if ok, err := t.hold(kind); !ok {
@@ -264,14 +327,26 @@ func (t *txnSession) attach() error {
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	t.status = t.up.status
 	s.holding(lease.Gen)
+	if err := t.applyState(); err != nil {
+		t.release(false)
+		return err
+	}
 	return nil
 }
 
 // apply records what a command does to the connection it runs on.
 func (t *txnSession) apply(mark int) {
+	if !t.s.txnMode {
+		// The session keeps its connection and has it reset when it
+		// ends; what cannot move pinned it.
+		mark &^= markDirty
+	}
 	t.dirty = t.dirty || mark&(markDirty|markNoStmts) != 0
 	t.poisoned = t.poisoned || mark&markPoison != 0
 	t.pinOnce = t.pinOnce || mark&markPinOnce != 0
+	if mark&markDirty != 0 {
+		t.up.tag = dirtyTag
+	}
 	if mark&markNoStmts != 0 {
 		t.up.stmts = nil
 		t.cursor, t.longData = false, false
@@ -295,9 +370,13 @@ func (t *txnSession) roundTrip(p []byte, kind respKind) error {
 }
 
 // settle gives the upstream back when the server says it is idle: no
-// transaction, autocommit on, no more results, and nothing the client
-// left on it (cursor, long data, a one-shot SET TRANSACTION).
+// transaction (autocommit on or off), no more results, and nothing the
+// client left on it (cursor, long data, a one-shot SET TRANSACTION, state
+// that cannot move).
 func (t *txnSession) settle() {
+	if !t.s.txnMode {
+		return // session mode: the connection is the session's
+	}
 	if t.pinOnce {
 		t.pinOnce = false
 		return
@@ -310,8 +389,8 @@ func (t *txnSession) settle() {
 
 func (t *txnSession) quiescent() bool {
 	st := t.status
-	return st&gomysql.SERVER_STATUS_IN_TRANS == 0 && st&gomysql.SERVER_STATUS_AUTOCOMMIT != 0 &&
-		st&gomysql.SERVER_MORE_RESULTS_EXISTS == 0 && !t.cursor && !t.longData && t.s.track.idle()
+	return st&gomysql.SERVER_STATUS_IN_TRANS == 0 && st&gomysql.SERVER_MORE_RESULTS_EXISTS == 0 &&
+		!t.cursor && !t.longData && t.pinned == "" && t.s.track.idle()
 }
 
 // release gives the upstream back: to the pool when clean (after a reset

@@ -53,6 +53,9 @@ type upstream struct {
 	// stmts are the statements transaction pooling prepared here, by
 	// query text (see stmt.go); COM_RESET_CONNECTION drops them all.
 	stmts map[string]*upStmt
+	// tag names the client session state applied here (txnstate.go):
+	// 0 for the defaults of the login or the last Reset.
+	tag uint64
 }
 
 // dialParams is what the upstream session takes from the client's
@@ -185,49 +188,21 @@ func connect(ctx context.Context, network, addr, user, password, db string, d cl
 // handshake's character set, which the reset does not keep. The three go
 // out together and cost one round trip.
 func (u *upstream) Reset(ctx context.Context) error {
-	dl, ok := ctx.Deadline()
-	if !ok {
-		dl = time.Now().Add(5 * time.Second)
-	}
-	_ = u.conn.SetDeadline(dl)
-	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
 	u.stmts = nil
+	u.tag = dirtyTag // until the reset is known to have worked
 	cmds := [][]byte{
 		{gomysql.COM_RESET_CONNECTION},
 		append([]byte{gomysql.COM_INIT_DB}, u.db...),
 		append([]byte{gomysql.COM_QUERY}, u.setNames...),
 	}
-	for _, c := range cmds {
-		if err := u.writeCommand(c); err != nil {
-			return err
-		}
+	if err := u.run(ctx, cmds); err != nil {
+		return fmt.Errorf("reset: %w", err)
 	}
-	if err := u.bw.Flush(); err != nil {
-		return err
+	if u.status&gomysql.SERVER_STATUS_IN_TRANS != 0 {
+		return errors.New("connection still in a transaction after COM_RESET_CONNECTION")
 	}
-	var failed error
-	for range cmds {
-		_, b, err := readPacket(u.br, 1<<20)
-		if err != nil {
-			return err
-		}
-		switch {
-		case len(b) > 0 && b[0] == 0xff:
-			if failed == nil {
-				failed = fmt.Errorf("reset: %w", parseErrPacket(b))
-			}
-		case len(b) > 0 && b[0] == 0x00:
-			if st, ok := okStatus(b); ok {
-				u.status = st
-			}
-		default:
-			return fmt.Errorf("reset: unexpected answer 0x%x", b)
-		}
-	}
-	if failed == nil && u.status&gomysql.SERVER_STATUS_IN_TRANS != 0 {
-		failed = errors.New("connection still in a transaction after COM_RESET_CONNECTION")
-	}
-	return failed
+	u.tag = 0
+	return nil
 }
 
 func (u *upstream) writeCommand(payload []byte) error {

@@ -65,18 +65,18 @@ func (srv *Server) cancel(ctx context.Context, pid uint32, secret []byte) {
 	s := srv.cancels.lookup(pid, secret)
 	if s == nil {
 		srv.log.Debug("cancel request with unknown key ignored")
-		srv.metrics.cancels.WithLabelValues("unknown_key").Inc()
+		srv.metrics.Cancels.WithLabelValues("unknown_key").Inc()
 		return
 	}
 	up := s.currentUpstream()
 	if up == nil {
-		srv.metrics.cancels.WithLabelValues("idle").Inc()
+		srv.metrics.Cancels.WithLabelValues("idle").Inc()
 		return
 	}
 	if err := up.cancel(ctx, 5*time.Second); err != nil {
-		srv.metrics.cancels.WithLabelValues("error").Inc()
+		srv.metrics.Cancels.WithLabelValues("error").Inc()
 		s.log.Warn("forwarding cancel request failed", errField(err))
 		return
 	}
-	srv.metrics.cancels.WithLabelValues("forwarded").Inc()
+	srv.metrics.Cancels.WithLabelValues("forwarded").Inc()
 }

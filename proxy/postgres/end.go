@@ -111,7 +111,7 @@ func (s *session) refuseRequest(err error) error {
 	cause := errors.Unwrap(err)
 	e := asClientError(s.backend.Name, cause)
 	e.Severity = "ERROR"
-	s.srv.metrics.errors.WithLabelValues(e.Code[:2]).Inc()
+	s.srv.metrics.Errors.WithLabelValues(e.Code[:2]).Inc()
 	s.log.Info("request refused: no server connection", zap.String("sqlstate", e.Code), zap.Error(cause))
 	for {
 		typ, err := skipFrame(s.cbr, s.srv.opts.MaxMessageBytes)

@@ -7,9 +7,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/dbproxy/dbproxy/creds"
-	"github.com/dbproxy/dbproxy/identity"
-	"github.com/dbproxy/dbproxy/proxy/pool"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 )
 
 // SQLSTATE codes dbproxy sends itself. Upstream errors pass through as-is.
@@ -73,22 +71,17 @@ func asClientError(backend string, err error) *Error {
 	if errors.As(err, &pe) {
 		return pe
 	}
-	var ie *identity.Error
-	if errors.As(err, &ie) {
-		return &Error{Severity: "FATAL", Code: codeInvalidAuth, Message: ie.Error(), Err: err}
-	}
-	var nc *creds.ErrNoCredential
-	if errors.As(err, &nc) {
-		return &Error{Severity: "FATAL", Code: codeConnectionFailure, Message: nc.Error(),
+	class, msg := frontend.Classify(err)
+	switch class {
+	case frontend.Denied, frontend.NotGranted:
+		return &Error{Severity: "FATAL", Code: codeInvalidAuth, Message: msg, Err: err}
+	case frontend.NoCredential:
+		return &Error{Severity: "FATAL", Code: codeConnectionFailure, Message: msg,
 			Hint: "dbproxy retries Vault by itself; reconnect shortly", Err: err}
-	}
-	var ex *pool.ExhaustedError
-	if errors.As(err, &ex) {
-		return &Error{Severity: "FATAL", Code: codeTooManyConnections, Message: ex.Error(), Err: err}
-	}
-	var paused *pool.PausedError
-	if errors.As(err, &paused) {
-		return &Error{Severity: "FATAL", Code: codeCannotConnectNow, Message: paused.Error(), Err: err}
+	case frontend.Exhausted:
+		return &Error{Severity: "FATAL", Code: codeTooManyConnections, Message: msg, Err: err}
+	case frontend.Paused:
+		return &Error{Severity: "FATAL", Code: codeCannotConnectNow, Message: msg, Err: err}
 	}
 	var pg *pgconn.PgError
 	if errors.As(err, &pg) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
@@ -168,13 +169,13 @@ type relayHarness struct {
 // finishes the step a client already has the answer of.
 func (h *relayHarness) srvKillIdle() {
 	for range 20 {
-		if h.s.closeIfIdle(); h.s.interrupted() {
+		if h.s.CloseIfIdle(); h.s.interrupted() {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-func (h *relayHarness) srvKill() { h.s.kill(killShutdown) }
+func (h *relayHarness) srvKill() { h.s.Kill(frontend.KillShutdown) }
 
 func startRelay(t testing.TB, mode string) *relayHarness {
 	f := newFakeServer(t)
@@ -220,10 +221,10 @@ func startRelay(t testing.TB, mode string) *relayHarness {
 	s.lease = lease
 	s.rl.lease, s.rl.up = lease, lease.Conn.(*upstream)
 	h := &relayHarness{client: client, cr: bufio.NewReaderSize(client, 16<<10), done: make(chan string, 1), pool: pl, s: s, fake: f}
-	srv.track(s, true)
+	srv.front.Track(s)
 	go func() {
 		s.run()
-		srv.track(s, false)
+		srv.front.Untrack(s)
 		h.done <- "done"
 	}()
 	return h

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/dbproxy/dbproxy/creds"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 )
 
 // Why a session was interrupted. A session goroutine blocked anywhere (on
@@ -92,18 +93,26 @@ func (s *session) interrupt(why int32) {
 
 func (s *session) interrupted() bool { return s.why.Load() != whyNone }
 
-// kill ends the session at shutdown.
-func (s *session) kill(r killReason) {
-	if r == killIdleShutdown {
+// Kill implements frontend.Session: shutdown and an expired token end
+// the session (lease ends come through Interrupt, which checks that the
+// connection still held is of the expired generation).
+func (s *session) Kill(r frontend.KillReason) {
+	switch r {
+	case frontend.KillIdleShutdown:
 		s.interrupt(whyIdleShutdown)
-		return
+	case frontend.KillTokenExpired:
+		s.interrupt(whyTokenExpired)
+	default:
+		s.interrupt(whyShutdown)
 	}
-	s.interrupt(whyShutdown)
 }
 
-// closeIfIdle ends the session if nothing of it is in flight: no request
-// being relayed, no transaction open.
-func (s *session) closeIfIdle() {
+// Expires implements frontend.Session.
+func (s *session) Expires() time.Time { return s.id.Expires }
+
+// CloseIfIdle implements frontend.Session: it ends the session if nothing
+// of it is in flight: no request being relayed, no transaction open.
+func (s *session) CloseIfIdle() {
 	s.mu.Lock()
 	held := s.lease != nil
 	s.mu.Unlock()
@@ -160,11 +169,11 @@ func (s *session) interruptError(why int32, gen *creds.Generation) *Error {
 		}
 		if s.txnMode {
 			return &Error{Severity: "FATAL", Code: codeAdminShutdown,
-				Message: fmt.Sprintf("dbproxy closed this session: its transaction outlived the database credential for backend %s (%s)", s.backend.Name, reasonText(reason)),
+				Message: fmt.Sprintf("dbproxy closed this session: its transaction outlived the database credential for backend %s (%s)", s.backend.Name, frontend.ReasonText(reason)),
 				Hint:    "reconnecting is safe: new transactions use a fresh credential"}
 		}
 		return &Error{Severity: "FATAL", Code: codeAdminShutdown,
-			Message: fmt.Sprintf("dbproxy closed this session: the database credential for backend %s has reached the end of its lease (%s)", s.backend.Name, reasonText(reason)),
+			Message: fmt.Sprintf("dbproxy closed this session: the database credential for backend %s has reached the end of its lease (%s)", s.backend.Name, frontend.ReasonText(reason)),
 			Hint:    "reconnecting is safe: new sessions use a fresh credential"}
 	case whyIdleShutdown:
 		return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down; this idle session was closed", Hint: "reconnect to another dbproxy instance or retry shortly"}
@@ -179,20 +188,4 @@ func (s *session) idleTxnError() *Error {
 	return &Error{Severity: "FATAL", Code: codeIdleInTxnTimeout,
 		Message: fmt.Sprintf("dbproxy closed this session: it stayed idle inside a transaction for more than %s while holding one of backend %s's server connections (pool.idle_transaction_timeout); the transaction was rolled back", s.backend.IdleTxnTimeout, s.backend.Name),
 		Hint:    "commit or roll back promptly, or raise pool.idle_transaction_timeout"}
-}
-
-func reasonText(r string) string {
-	switch r {
-	case "max_ttl":
-		return "its max TTL"
-	case "token":
-		return "dbproxy's Vault token expires"
-	case "external_revoke", "auth_failed":
-		return "the lease was revoked in Vault"
-	case "manual":
-		return "an operator rotated it"
-	case "":
-		return "lease expired"
-	}
-	return r
 }

@@ -61,7 +61,7 @@ func (s *session) tokenLogin(lo ListenerOptions, m *pgproto3.StartupMessage, st 
 	defer cancel()
 	id, err := lo.Token.Authenticate(ctx, token)
 	if err != nil {
-		logCheckFailure(s.log, kind, err)
+		logCheckFailure(s.startupLog(), kind, err)
 		return lo, fmt.Errorf("%s refused: %w", kind, err)
 	}
 	lo.Authenticate = func(net.Conn, *tls.ConnectionState) (identity.Identity, error) { return id, nil }
@@ -132,25 +132,4 @@ func tokenKind(m identity.Method) string {
 		return "JWT"
 	}
 	return "Vault token"
-}
-
-// watchTokens closes, about once a second, the sessions whose identity
-// came from a token that has expired. Serve starts it for listeners that
-// take tokens; it stops at Shutdown.
-func (srv *Server) watchTokens() {
-	defer srv.wg.Done()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-srv.closing:
-			return
-		case now := <-tick.C:
-			srv.forEachSession(func(s *session) {
-				if exp := s.id.Expires; !exp.IsZero() && !now.Before(exp) {
-					s.interrupt(whyTokenExpired)
-				}
-			})
-		}
-	}
 }

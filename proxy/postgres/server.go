@@ -7,14 +7,13 @@ package postgres
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
@@ -34,7 +33,8 @@ type Options struct {
 	Pool       func(backend, role string) *pool.Pool
 	Authorizer Authorizer
 	Log        *zap.Logger
-	Metrics    *Metrics
+	// Metrics are the front end's collectors (NewMetrics).
+	Metrics *Metrics
 	// StartupTimeout bounds everything before the first ReadyForQuery.
 	StartupTimeout time.Duration
 	// MaxMessageBytes caps one client message. Default 128 MiB.
@@ -62,18 +62,11 @@ type Server struct {
 	opts    Options
 	log     *zap.Logger
 	metrics *Metrics
+	front   *frontend.Server[*session]
 	cancels *cancelKeys
-	// greetings are the server parameters transaction-pool clients are
-	// greeted with, by backend, role and startup parameters.
-	greetings pool.Greetings[map[string]string]
-
-	mu        sync.Mutex
-	listeners []net.Listener
-	sessions  map[*session]struct{}
-	closing   chan struct{}
-	wg        sync.WaitGroup
-	// tokenWatch starts watchTokens (password.go) once.
-	tokenWatch sync.Once
+	// greetings are the encoded greetings (greeting.go) transaction-pool
+	// clients are greeted with, by backend, role and pool key.
+	greetings frontend.Greetings[[]byte]
 }
 
 // NewServer makes a server; call Serve for each listener.
@@ -84,52 +77,22 @@ func NewServer(o Options) *Server {
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = 128 << 20
 	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
 	if o.Metrics == nil {
-		o.Metrics = NewMetrics(nil)
+		o.Metrics = NewMetrics(nil, nil)
 	}
-	return &Server{
-		opts: o, log: o.Log, metrics: o.Metrics, cancels: newCancelKeys(),
-		sessions: make(map[*session]struct{}), closing: make(chan struct{}),
-	}
+	return &Server{opts: o, log: o.Log, metrics: o.Metrics, cancels: newCancelKeys(),
+		front: frontend.NewServer[*session](o.Log)}
 }
 
 // Serve accepts clients on ln until Shutdown. It returns at once.
 func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {
-	srv.mu.Lock()
-	srv.listeners = append(srv.listeners, ln)
-	srv.mu.Unlock()
 	if lo.Token != nil {
-		srv.tokenWatch.Do(func() { srv.wg.Add(1); go srv.watchTokens() })
+		srv.front.WatchExpiry()
 	}
-	srv.wg.Add(1)
-	go func() {
-		defer srv.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				select {
-				case <-srv.closing:
-					return
-				default:
-				}
-				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() {
-					continue
-				}
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				srv.log.Warn("accept failed", zap.String("listener", lo.Name), zap.Error(err))
-				time.Sleep(100 * time.Millisecond)
-				continue
-			}
-			srv.wg.Add(1)
-			go func() {
-				defer srv.wg.Done()
-				srv.handle(c, lo)
-			}()
-		}
-	}()
+	srv.front.Serve(ln, lo.Name, func(c net.Conn) { srv.handle(c, lo) })
 }
 
 // Name implements the service interface of cmd/dbproxy.
@@ -137,53 +100,7 @@ func (srv *Server) Name() string { return "postgres" }
 
 // Shutdown stops accepting, lets sessions finish until ctx ends, then
 // closes the rest with 57P01 and reports how many were still open.
-func (srv *Server) Shutdown(ctx context.Context) (int, error) {
-	srv.mu.Lock()
-	select {
-	case <-srv.closing:
-	default:
-		close(srv.closing)
-	}
-	for _, ln := range srv.listeners {
-		_ = ln.Close()
-	}
-	srv.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() { srv.wg.Wait(); close(done) }()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-done:
-			return 0, nil
-		case <-tick.C:
-			// Idle sessions can go now: nothing of theirs is in flight.
-			srv.forEachSession(func(s *session) { s.closeIfIdle() })
-		case <-ctx.Done():
-			open := 0
-			srv.forEachSession(func(s *session) { open++; s.kill(killShutdown) })
-			<-done
-			return open, nil
-		}
-	}
-}
-
-func (srv *Server) forEachSession(f func(*session)) {
-	srv.mu.Lock()
-	ss := make([]*session, 0, len(srv.sessions))
-	for s := range srv.sessions {
-		ss = append(ss, s)
-	}
-	srv.mu.Unlock()
-	for _, s := range ss {
-		f(s)
-	}
-}
+func (srv *Server) Shutdown(ctx context.Context) (int, error) { return srv.front.Shutdown(ctx) }
 
 // Sessions lists the open client sessions for the admin API.
-func (srv *Server) Sessions() []SessionInfo {
-	var out []SessionInfo
-	srv.forEachSession(func(s *session) { out = append(out, s.info()) })
-	return out
-}
+func (srv *Server) Sessions() []frontend.SessionInfo { return srv.front.Sessions() }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
@@ -27,14 +27,15 @@ import (
 // runs it; other goroutines only read its snapshot fields (under mu or
 // atomically) and interrupt it.
 type session struct {
-	srv     *Server
-	log     *zap.Logger
-	raw     net.Conn      // as accepted
-	client  net.Conn      // raw, or TLS over raw
-	cbr     *bufio.Reader // borrowed while a request is relayed (idle.go)
-	cbw     *bufio.Writer
-	in      prefixReader // the client as cbr reads it
-	started time.Time
+	srv      *Server
+	log      *zap.Logger // with the session's fields from login on
+	listener string
+	raw      net.Conn      // as accepted
+	client   net.Conn      // raw, or TLS over raw
+	cbr      *bufio.Reader // borrowed while a request is relayed (idle.go)
+	cbw      *bufio.Writer
+	in       prefixReader // the client as cbr reads it
+	started  time.Time
 	// ctx is cancelled when the session is killed: it bounds a checkout
 	// waiting for a connection.
 	ctx    context.Context
@@ -72,18 +73,10 @@ type session struct {
 	bytesOut  atomic.Int64
 }
 
-type killReason int
-
-const (
-	killShutdown killReason = iota
-	killIdleShutdown
-)
-
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
-	s := &session{
-		srv: srv, raw: c, client: c, started: time.Now(),
-		log: srv.log.With(zap.String("listener", lo.Name), zap.String("remote", c.RemoteAddr().String())),
-	}
+	// The session's logger gets its fields once, at login, when they are
+	// all known; until then failures name them themselves (fail).
+	s := &session{srv: srv, raw: c, client: c, started: time.Now(), log: srv.log, listener: lo.Name}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	defer s.cancel()
 	s.rl = newTxnSession(s)
@@ -98,19 +91,9 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	srv.track(s, true)
-	defer srv.track(s, false)
+	srv.front.Track(s)
+	defer srv.front.Untrack(s)
 	s.run()
-}
-
-func (srv *Server) track(s *session, add bool) {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if add {
-		srv.sessions[s] = struct{}{}
-	} else {
-		delete(srv.sessions, s)
-	}
 }
 
 // fail reports a startup error to the client, if it is still listening.
@@ -119,11 +102,17 @@ func (s *session) fail(err error) {
 		return
 	}
 	pe := asClientError(s.backendName(), err)
-	s.srv.metrics.errors.WithLabelValues(pe.Code[:2]).Inc()
-	s.log.Info("client refused", zap.String("sqlstate", pe.Code), zap.String("identity", s.id.Name),
-		zap.String("backend", s.backendName()), zap.Error(err))
+	s.srv.metrics.Errors.WithLabelValues(pe.Code[:2]).Inc()
+	s.startupLog().Info("client refused", zap.String("sqlstate", pe.Code), zap.String("identity", s.id.Name),
+		zap.String("backend", s.backendName()), zap.String("role", s.role), zap.Error(err))
 	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	_, _ = s.client.Write(pe.encode(nil))
+}
+
+// startupLog is the session's logger before login gives it its fields:
+// for the failures of a connection that never became a session.
+func (s *session) startupLog() *zap.Logger {
+	return s.srv.log.With(zap.String("listener", s.listener), zap.String("remote", s.raw.RemoteAddr().String()))
 }
 
 func (s *session) backendName() string {
@@ -218,7 +207,8 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	if pl == nil {
 		return fatal(codeInvalidAuth, fmt.Sprintf("no pool for backend %s and role %s: dbproxy configuration is incomplete", b.Name, g.Role))
 	}
-	s.log = s.log.With(zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", g.Role))
+	s.log = s.srv.log.With(zap.String("listener", lo.Name), zap.String("remote", s.raw.RemoteAddr().String()),
+		zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", g.Role))
 
 	appName := "dbproxy:" + id.Name
 	if p.appName != "" {
@@ -257,16 +247,16 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 		}
 		return u, nil
 	}
-	greetKey := b.Name + "\x00" + g.Role + "\x00" + s.poolKey
+	greetKey := frontend.GreetingKey(b.Name, g.Role, s.poolKey)
 	if s.txnMode {
 		// Clients of a transaction pool connect without waiting for a
 		// free server connection: the greeting is the last one's. The
 		// credential check keeps "no valid credential" a login error.
-		if params, ok := s.srv.greetings.Get(greetKey); ok {
+		if gr, ok := s.srv.greetings.Get(greetKey); ok {
 			if _, err := pl.Credential(ctx); err != nil {
 				return err
 			}
-			return s.greet(m.ProtocolVersion, params)
+			return s.greet(m.ProtocolVersion, gr)
 		}
 	}
 	lease, err := s.checkoutAlive(ctx)
@@ -277,11 +267,11 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	s.lease = lease
 	s.mu.Unlock()
 	s.rl.lease, s.rl.up = lease, lease.Conn.(*upstream)
-	params := lease.Conn.(*upstream).params
+	gr := lease.Conn.(*upstream).greeting
 	if s.txnMode {
-		s.srv.greetings.Put(greetKey, maps.Clone(params))
+		s.srv.greetings.Put(greetKey, gr)
 	}
-	return s.greet(m.ProtocolVersion, params)
+	return s.greet(m.ProtocolVersion, gr)
 }
 
 // checkoutAlive checks a connection out for a new session, skipping
@@ -299,35 +289,14 @@ func (s *session) checkoutAlive(ctx context.Context) (*pool.Lease, error) {
 	}
 }
 
-// greet sends what PostgreSQL sends after authentication.
-func (s *session) greet(version uint32, params map[string]string) error {
-	var buf []byte
-	if version != pgproto3.ProtocolVersion30 {
-		buf, _ = (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0}).Encode(buf)
-	}
-	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
-	for k, v := range params {
-		if k == "application_name" {
-			v = s.appName // the server connection may have been opened for another client
-		}
-		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
-	}
-	pid, secret := s.srv.cancels.issue(s)
-	s.cancelPID = pid
-	buf, _ = (&pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret[:]}).Encode(buf)
-	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(buf)
-	s.txStatus.Store('I')
-	_, err := s.client.Write(buf)
-	return err
-}
-
 // run relays until the session ends, then returns or closes the upstream.
 func (s *session) run() {
 	m := s.srv.metrics
 	b := s.backend.Name
-	m.connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
-	m.clients.WithLabelValues(b, s.id.Name).Inc()
-	defer m.clients.WithLabelValues(b, s.id.Name).Dec()
+	m.Connect.WithLabelValues(b).Observe(time.Since(s.started).Seconds())
+	clients := m.Clients.WithLabelValues(b, s.id.Name)
+	clients.Inc()
+	defer clients.Dec()
 	defer s.srv.cancels.forget(s.cancelPID)
 	if s.txnMode {
 		// Each transaction has its own server connection and database
@@ -352,17 +321,14 @@ func (s *session) run() {
 
 // logEnd counts and logs the end of a session.
 func (s *session) logEnd(backend, result string, fields ...zap.Field) {
-	m := s.srv.metrics
-	m.sessions.WithLabelValues(backend, s.id.Name, result).Inc()
-	m.bytes.WithLabelValues(backend, "client_to_server").Add(float64(s.bytesIn.Load()))
-	m.bytes.WithLabelValues(backend, "server_to_client").Add(float64(s.bytesOut.Load()))
+	s.srv.metrics.SessionEnded(backend, s.id.Name, result, s.bytesIn.Load(), s.bytesOut.Load())
 	s.log.Info("session end", append(fields, zap.String("result", result),
 		zap.Duration("duration", time.Since(s.started)),
 		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))...)
 }
 
 func (s *session) sendFatal(e *Error) {
-	s.srv.metrics.errors.WithLabelValues(e.Code[:2]).Inc()
+	s.srv.metrics.Errors.WithLabelValues(e.Code[:2]).Inc()
 	_ = s.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	// Straight to the socket: the buffered writer may hold a write error
 	// from the deadline that interrupted the relay.
@@ -378,26 +344,9 @@ func (s *session) currentUpstream() *upstream {
 	return s.lease.Conn.(*upstream)
 }
 
-// SessionInfo describes a client session for the admin API.
-type SessionInfo struct {
-	Protocol   string    `json:"protocol"`
-	Identity   string    `json:"identity"`
-	Method     string    `json:"method"`
-	Backend    string    `json:"backend"`
-	Role       string    `json:"role"`
-	DBUser     string    `json:"db_user"`
-	LeaseID    string    `json:"lease_id"`
-	Generation uint64    `json:"generation"`
-	State      string    `json:"state"`
-	Since      time.Time `json:"since"`
-	Remote     string    `json:"remote"`
-	// Pinned says why a session-mode session cannot move to a new
-	// credential at a rotation (it is closed at the drain deadline).
-	Pinned string `json:"pinned,omitempty"`
-}
-
-func (s *session) info() SessionInfo {
-	si := SessionInfo{Protocol: "postgres", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
+// Info implements frontend.Session.
+func (s *session) Info() frontend.SessionInfo {
+	si := frontend.SessionInfo{Protocol: "postgres", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
 		Since: s.started, Remote: s.raw.RemoteAddr().String(), State: txState(byte(s.txStatus.Load()), s.busy.Load())}
 	if s.backend != nil {
 		si.Backend = s.backend.Name

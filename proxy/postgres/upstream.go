@@ -39,13 +39,15 @@ type Backend struct {
 
 // upstream is one hijacked, authenticated connection to PostgreSQL.
 type upstream struct {
-	conn   net.Conn
-	br     *bufio.Reader
-	bw     *outbuf
-	pid    uint32
-	key    []byte
-	params map[string]string
-	addr   string
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *outbuf
+	pid  uint32
+	key  []byte
+	// greeting is the AuthenticationOk and ParameterStatus messages a
+	// client logging in on this connection is sent (greeting.go).
+	greeting []byte
+	addr     string
 	// prepared holds the statements the proxy prepared here under its own
 	// names (transaction pooling); only the session's relay touches it.
 	prepared map[string]bool
@@ -93,7 +95,7 @@ func dial(ctx context.Context, b *Backend, g *creds.Generation, runtime map[stri
 	}
 	return &upstream{
 		conn: hj.Conn, br: bufio.NewReaderSize(hj.Conn, 32<<10), bw: newOutbuf(hj.Conn, 32<<10),
-		pid: hj.PID, key: hj.SecretKey, params: hj.ParameterStatuses,
+		pid: hj.PID, key: hj.SecretKey, greeting: encodeGreeting(hj.ParameterStatuses),
 		addr:     net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port))),
 		prepared: map[string]bool{},
 	}, nil

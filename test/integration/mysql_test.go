@@ -866,10 +866,16 @@ func TestMySQLRotationUnderLoad(t *testing.T) {
 	}
 }
 
-func TestMySQLIdleSessionClosedBeforeHardEnd(t *testing.T) {
+func TestMySQLPinnedSessionClosedBeforeHardEnd(t *testing.T) {
 	s := startMyLeaseStack(t, "mysql-idle", shortTTL, shortMaxTTL)
 	m := rawMyLogin(t, s.port, "app", "appdb")
 	defer m.c.Close()
+	// An idle session moves to the new credential; one with a temporary
+	// table cannot, and is closed at the drain deadline.
+	m.write(t, 0, append([]byte{0x03}, "CREATE TEMPORARY TABLE pinned (a INT)"...))
+	if _, b := m.read(t); len(b) == 0 || b[0] != 0x00 {
+		t.Fatalf("CREATE TEMPORARY TABLE: %q", b)
+	}
 	gens := s.proxy.leases(t)
 	if len(gens) == 0 || gens[len(gens)-1].HardEnd.IsZero() {
 		t.Fatalf("want a generation with a known hard end, got %+v", gens)
@@ -878,7 +884,8 @@ func TestMySQLIdleSessionClosedBeforeHardEnd(t *testing.T) {
 	_ = m.c.SetReadDeadline(time.Now().Add(shortMaxTTL + 5*time.Second))
 	code, msg := m.errPacket(t)
 	got := time.Now()
-	if code != 1927 || !strings.Contains(msg, "end of its lease") || !strings.Contains(msg, "reconnecting is safe") {
+	if code != 1927 || !strings.Contains(msg, "end of its lease") || !strings.Contains(msg, "reconnecting is safe") ||
+		!strings.Contains(msg, "it holds a temporary table") {
 		t.Fatalf("want ERR 1927 about the lease end, got %d %q", code, msg)
 	}
 	if !got.Before(hardEnd) {

@@ -287,7 +287,7 @@ var (
 	}
 	MySQLCreation = []string{
 		`CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}';`,
-		`GRANT SELECT, INSERT, UPDATE, DELETE ON appdb.* TO '{{name}}'@'%';`,
+		`GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES ON appdb.* TO '{{name}}'@'%';`,
 	}
 	MySQLRevocation = []string{
 		`DROP USER IF EXISTS '{{name}}'@'%';`,
@@ -431,4 +431,37 @@ func linkOrCopy(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// TokenRoleOptions describe a token role made by CreateRoleToken.
+type TokenRoleOptions struct {
+	Policies []string      // allowed (and given) policies; required
+	Period   time.Duration // periodic tokens: renewable forever by this much; 0: none
+	Orphan   bool          // tokens have no parent, so no parent's end ends them
+}
+
+// CreateRoleToken writes token role `role` and creates a token from it,
+// the way an operator gives dbproxy a token whose leases outlive any
+// other token (fleet mode needs that: docs/fleet.md).
+func (v *Vault) CreateRoleToken(ctx context.Context, role string, o TokenRoleOptions) (string, error) {
+	cfg := map[string]any{"allowed_policies": o.Policies, "orphan": o.Orphan, "renewable": true}
+	if o.Period > 0 {
+		cfg["token_period"] = int(o.Period.Seconds())
+	}
+	if _, err := v.Client.Logical().WriteWithContext(ctx, "auth/token/roles/"+role, cfg); err != nil {
+		return "", fmt.Errorf("vault: write token role %s: %w", role, err)
+	}
+	s, err := v.Client.Auth().Token().CreateWithRoleWithContext(ctx, &api.TokenCreateRequest{Policies: o.Policies}, role)
+	if err != nil {
+		return "", fmt.Errorf("vault: create token with role %s: %w", role, err)
+	}
+	return s.Auth.ClientToken, nil
+}
+
+// WritePolicy stores an ACL policy (HCL).
+func (v *Vault) WritePolicy(ctx context.Context, name, hcl string) error {
+	if err := v.Client.Sys().PutPolicyWithContext(ctx, name, hcl); err != nil {
+		return fmt.Errorf("vault: write policy %s: %w", name, err)
+	}
+	return nil
 }

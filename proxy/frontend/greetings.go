@@ -1,4 +1,4 @@
-package pool
+package frontend
 
 import "sync"
 
@@ -7,13 +7,18 @@ import "sync"
 const maxGreetings = 1024
 
 // Greetings remembers, per backend, role and pool key, what the last
-// server login reported (PostgreSQL's ParameterStatus values, MySQL's
-// status flags), so transaction-pool clients can be greeted without
-// waiting for a free server connection. Values must not be changed after
-// Put. The zero value is ready to use.
+// server login reported (PostgreSQL's encoded AuthenticationOk and
+// ParameterStatus messages, MySQL's status flags), so transaction-pool
+// clients can be greeted without waiting for a free server connection.
+// Values must not be changed after Put. The zero value is ready to use.
 type Greetings[V any] struct {
 	mu sync.Mutex
 	m  map[string]V
+}
+
+// GreetingKey is the key of a pool's greeting.
+func GreetingKey(backend, role, poolKey string) string {
+	return backend + "\x00" + role + "\x00" + poolKey
 }
 
 // Get returns the greeting stored under key.

@@ -1,0 +1,91 @@
+package frontend
+
+import "time"
+
+// Session is what the server needs of a protocol's client session.
+type Session interface {
+	comparable
+	// Info describes the session; other goroutines call it.
+	Info() SessionInfo
+	// CloseIfIdle stops the session with KillIdleShutdown if nothing of
+	// it is in flight: no request being relayed, no transaction open.
+	CloseIfIdle()
+	// Kill stops the session for r, whatever it is doing.
+	Kill(r KillReason)
+	// Expires is when the client's identity stops being valid (a Vault
+	// token's or JWT's expiry); zero: never.
+	Expires() time.Time
+}
+
+// SessionInfo describes a client session for the admin API, for both
+// protocols.
+type SessionInfo struct {
+	Protocol   string    `json:"protocol"`
+	Identity   string    `json:"identity"`
+	Method     string    `json:"method"`
+	Backend    string    `json:"backend"`
+	Role       string    `json:"role"`
+	DBUser     string    `json:"db_user"`
+	LeaseID    string    `json:"lease_id"`
+	Generation uint64    `json:"generation"`
+	State      string    `json:"state"`
+	Since      time.Time `json:"since"`
+	Remote     string    `json:"remote"`
+	// Pinned says why a session-mode session cannot move to a new
+	// credential at a rotation (it is closed at the drain deadline).
+	Pinned string `json:"pinned,omitempty"`
+	// ConnectionID and ThreadID are MySQL's: the id the greeting gave
+	// the client and the upstream's, both of which KILL accepts.
+	ConnectionID uint32 `json:"connection_id,omitempty"`
+	ThreadID     uint32 `json:"thread_id,omitempty"`
+}
+
+// KillReason is why a session is stopped from outside its goroutine. A
+// greater one overrides a smaller one (see Rank).
+type KillReason uint32
+
+// The reasons, weakest first.
+const (
+	KillNone         KillReason = iota
+	KillIdleShutdown            // shutdown: only a session with nothing in flight
+	KillLeaseEnd                // its server connection's credential reached the drain deadline
+	KillShutdown                // shutdown deadline: every session
+	KillByClient                // a client's KILL CONNECTION (MySQL)
+	KillTokenExpired            // the token that identified the client expired
+)
+
+// Rank orders reasons: a client's KILL and an expired token are as
+// strong as the shutdown deadline, none overrides another.
+func (r KillReason) Rank() KillReason { return min(r, KillShutdown) }
+
+// Result is the dbproxy_client_sessions_total result of a session stopped
+// for r.
+func (r KillReason) Result() string {
+	switch r {
+	case KillLeaseEnd:
+		return "lease_end"
+	case KillByClient:
+		return "killed"
+	case KillTokenExpired:
+		return "token_expired"
+	}
+	return "shutdown"
+}
+
+// ReasonText says in words why a credential generation ended, from
+// creds.Generation.Reason, for the message a client gets at a lease end.
+func ReasonText(r string) string {
+	switch r {
+	case "max_ttl":
+		return "its max TTL"
+	case "token":
+		return "dbproxy's Vault token expires"
+	case "external_revoke", "auth_failed":
+		return "the lease was revoked in Vault"
+	case "manual":
+		return "an operator rotated it"
+	case "":
+		return "lease expired"
+	}
+	return r
+}
