@@ -307,9 +307,22 @@ func (s *session) run() {
 	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N),
 		zap.Uint32("connection_id", s.connID), zap.Uint32("thread_id", up.threadID))
 
-	// The transaction-pooling relay keeps the session's connection in
-	// session mode, and moves it at a rotation (move.go).
-	result := s.runTxn()
+	// Session mode keeps the streaming relay: the transaction-pooling
+	// relay (which could move the session at a rotation, move.go) holds a
+	// command larger than the read buffer whole in memory.
+	result, reusable := s.relay(gen)
+
+	s.mu.Lock()
+	lease := s.lease
+	s.lease = nil
+	s.mu.Unlock()
+	if reusable {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		lease.Return(ctx)
+		cancel()
+	} else {
+		lease.Close()
+	}
 	s.logEnd(result, gen)
 }
 
