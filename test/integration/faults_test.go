@@ -1,8 +1,12 @@
 package integration
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,4 +173,94 @@ func grepLine(s, sub string) string {
 		}
 	}
 	return ""
+}
+
+// The two places one relay goroutine could deadlock, against the real
+// server, in both pool modes: a 100 MB COPY FROM STDIN, and a client that
+// writes 50 MB of queries before it reads any answer.
+func TestRelayFallbackPaths(t *testing.T) {
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			p, port := startPoolStack(t, "pg-fallback-"+mode[:3], mode, "max_connections: 2, checkout_timeout: 10s")
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			c := connect(t, txnDSN(port))
+			// 100 MB of COPY data into a temporary table, in one
+			// transaction so it stays on one server connection.
+			tx, err := c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "create temp table big (s text) on commit drop"); err != nil {
+				t.Fatal(err)
+			}
+			line := strings.Repeat("x", 999) + "\n"
+			r := &repeatReader{line: line, left: (100 << 20) / len(line) * len(line)}
+			tag, err := c.PgConn().CopyFrom(ctx, r, "copy big from stdin")
+			if err != nil || tag.RowsAffected() != int64((100<<20)/len(line)) {
+				t.Fatalf("100 MB COPY FROM STDIN: %v, %d rows", err, tag.RowsAffected())
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := metricSum(t, p, "dbproxy_relay_duplex_switches_total", ""); got < 1 {
+				t.Fatalf("the COPY did not go through the two-direction relay (switches %v)", got)
+			}
+			// 50 MB of pipelined queries, written before any answer is read.
+			q := frameQ("select length('" + strings.Repeat("y", 5000) + "')")
+			n := (50 << 20) / len(q)
+			raw := rawStartup(t, port)
+			defer raw.Close()
+			wrote := make(chan error, 1)
+			go func() {
+				_, err := raw.Write(bytes.Repeat(q, n))
+				wrote <- err
+			}()
+			select {
+			case err := <-wrote:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-ctx.Done():
+				t.Fatal("the relay stopped reading a pipelining client: deadlock")
+			}
+			_ = raw.SetReadDeadline(time.Now().Add(2 * time.Minute))
+			br := bufio.NewReaderSize(raw, 64<<10)
+			for i := 0; i < n; {
+				typ, body := readMsg(t, br)
+				switch typ {
+				case 'E':
+					t.Fatalf("query %d: %q", i, body)
+				case 'Z':
+					i++
+				}
+			}
+		})
+	}
+}
+
+type repeatReader struct {
+	line string
+	left int
+	off  int
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(p) && r.left > 0 {
+		k := copy(p[n:], r.line[r.off:])
+		r.off = (r.off + k) % len(r.line)
+		n += k
+		r.left -= k
+	}
+	return n, nil
+}
+
+func frameQ(sql string) []byte {
+	b := []byte{'Q', 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[1:], uint32(len(sql)+5))
+	return append(append(b, sql...), 0)
 }
