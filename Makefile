@@ -27,7 +27,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # The race detector needs cgo; use it when cgo works here.
 RACE ?= $(shell [ "$$($(GO) env CGO_ENABLED 2>/dev/null)" = 1 ] && echo -race)
 UNIT_FLAGS ?= -count=1 $(RACE)
-INTEGRATION_FLAGS ?= -count=1 -timeout 20m -v
+INTEGRATION_FLAGS ?= -count=1 -timeout 40m -v
 # The integration tests run a race-detector build of dbproxy too: a data
 # race found there fails the test that saw it.
 export DBPROXY_BUILD_FLAGS ?= $(RACE)
