@@ -29,10 +29,18 @@ func TestTransactionPoolSessionState(t *testing.T) {
 	others := []*pgx.Conn{connect(t, txnDSN(port)), connect(t, txnDSN(port))}
 	seen := map[int]bool{}
 	for i := range 100 {
-		for _, o := range others {
-			if _, err := o.Exec(ctx, "select 1"); err != nil {
+		// 0, 1 or 2 other clients hold a server connection in a
+		// transaction meanwhile, so the client lands on different ones.
+		var held []pgx.Tx
+		for _, o := range others[:i%3] {
+			tx, err := o.Begin(ctx)
+			if err == nil {
+				_, err = tx.Exec(ctx, "select 1")
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
+			held = append(held, tx)
 		}
 		var sp, st, app string
 		var pid int
@@ -42,6 +50,11 @@ func TestTransactionPoolSessionState(t *testing.T) {
 		seen[pid] = true
 		if sp != "alpha_schema, public" || st != "123s" || app != "dbproxy:app:alpha" {
 			t.Fatalf("transaction %d of the client that SET: search_path %q, statement_timeout %q, application_name %q", i, sp, st, app)
+		}
+		for _, tx := range held {
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := b.QueryRow(ctx, "select current_setting('search_path'), current_setting('statement_timeout'), current_setting('application_name')").Scan(&sp, &st, &app); err != nil {
 			t.Fatal(err)
