@@ -202,12 +202,4 @@ func (t *txnSession) restoreOn(up *upstream) error {
 	return failed
 }
 
-func appendFrame(b []byte, typ byte, body []byte) []byte {
-	var hdr [5]byte
-	hdr[0] = typ
-	n := len(body) + 4
-	hdr[1], hdr[2], hdr[3], hdr[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
-	return append(append(b, hdr[:]...), body...)
-}
-
 var _ pool.Mover = (*session)(nil)

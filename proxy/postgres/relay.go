@@ -186,6 +186,13 @@ func readFrame(r *bufio.Reader, maxLen int) (byte, []byte, error) {
 	return hdr[0], body, nil
 }
 
+// appendFrame appends one typed message with body to b.
+func appendFrame(b []byte, typ byte, body []byte) []byte {
+	b = append(b, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[len(b)-4:], uint32(len(body)+4))
+	return append(b, body...)
+}
+
 // frameSize checks a frame header and returns its body length.
 func frameSize(hdr []byte, maxLen int) (int, error) {
 	size := int(binary.BigEndian.Uint32(hdr[1:]))

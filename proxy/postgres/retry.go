@@ -49,9 +49,7 @@ func (t *txnSession) record(typ byte, body []byte) {
 		r.ok = false // COPY data streams through: not kept
 		return
 	}
-	r.frames = append(r.frames, typ, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(r.frames[len(r.frames)-4:], uint32(len(body)+4))
-	r.frames = append(r.frames, body...)
+	r.frames = appendFrame(r.frames, typ, body)
 	if len(r.frames) > 1<<20 {
 		r.ok = false // not worth holding
 	}

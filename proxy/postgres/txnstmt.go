@@ -147,9 +147,7 @@ func (t *txnSession) send(r request, typ byte, body []byte) error {
 
 // write stages one message; forwardFrame writes the stage upstream.
 func (t *txnSession) write(typ byte, body []byte) error {
-	t.stage = append(t.stage, typ, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(t.stage[len(t.stage)-4:], uint32(len(body)+4))
-	t.stage = append(t.stage, body...)
+	t.stage = appendFrame(t.stage, typ, body)
 	return nil
 }
 
