@@ -72,7 +72,9 @@ func TestSoak(t *testing.T) {
 	left := soakUsersLeft(t)
 	t.Logf("soak report (%s):\n%s", d, r.text(start, end, left))
 	if n := r.failed.Load(); n > 0 {
-		t.Errorf("%d client errors in transaction pools", n)
+		r.mu.Lock()
+		t.Errorf("%d client errors in transaction pools: %v", n, r.errs)
+		r.mu.Unlock()
 	}
 	if left > 0 {
 		t.Errorf("%d database users left behind after dbproxy stopped", left)
