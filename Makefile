@@ -122,6 +122,8 @@ bench-mysql:
 
 # A normal build of dbproxy (DBPROXY_BUILD_FLAGS cleared: the tests' -race
 # would be measured too); Vault comes from scripts/build-vault.sh's cache.
+# FLEET_BENCH_FLAGS passes more flags (-n 1,3, -keep).
 FLEET_BENCH_TIME ?= 10m
+FLEET_BENCH_FLAGS ?=
 bench-fleet:
-	DBPROXY_BUILD_FLAGS= $(GO) run ./bench/fleet -duration $(FLEET_BENCH_TIME)
+	DBPROXY_BUILD_FLAGS= $(GO) run ./bench/fleet -duration $(FLEET_BENCH_TIME) $(FLEET_BENCH_FLAGS)

@@ -15,11 +15,12 @@ type auditCounts struct {
 	renewals    int // sys/leases/renew
 	revocations int // sys/leases/revoke (Vault's own expiry revocations are not requests)
 	kv          int // the fleet's records in KV (secret/...)
-	all         int // every request, token renewals included
+	all         int // every request, token renewals and refused ones (a lost CAS race) included
 }
 
 // countAudit reads Vault's file audit log from offset (where the
-// configuration began) and counts the responses without an error. Request
+// configuration began) and counts the responses: all of them in all, the
+// ones without an error in the other counts. Request
 // paths are not HMAC'd, so the default (non-raw) audit device suffices.
 func countAudit(path string, offset int64, role string) (auditCounts, error) {
 	var c auditCounts
@@ -44,11 +45,14 @@ func countAudit(path string, offset int64, role string) (auditCounts, error) {
 		if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
 			return c, fmt.Errorf("audit log: %w", err)
 		}
-		if entry.Type != "response" || entry.Error != "" {
+		if entry.Type != "response" {
+			continue
+		}
+		c.all++
+		if entry.Error != "" {
 			continue
 		}
 		p := entry.Request.Path
-		c.all++
 		switch {
 		case p == "database/creds/"+role:
 			c.creds++

@@ -8,7 +8,7 @@
 //
 // Vault's file audit device counts what dbproxy asked Vault for (credential
 // reads, lease renewals and revocations, KV requests, all requests);
-// pg_roles, polled every second, counts the database users Vault created
+// pg_roles, polled every 200 ms, counts the database users Vault created
 // and the most that existed at once. It prints a markdown table.
 //
 //	go run ./bench/fleet -duration 10m    # make bench-fleet

@@ -8,10 +8,12 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// userSampler polls pg_roles every second for the users Vault created for
+// userSampler polls pg_roles every 200 ms for the users Vault created for
 // one role (the PostgreSQL plugin names them v-DISPLAY-ROLE-RANDOM-TIME,
-// ROLE cut to 8 characters). A user lives at least until its lease is
-// revoked, seconds after it was created, so a one-second poll sees each.
+// ROLE cut to 8 characters). A user lives until its lease is revoked,
+// normally many seconds; only one fetched by a rotation in the instant a
+// process is stopped, and revoked by its shutdown, may live less than a
+// poll and be missed.
 type userSampler struct {
 	mu     sync.Mutex
 	seen   map[string]bool
@@ -42,7 +44,7 @@ func (e *env) sampleUsers(ctx context.Context, role string) (*userSampler, error
 			select {
 			case <-sctx.Done():
 				return
-			case <-time.After(time.Second):
+			case <-time.After(200 * time.Millisecond):
 			}
 		}
 	}()
