@@ -12,6 +12,7 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	errors   *prometheus.CounterVec
 	cancels  *prometheus.CounterVec
+	stats    statsVecs
 }
 
 // NewMetrics registers the collectors on reg (nil: unregistered). Call it
@@ -38,9 +39,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dbproxy_cancel_requests_total", Help: "Cancel requests by result.",
 		}, []string{"protocol", "result"}),
+		stats: newStatsVecs(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels)
+		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels,
+			m.stats.xact, m.stats.query, m.stats.wait)
 	}
 	return m
 }
@@ -54,6 +57,8 @@ type ProtocolMetrics struct {
 	Bytes    *prometheus.CounterVec // backend, direction
 	Errors   *prometheus.CounterVec // class
 	Cancels  *prometheus.CounterVec // result
+	// xact, query and wait are the SHOW STATS histograms (stats.go).
+	xact, query, wait prometheus.ObserverVec // backend, identity
 }
 
 // Protocol returns the collectors for one protocol's front end.
@@ -63,6 +68,8 @@ func (m *Metrics) Protocol(name string) *ProtocolMetrics {
 		Clients: m.clients.MustCurryWith(l), Sessions: m.sessions.MustCurryWith(l),
 		Connect: m.connect.MustCurryWith(l), Bytes: m.bytes.MustCurryWith(l),
 		Errors: m.errors.MustCurryWith(l), Cancels: m.cancels.MustCurryWith(l),
+		xact: m.stats.xact.MustCurryWith(l), query: m.stats.query.MustCurryWith(l),
+		wait: m.stats.wait.MustCurryWith(l),
 	}
 }
 

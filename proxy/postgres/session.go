@@ -71,6 +71,9 @@ type session struct {
 	txStatus  atomic.Uint32 // last ReadyForQuery status byte
 	bytesIn   atomic.Int64
 	bytesOut  atomic.Int64
+	// stats counts transactions, queries and checkout waits from login
+	// on (nil before: counts nothing).
+	stats *frontend.SessionStats
 }
 
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
@@ -209,6 +212,7 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	}
 	s.log = s.srv.log.With(zap.String("listener", lo.Name), zap.String("remote", s.raw.RemoteAddr().String()),
 		zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", g.Role))
+	s.stats = s.srv.metrics.Stats(b.Name, id.Name)
 
 	appName := "dbproxy:" + id.Name
 	if p.appName != "" {
@@ -280,8 +284,12 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 func (s *session) checkoutAlive(ctx context.Context) (*pool.Lease, error) {
 	for {
 		// Each dead one is closed, so this ends with a live or new one.
+		start := frontend.Mono()
 		lease, err := s.pool.CheckoutFor(ctx, s.poolKey, s.dialer, s)
 		if err != nil || lease.Conn.(*upstream).alive() {
+			if err == nil {
+				s.stats.Waited(start)
+			}
 			return lease, err
 		}
 		s.log.Info("pooled server connection was closed by the server; using another")
