@@ -33,6 +33,9 @@ type SessionInfo struct {
 	State      string    `json:"state"`
 	Since      time.Time `json:"since"`
 	Remote     string    `json:"remote"`
+	// RequestTime is when the client's latest request began (zero when
+	// the protocol does not keep SessionStats, or before any request).
+	RequestTime time.Time `json:"request_time,omitzero"`
 	// Pinned says why a session-mode session cannot move to a new
 	// credential at a rotation (it is closed at the drain deadline).
 	Pinned string `json:"pinned,omitempty"`

@@ -52,6 +52,7 @@ func Mono() int64 { return int64(time.Since(processStart)) }
 type SessionStats struct {
 	xact, query, wait prometheus.Observer
 	reqStart          atomic.Int64 // Mono of the request in flight
+	lastRequest       atomic.Int64 // Mono of the latest request's start
 	xactStart         atomic.Int64 // Mono the open transaction began; 0: none
 }
 
@@ -67,8 +68,22 @@ func (p *ProtocolMetrics) Stats(backend, identity string) *SessionStats {
 // RequestStarted marks the start of a client request.
 func (st *SessionStats) RequestStarted() {
 	if st != nil {
-		st.reqStart.Store(Mono())
+		now := Mono()
+		st.reqStart.Store(now)
+		st.lastRequest.Store(now)
 	}
+}
+
+// LastRequest is when the latest request began; zero before the first.
+func (st *SessionStats) LastRequest() time.Time {
+	if st == nil {
+		return time.Time{}
+	}
+	ns := st.lastRequest.Load()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return processStart.Add(time.Duration(ns))
 }
 
 // QueryDone counts the end of a request's answer; inTxn says whether a

@@ -71,6 +71,8 @@ type session struct {
 	txStatus  atomic.Uint32 // last ReadyForQuery status byte
 	bytesIn   atomic.Int64
 	bytesOut  atomic.Int64
+	// console: the client asked for the admin console (console.go).
+	console bool
 	// stats counts transactions, queries and checkout waits from login
 	// on (nil before: counts nothing).
 	stats *frontend.SessionStats
@@ -96,6 +98,10 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	_ = c.SetDeadline(time.Time{})
 	srv.front.Track(s)
 	defer srv.front.Untrack(s)
+	if s.console {
+		s.runConsole() // console.go
+		return
+	}
 	s.run()
 }
 
@@ -196,6 +202,9 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 		return err
 	}
 	s.id = id
+	if s.wantsConsole(p) { // console.go
+		return nil
+	}
 	b := s.srv.opts.Backends[p.database]
 	if b == nil {
 		return fatal(codeInvalidCatalog, fmt.Sprintf("backend %q does not exist: set database to one of the backends configured in dbproxy", p.database))
@@ -355,7 +364,8 @@ func (s *session) currentUpstream() *upstream {
 // Info implements frontend.Session.
 func (s *session) Info() frontend.SessionInfo {
 	si := frontend.SessionInfo{Protocol: "postgres", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
-		Since: s.started, Remote: s.raw.RemoteAddr().String(), State: txState(byte(s.txStatus.Load()), s.busy.Load())}
+		Since: s.started, Remote: s.raw.RemoteAddr().String(), State: txState(byte(s.txStatus.Load()), s.busy.Load()),
+		RequestTime: s.stats.LastRequest()}
 	if s.backend != nil {
 		si.Backend = s.backend.Name
 	}
