@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -132,7 +133,7 @@ const waitClosePoll = 100 * time.Millisecond
 // left that must close: those of superseded credential generations, and
 // those held by sessions that connected before the latest RECONNECT.
 func (c *Console) waitClose(ctx context.Context, backend string) (string, error) {
-	if backend != "" && !contains(c.backends(), backend) {
+	if backend != "" && !slices.Contains(c.backends(), backend) {
 		return "", noBackend(backend)
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.WaitCloseLimit)
@@ -172,13 +173,4 @@ func (c *Console) closing(backend string) []string {
 		}
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
