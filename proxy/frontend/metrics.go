@@ -12,6 +12,7 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	errors   *prometheus.CounterVec
 	cancels  *prometheus.CounterVec
+	retries  *prometheus.CounterVec
 	stats    statsVecs
 }
 
@@ -39,10 +40,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dbproxy_cancel_requests_total", Help: "Cancel requests by result.",
 		}, []string{"protocol", "result"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dbproxy_request_retries_total",
+			Help: "Requests sent again on another server connection because the first was dead before anything ran.",
+		}, []string{"protocol"}),
 		stats: newStatsVecs(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels,
+		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels, m.retries,
 			m.stats.xact, m.stats.query, m.stats.wait)
 	}
 	return m
@@ -57,6 +62,7 @@ type ProtocolMetrics struct {
 	Bytes    *prometheus.CounterVec // backend, direction
 	Errors   *prometheus.CounterVec // class
 	Cancels  *prometheus.CounterVec // result
+	Retries  prometheus.Counter
 	// xact, query and wait are the SHOW STATS histograms (stats.go).
 	xact, query, wait prometheus.ObserverVec // backend, identity
 }
@@ -68,7 +74,8 @@ func (m *Metrics) Protocol(name string) *ProtocolMetrics {
 		Clients: m.clients.MustCurryWith(l), Sessions: m.sessions.MustCurryWith(l),
 		Connect: m.connect.MustCurryWith(l), Bytes: m.bytes.MustCurryWith(l),
 		Errors: m.errors.MustCurryWith(l), Cancels: m.cancels.MustCurryWith(l),
-		xact: m.stats.xact.MustCurryWith(l), query: m.stats.query.MustCurryWith(l),
+		Retries: m.retries.WithLabelValues(name),
+		xact:    m.stats.xact.MustCurryWith(l), query: m.stats.query.MustCurryWith(l),
 		wait: m.stats.wait.MustCurryWith(l),
 	}
 }
