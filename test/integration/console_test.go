@@ -324,6 +324,15 @@ func TestKillMySQLSession(t *testing.T) {
 	if out, err := dbproxyCLI(t, s.proxy, "kill", "999999"); err == nil || !strings.Contains(out, "no open session with id 999999") {
 		t.Errorf("dbproxy kill of an unknown id: %v %q", err, out)
 	}
+	// The MySQL sessions' commands are in SHOW STATS too.
+	_, stats := s.show(t, "STATS")
+	st := findRow(stats, "database", "mydb")
+	if st == nil || st["identity"] != "app" {
+		t.Fatalf("SHOW STATS has no mydb/app row: %v", stats)
+	}
+	atLeast(t, "SHOW STATS mydb", st, "total_query_count", 2)
+	atLeast(t, "SHOW STATS mydb", st, "total_xact_count", 2)
+	atLeast(t, "SHOW STATS mydb", st, "total_server_assignment_count", 2)
 }
 
 // mysqlSessionID is the id of the one open MySQL session.
