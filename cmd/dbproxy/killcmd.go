@@ -11,8 +11,8 @@ import (
 	"strconv"
 )
 
-// killCmd ends one client session (an id from `dbproxy status --sessions`
-// or GET /v1/sessions); its client is told the reason.
+// killCmd ends one client session (an id from GET /v1/sessions or the
+// console's SHOW CLIENTS); its client is told the reason.
 func killCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("kill", stderr)
 	client := adminFlags(fs, stderr)

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"unicode"
+
+	"go.uber.org/zap"
 )
 
 // An operator ends one session by its ID (admin API, CLI, SQL console)
@@ -73,6 +75,9 @@ func (f *Server[S]) KillID(id uint64, reason string) (SessionInfo, bool) {
 	t.note.Store(&reason)
 	si := target.Info()
 	si.ID = id
+	f.log.Info("session killed by an operator", zap.Uint64("session_id", id), zap.String("protocol", si.Protocol),
+		zap.String("identity", si.Identity), zap.String("backend", si.Backend), zap.String("remote", si.Remote),
+		zap.String("reason", reason))
 	target.Kill(KillByOperator)
 	return si, true
 }
