@@ -255,7 +255,19 @@ func TestAdminConsole(t *testing.T) {
 		t.Errorf("KILL of a gone session: %v %q", err, out)
 	}
 
-	// The operator actions, through to a new credential generation.
+	// The operator actions, through to a new credential generation, with
+	// a transaction open on the old one: WAIT_CLOSE returns only after it
+	// commits (its server connection, of generation 1, then closes).
+	inTxn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable", s.appPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inTxn.Close(context.Background())
+	for _, q := range []string{"begin", "select 1"} {
+		if _, err := inTxn.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
 	out, err = s.console(t, s.opsPort, "PAUSE appdb; RESUME; RECONNECT appdb; ROTATE appdb")
 	for _, want := range []string{"backend appdb: paused", "resumed", "reconnecting", "rotation started"} {
 		if err != nil || !strings.Contains(out, want) {
@@ -275,11 +287,29 @@ func TestAdminConsole(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("generation 2 active %s after ROTATE", time.Since(rotated).Round(time.Millisecond))
-	if out, err := s.console(t, s.opsPort, "WAIT_CLOSE appdb"); err != nil || !strings.Contains(out, "are closed") {
-		t.Errorf("WAIT_CLOSE after the rotation: %v %q", err, out)
-	} else {
-		t.Log(out)
+	type waited struct {
+		out string
+		err error
+		at  time.Time
 	}
+	done := make(chan waited, 1)
+	go func() {
+		out, err := s.console(t, s.opsPort, "WAIT_CLOSE appdb")
+		done <- waited{out, err, time.Now()}
+	}()
+	time.Sleep(time.Second) // WAIT_CLOSE must still be waiting when the transaction ends
+	committed := time.Now()
+	if _, err := inTxn.Exec(ctx, "commit"); err != nil {
+		t.Fatal(err)
+	}
+	w := <-done
+	if w.err != nil || !strings.Contains(w.out, "are closed") {
+		t.Fatalf("WAIT_CLOSE: %v %q", w.err, w.out)
+	}
+	if w.at.Before(committed) {
+		t.Fatalf("WAIT_CLOSE returned before the transaction on generation 1 committed: %q", w.out)
+	}
+	t.Log(w.out)
 }
 
 // KILL through the HTTP API and the CLI, of MySQL sessions: the client
