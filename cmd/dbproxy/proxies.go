@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dbproxy/dbproxy/admin/console"
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
@@ -87,9 +88,11 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		Pool: func(backend, role string) *pool.Pool {
 			return st.pools[creds.SourceKey{Backend: backend, Role: role}]
 		},
-		Authorizer: policy,
-		Log:        log.Named("postgres"),
-		Metrics:    postgres.NewMetrics(deps.Registry, fm),
+		Authorizer:      policy,
+		Log:             log.Named("postgres"),
+		Metrics:         postgres.NewMetrics(deps.Registry, fm),
+		Console:         newConsole(cfg, st, deps, log).Serve,
+		ConsoleDatabase: console.Database,
 	})
 
 	if st.mysql, err = newMySQLServer(cfg, st, policy, log, fm); err != nil {

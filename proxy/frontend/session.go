@@ -20,6 +20,8 @@ type Session interface {
 // SessionInfo describes a client session for the admin API, for both
 // protocols.
 type SessionInfo struct {
+	// ID names the session in the process (KillID, the console's KILL).
+	ID         uint64    `json:"id"`
 	Protocol   string    `json:"protocol"`
 	Identity   string    `json:"identity"`
 	Method     string    `json:"method"`
@@ -31,6 +33,9 @@ type SessionInfo struct {
 	State      string    `json:"state"`
 	Since      time.Time `json:"since"`
 	Remote     string    `json:"remote"`
+	// RequestTime is when the client's latest request began (zero when
+	// the protocol does not keep SessionStats, or before any request).
+	RequestTime time.Time `json:"request_time,omitzero"`
 	// Pinned says why a session-mode session cannot move to a new
 	// credential at a rotation (it is closed at the drain deadline).
 	Pinned string `json:"pinned,omitempty"`
@@ -52,10 +57,12 @@ const (
 	KillShutdown                // shutdown deadline: every session
 	KillByClient                // a client's KILL CONNECTION (MySQL)
 	KillTokenExpired            // the token that identified the client expired
+	KillByOperator              // an operator's kill (admin API, CLI, console): see KillID
 )
 
-// Rank orders reasons: a client's KILL and an expired token are as
-// strong as the shutdown deadline, none overrides another.
+// Rank orders reasons: a client's KILL, an expired token and an
+// operator's kill are as strong as the shutdown deadline, none overrides
+// another.
 func (r KillReason) Rank() KillReason { return min(r, KillShutdown) }
 
 // Result is the dbproxy_client_sessions_total result of a session stopped
@@ -68,6 +75,8 @@ func (r KillReason) Result() string {
 		return "killed"
 	case KillTokenExpired:
 		return "token_expired"
+	case KillByOperator:
+		return "operator_kill"
 	}
 	return "shutdown"
 }

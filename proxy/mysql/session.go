@@ -64,6 +64,9 @@ type session struct {
 	rl       atomic.Pointer[txnSession] // the relay's state, for Superseded (move.go)
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
+	// stats counts commands, transactions and checkout waits from login
+	// on (nil before: counts nothing; stats.go).
+	stats *frontend.SessionStats
 }
 
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
@@ -222,6 +225,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 	s.caps = r.caps & g.caps &^ gomysql.CLIENT_SSL
 	s.log = s.srv.log.With(zap.String("listener", lo.Name), zap.String("remote", s.raw.RemoteAddr().String()),
 		zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", grant.Role))
+	s.stats = s.srv.metrics.Stats(b.Name, id.Name)
 
 	program := "dbproxy:" + id.Name
 	if p := r.attrs["program_name"]; p != "" {
@@ -291,8 +295,12 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 func (s *session) checkoutOpen(ctx context.Context) (*pool.Lease, error) {
 	for {
 		// Each dead one is closed, so this ends with an open or new one.
+		start := mono()
 		lease, err := s.pool.CheckoutFor(ctx, s.poolKey, s.dialer, s)
 		if err != nil || pool.PeerOpen(lease.Conn.(*upstream).conn) {
+			if err == nil {
+				s.stats.Waited(start)
+			}
 			return lease, err
 		}
 		s.log.Info("pooled server connection was closed by the server; using another")
@@ -382,7 +390,8 @@ func (s *session) currentUpstream() *upstream {
 // Info implements frontend.Session.
 func (s *session) Info() frontend.SessionInfo {
 	si := frontend.SessionInfo{Protocol: "mysql", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
-		Since: s.started, Remote: s.raw.RemoteAddr().String(), ConnectionID: s.connID, State: "idle"}
+		Since: s.started, Remote: s.raw.RemoteAddr().String(), ConnectionID: s.connID, State: "idle",
+		RequestTime: s.stats.LastRequest()}
 	if s.backend != nil {
 		si.Backend = s.backend.Name
 	}
