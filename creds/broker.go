@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -23,6 +24,16 @@ type SourceSpec struct {
 	Mount   string // database secrets engine mount, e.g. "database"
 	Role    string
 	Lease   LeaseOptions
+	// Kind is where the credentials come from; the zero value is Dynamic
+	// (database/creds/ROLE). Static reads Mount/static-creds/Role; KV
+	// reads the secret KV names (Role then only names the source).
+	Kind Kind
+	KV   KVSecret
+	// PollInterval reads a Static or KV source this often to notice a
+	// change made outside Vault's schedule (a forced rotation, a new KV
+	// version). Zero: a static password is read at its rotations and a
+	// KV secret at start; both also after a refused login.
+	PollInterval time.Duration
 }
 
 // Broker owns the Vault client and one Source per (backend, role).
@@ -41,7 +52,9 @@ func NewBroker(c *Client, specs []SourceSpec, log *zap.Logger, m *Metrics) *Brok
 		if _, ok := b.sources[k]; ok {
 			continue
 		}
-		b.sources[k] = newSource(c, sp.Backend, sp.Mount, sp.Role, sp.Lease, log, m)
+		s := newSource(c, sp.Backend, sp.Mount, sp.Role, sp.Lease, log, m)
+		s.kind, s.kv, s.poll = sp.Kind, sp.KV, sp.PollInterval
+		b.sources[k] = s
 	}
 	return b
 }
@@ -54,7 +67,11 @@ func (b *Broker) JoinFleet(o FleetOptions, m *Metrics) {
 	}
 	o = o.withDefaults()
 	for k, s := range b.sources {
-		s.fleet = newFleetMember(o, b.client, m, k.Backend, k.Role)
+		// Static and KV sources issue nothing: each instance reads the
+		// same password, so there is nothing to share.
+		if s.kind == Dynamic {
+			s.fleet = newFleetMember(o, b.client, m, k.Backend, k.Role)
+		}
 	}
 	b.log.Info("fleet mode", zap.String("fleet", o.Name), zap.String("instance", o.InstanceID),
 		zap.String("kv", o.KVMount+"/"+o.KVPath+"/"+o.Name))
