@@ -109,6 +109,15 @@ type Backend struct {
 	// VaultRole is the default Vault role (database/creds/ROLE) for grants
 	// that name no role of their own.
 	VaultRole string `yaml:"vault_role"`
+	// VaultStaticRole takes credentials from a Vault static role instead
+	// (vault_mount/static-creds/NAME): one database user whose password
+	// Vault rotates; dbproxy reads it again just after each rotation.
+	// Exclusive with vault_role and kv.
+	VaultStaticRole string `yaml:"vault_static_role"`
+	// KV takes credentials from a KV version 2 secret instead, for a
+	// database Vault's database engine does not manage. Exclusive with
+	// vault_role and vault_static_role.
+	KV *BackendKV `yaml:"kv"`
 	// AllowInsecureAuth permits cleartext and MD5 password exchanges with
 	// the upstream. Off by default: SCRAM (or TLS) is required.
 	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
@@ -118,6 +127,32 @@ type Backend struct {
 	Pool Pool `yaml:"pool"`
 	// Lease tunes credential rotation for this backend.
 	Lease Lease `yaml:"lease"`
+}
+
+// BackendKV locates a KV version 2 secret holding a backend's username
+// and password. A new version of the secret is a new credential.
+type BackendKV struct {
+	// Mount is the KV v2 secrets engine. Default "secret".
+	Mount string `yaml:"mount"`
+	// Path is the secret's path under the mount. Required.
+	Path string `yaml:"path"`
+	// UsernameField and PasswordField name the secret's keys. Default
+	// username and password.
+	UsernameField string `yaml:"username_field"`
+	PasswordField string `yaml:"password_field"`
+}
+
+// CredentialRole names the backend's own credential source, the role its
+// grants get when they name none: vault_role, vault_static_role, or
+// "kv:MOUNT/PATH" for a KV secret.
+func (b Backend) CredentialRole() string {
+	switch {
+	case b.KV != nil:
+		return "kv:" + b.KV.Mount + "/" + b.KV.Path
+	case b.VaultStaticRole != "":
+		return b.VaultStaticRole
+	}
+	return b.VaultRole
 }
 
 // UpstreamTLS is how dbproxy verifies the database server.
@@ -167,6 +202,12 @@ type Lease struct {
 	RevokeGrace Duration `yaml:"revoke_grace"`
 	// MaxIssuePerMinute caps new credentials per role per minute. Default 6.
 	MaxIssuePerMinute int `yaml:"max_issue_per_minute"`
+	// PollInterval (vault_static_role and kv only) reads the password
+	// this often to notice changes made outside Vault's schedule: a
+	// forced rotation (database/rotate-role) or a new KV version. 0s:
+	// only at Vault's scheduled rotations and after a refused login.
+	// Default 1m.
+	PollInterval Duration `yaml:"poll_interval"`
 }
 
 // Listener is one socket clients connect to.

@@ -31,6 +31,8 @@ const (
 	DefaultFleetKVPath        = "dbproxy/fleet"
 	DefaultFleetLockTTL       = 10 * time.Second
 	DefaultFleetPollInterval  = 2 * time.Second
+	DefaultKVMount            = "secret"
+	DefaultSourcePoll         = time.Minute
 )
 
 // DefaultJWTAlgorithms are the JWT signature algorithms accepted when a
@@ -150,6 +152,16 @@ func (c *Config) SetDefaults() {
 		setDur(c, p+".lease.safety_margin", &b.Lease.SafetyMargin, DefaultSafetyMargin)
 		setDur(c, p+".lease.revoke_grace", &b.Lease.RevokeGrace, DefaultRevokeGrace)
 		setInt(c, p+".lease.max_issue_per_minute", &b.Lease.MaxIssuePerMinute, DefaultMaxIssuePerMinute)
+		if b.KV != nil {
+			kv := *b.KV
+			setStr(c, p+".kv.mount", &kv.Mount, DefaultKVMount)
+			setStr(c, p+".kv.username_field", &kv.UsernameField, "username")
+			setStr(c, p+".kv.password_field", &kv.PasswordField, "password")
+			b.KV = &kv
+		}
+		if b.KV != nil || b.VaultStaticRole != "" {
+			setDur(c, p+".lease.poll_interval", &b.Lease.PollInterval, DefaultSourcePoll)
+		}
 		c.Backends[name] = b
 	}
 

@@ -326,6 +326,7 @@ func (v *validator) backends() {
 		if l.MaxIssuePerMinute <= 0 {
 			v.at(p+".lease.max_issue_per_minute", "%s.lease.max_issue_per_minute: %d; must be greater than 0 (default %d)", p, l.MaxIssuePerMinute, DefaultMaxIssuePerMinute)
 		}
+		v.credentialSource(p, b)
 	}
 }
 
@@ -534,8 +535,11 @@ func (v *validator) identities() {
 				continue
 			}
 			role := g.Role
-			if role == "" {
-				role = b.VaultRole
+			if own := b.CredentialRole(); role == "" {
+				role = own
+			} else if b.VaultRole == "" && own != "" && role != own {
+				v.at(gp+".role", "%s.role: %q, but backend %q takes its one credential from %s; leave role out (or write %q)", gp, role, g.Backend, sourceName(b), own)
+				continue
 			}
 			if role == "" {
 				v.atKey(gp, "%s: no Vault role for backend %q; set role here or vault_role on the backend", gp, g.Backend)

@@ -147,7 +147,7 @@ func grantRole(cfg *config.Config, g config.Grant) string {
 	if g.Role != "" {
 		return g.Role
 	}
-	return cfg.Backends[g.Backend].VaultRole
+	return cfg.Backends[g.Backend].CredentialRole()
 }
 
 // sourceSpecs has one credential source per (backend, role) that some
@@ -170,7 +170,15 @@ func sourceSpecs(cfg *config.Config) []creds.SourceSpec {
 				RotateBefore: b.Lease.RotateBefore.D(), DrainTimeout: b.Lease.DrainTimeout.D(),
 				SafetyMargin: b.Lease.SafetyMargin.D(), RevokeGrace: b.Lease.RevokeGrace.D(),
 				MaxIssuePerMinute: b.Lease.MaxIssuePerMinute,
-			}})
+			}, PollInterval: b.Lease.PollInterval.D()})
+			sp := &out[len(out)-1]
+			switch {
+			case b.KV != nil:
+				sp.Kind = creds.KV
+				sp.KV = creds.KVSecret{Mount: b.KV.Mount, Path: b.KV.Path, UsernameField: b.KV.UsernameField, PasswordField: b.KV.PasswordField}
+			case b.VaultStaticRole != "":
+				sp.Kind = creds.Static
+			}
 		}
 	}
 	return out
