@@ -164,6 +164,9 @@ type UpstreamTLS struct {
 	CAFile string `yaml:"ca_file"`
 	// ServerName overrides the name checked in the certificate.
 	ServerName string `yaml:"server_name"`
+	// VaultPKI issues the client certificate dbproxy presents to the
+	// database (upstream mTLS) from Vault PKI, renewed like a listener's.
+	VaultPKI *VaultPKI `yaml:"vault_pki"`
 }
 
 // Pool sizes a backend's upstream connection pool.
@@ -290,6 +293,31 @@ type ListenerTLS struct {
 	// Required refuses clients that do not upgrade to TLS. Default true
 	// when auth is mtls.
 	Required bool `yaml:"required"`
+	// VaultPKI issues the listener's certificate from Vault's PKI secrets
+	// engine instead of cert_file and key_file: at start, and again at
+	// about two thirds of its life, without dropping connections.
+	VaultPKI *VaultPKI `yaml:"vault_pki"`
+}
+
+// VaultPKI is a certificate from Vault PKI (MOUNT/issue/ROLE).
+type VaultPKI struct {
+	// Mount is the PKI secrets engine. Default "pki".
+	Mount string `yaml:"mount"`
+	// Role is the PKI role certificates are issued under. Required.
+	Role string `yaml:"role"`
+	// CommonName of the certificate. Required.
+	CommonName string `yaml:"common_name"`
+	// AltNames are further DNS names (subject alternative names).
+	AltNames []string `yaml:"alt_names"`
+	// IPSANs are IP addresses the certificate is valid for.
+	IPSANs []string `yaml:"ip_sans"`
+	// TTL asks for this lifetime; the role's max_ttl caps it. Default:
+	// the role's ttl.
+	TTL Duration `yaml:"ttl"`
+	// ClientCA (listeners only) verifies client certificates with the
+	// mount's CA (MOUNT/ca/pem) instead of tls.client_ca_file; it is read
+	// again at each renewal.
+	ClientCA bool `yaml:"client_ca"`
 }
 
 // Identity is one service that may connect, how it is recognised, and

@@ -33,6 +33,7 @@ const (
 	DefaultFleetPollInterval  = 2 * time.Second
 	DefaultKVMount            = "secret"
 	DefaultSourcePoll         = time.Minute
+	DefaultPKIMount           = "pki"
 )
 
 // DefaultJWTAlgorithms are the JWT signature algorithms accepted when a
@@ -159,6 +160,11 @@ func (c *Config) SetDefaults() {
 			setStr(c, p+".kv.password_field", &kv.PasswordField, "password")
 			b.KV = &kv
 		}
+		if b.TLS.VaultPKI != nil {
+			pki := *b.TLS.VaultPKI
+			setStr(c, p+".tls.vault_pki.mount", &pki.Mount, DefaultPKIMount)
+			b.TLS.VaultPKI = &pki
+		}
 		if b.KV != nil || b.VaultStaticRole != "" {
 			setDur(c, p+".lease.poll_interval", &b.Lease.PollInterval, DefaultSourcePoll)
 		}
@@ -196,6 +202,9 @@ func (c *Config) SetDefaults() {
 			if c.absent(p+".jwt.algorithms", len(l.JWT.Algorithms) == 0) {
 				l.JWT.Algorithms = append([]string(nil), DefaultJWTAlgorithms...)
 			}
+		}
+		if l.TLS != nil && l.TLS.VaultPKI != nil {
+			setStr(c, p+".tls.vault_pki.mount", &l.TLS.VaultPKI.Mount, DefaultPKIMount)
 		}
 		if l.Auth == "mtls" && l.TLS != nil {
 			if c.absent(p+".tls.require_client_cert", !l.TLS.RequireClientCert) {

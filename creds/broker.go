@@ -41,12 +41,14 @@ type Broker struct {
 	client  *Client
 	log     *zap.Logger
 	sources map[SourceKey]*Source
+	certs   []*Cert
+	m       *Metrics
 	wg      sync.WaitGroup
 }
 
 // NewBroker makes a source for each spec. Nothing talks to Vault until Run.
 func NewBroker(c *Client, specs []SourceSpec, log *zap.Logger, m *Metrics) *Broker {
-	b := &Broker{client: c, log: log, sources: make(map[SourceKey]*Source)}
+	b := &Broker{client: c, log: log, sources: make(map[SourceKey]*Source), m: m}
 	for _, sp := range specs {
 		k := SourceKey{sp.Backend, sp.Role}
 		if _, ok := b.sources[k]; ok {
@@ -57,6 +59,14 @@ func NewBroker(c *Client, specs []SourceSpec, log *zap.Logger, m *Metrics) *Brok
 		b.sources[k] = s
 	}
 	return b
+}
+
+// Cert adds a TLS certificate from Vault PKI, issued and renewed from Run
+// on. Call it before Run.
+func (b *Broker) Cert(o CertOptions) *Cert {
+	c := NewCert(b.client, o, b.log.Named("pki"), b.m)
+	b.certs = append(b.certs, c)
+	return c
 }
 
 // JoinFleet makes every source share its generations with the other
@@ -95,6 +105,9 @@ func (b *Broker) Run(ctx context.Context) {
 			defer b.wg.Done()
 			s.Run(ctx)
 		}()
+	}
+	for _, c := range b.certs {
+		b.wg.Go(func() { c.Run(ctx) })
 	}
 }
 
@@ -159,6 +172,11 @@ func (b *Broker) Leases() []Info {
 func (b *Broker) Ready() error {
 	for _, s := range b.sources {
 		if err := s.Ready(); err != nil {
+			return err
+		}
+	}
+	for _, c := range b.certs {
+		if err := c.Ready(); err != nil {
 			return err
 		}
 	}

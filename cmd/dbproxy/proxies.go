@@ -53,6 +53,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	}
 	specs := sourceSpecs(cfg)
 	st := &stack{broker: creds.NewBroker(client, specs, log.Named("creds"), cm), pools: map[creds.SourceKey]*pool.Pool{}}
+	certs := brokerCerts(st.broker)
 	if f := cfg.Fleet; f != nil {
 		st.broker.JoinFleet(creds.FleetOptions{
 			Name: f.Name, KVMount: f.KVMount, KVPath: f.KVPath, InstanceID: f.InstanceID,
@@ -76,7 +77,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		if b.Protocol != "postgres" {
 			continue
 		}
-		pb, err := postgresBackend(name, b)
+		pb, err := postgresBackend(name, b, certs)
 		if err != nil {
 			return nil, err
 		}
@@ -92,7 +93,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		Metrics:    postgres.NewMetrics(deps.Registry, fm),
 	})
 
-	if st.mysql, err = newMySQLServer(cfg, st, policy, log, fm); err != nil {
+	if st.mysql, err = newMySQLServer(cfg, st, policy, log, fm, certs); err != nil {
 		return nil, err
 	}
 
@@ -105,7 +106,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		return logins.wrap(l.Auth, a), nil
 	}
 	for _, l := range cfg.Listeners {
-		ln, lo, err := openListener(l, policy, tokenAuthFor)
+		ln, lo, err := openListener(l, policy, tokenAuthFor, certs)
 		if err != nil {
 			st.close()
 			return nil, err
@@ -184,7 +185,7 @@ func sourceSpecs(cfg *config.Config) []creds.SourceSpec {
 	return out
 }
 
-func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
+func postgresBackend(name string, b config.Backend, certs certFor) (*postgres.Backend, error) {
 	host, portStr, err := net.SplitHostPort(b.Address)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s address: %w", name, err)
@@ -193,7 +194,7 @@ func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend %s port: %w", name, err)
 	}
-	tc, err := upstreamTLS(host, b.TLS)
+	tc, err := upstreamTLS(host, b.TLS, certs("backend/"+name, b.TLS.VaultPKI))
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
@@ -206,7 +207,17 @@ func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
 		IdleTxnTimeout: b.Pool.IdleTransactionTimeout.D()}, nil
 }
 
-func upstreamTLS(host string, t config.UpstreamTLS) (*tls.Config, error) {
+// upstreamTLS is how dbproxy connects to a database: TLS by mode, with a
+// client certificate from Vault PKI when cert is not nil.
+func upstreamTLS(host string, t config.UpstreamTLS, cert *creds.Cert) (*tls.Config, error) {
+	tc, err := upstreamTLSMode(host, t)
+	if tc != nil && cert != nil {
+		tc.GetClientCertificate = cert.ClientCertificate
+	}
+	return tc, err
+}
+
+func upstreamTLSMode(host string, t config.UpstreamTLS) (*tls.Config, error) {
 	switch t.Mode {
 	case "", "disable":
 		return nil, nil
@@ -243,24 +254,12 @@ func loadCAs(path string) (*x509.CertPool, error) {
 }
 
 // openListener opens the socket and builds how its clients are identified.
-func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error)) (net.Listener, postgres.ListenerOptions, error) {
+func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error), certs certFor) (net.Listener, postgres.ListenerOptions, error) {
 	lo := postgres.ListenerOptions{Name: l.Name}
 	if l.TLS != nil {
-		cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
+		tc, err := listenerTLS(l, certs)
 		if err != nil {
 			return nil, lo, fmt.Errorf("listener %s tls: %w", l.Name, err)
-		}
-		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if l.TLS.ClientCAFile != "" {
-			cas, err := loadCAs(l.TLS.ClientCAFile)
-			if err != nil {
-				return nil, lo, fmt.Errorf("listener %s: %w", l.Name, err)
-			}
-			tc.ClientCAs = cas
-			tc.ClientAuth = tls.VerifyClientCertIfGiven
-			if l.TLS.RequireClientCert {
-				tc.ClientAuth = tls.RequireAndVerifyClientCert
-			}
 		}
 		lo.TLS = tc
 		lo.RequireTLS = l.TLS.Required || l.Auth == "mtls"
