@@ -63,6 +63,9 @@ type fakeVault struct {
 
 	// Static roles under mount (see fakestatic_test.go).
 	static map[string]*fakeStatic
+
+	// PKI at pki/ (see fakepki_test.go); nil until newFakePKI.
+	pki *fakePKI
 }
 
 type fakeErr struct {
@@ -97,6 +100,8 @@ const (
 	opKVRead     = "kv-read"
 	opKVWrite    = "kv-write"
 	opStatic     = "static-creds"
+	opPKIIssue   = "pki-issue"
+	opPKICA      = "pki-ca"
 )
 
 func newFakeVault(t testing.TB) *fakeVault {
@@ -257,6 +262,10 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 		op, role = opCreds, strings.TrimPrefix(path, credsPrefix)
 	case r.Method == http.MethodGet && strings.HasPrefix(path, "/v1/"+f.mount+"/static-creds/"):
 		op, role = opStatic, strings.TrimPrefix(path, "/v1/"+f.mount+"/static-creds/")
+	case write && strings.HasPrefix(path, "/v1/pki/issue/"):
+		op = opPKIIssue
+	case r.Method == http.MethodGet && path == "/v1/pki/ca/pem":
+		op = opPKICA
 	case r.Method == http.MethodGet && strings.HasPrefix(path, rolePrefix):
 		op, role = opRole, strings.TrimPrefix(path, rolePrefix)
 	case write && path == "/v1/sys/leases/renew":
@@ -320,6 +329,8 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	switch op {
 	case opStatic:
 		f.serveStatic(w, role, now)
+	case opPKIIssue, opPKICA:
+		f.servePKI(w, op, body, now)
 	case opKVRead, opKVWrite:
 		f.serveKV(w, op, strings.TrimPrefix(path, "/v1/"+f.kvMount+"/data/"), body, now)
 	case opCreds:
