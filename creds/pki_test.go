@@ -248,4 +248,3 @@ func clientCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey) tls
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
-
