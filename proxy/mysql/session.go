@@ -262,7 +262,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 		}
 	}
 	if !s.txnMode {
-		lease, err := pl.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+		lease, err := s.checkoutOpen(ctx)
 		if err != nil {
 			return err
 		}
@@ -284,6 +284,21 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 	s.status.Store(uint32(st))
 	lease.Put()
 	return nil
+}
+
+// checkoutOpen checks a connection out for a new session, skipping those
+// the server closed while they sat in the pool (a session's connection is
+// checked once; the check costs a system call).
+func (s *session) checkoutOpen(ctx context.Context) (*pool.Lease, error) {
+	for {
+		// Each dead one is closed, so this ends with an open or new one.
+		lease, err := s.pool.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+		if err != nil || pool.PeerOpen(lease.Conn.(*upstream).conn) {
+			return lease, err
+		}
+		s.log.Info("pooled server connection was closed by the server; using another")
+		lease.Close()
+	}
 }
 
 // run relays until the session ends, then returns or closes the upstream.

@@ -48,6 +48,8 @@ type txnSession struct {
 	pinOnce  bool   // keep the connection for the next command (SET TRANSACTION)
 	dirty    bool   // session state changed: reset before another client
 	poisoned bool   // state a reset does not undo: close instead
+	fresh    bool   // the held connection was checked out for this command (retry.go)
+	probe    bool   // check connections for a server close at checkout (retry.go)
 	// state is the session state the client set (txnstate.go), applied
 	// on each connection it lands on.
 	state sessState
@@ -97,7 +99,7 @@ func (t *txnSession) loop() string {
 	for {
 		p, err := t.readCommand()
 		if err == nil {
-			err = t.command(p)
+			err = t.commandRetrying(p)
 		}
 		if err != nil {
 			return t.end(err)
@@ -306,14 +308,38 @@ func (t *txnSession) hold(kind respKind) (bool, error) {
 	return false, t.s.reply(e.packet(1))
 }
 
-// attach checks out an upstream connection of the newest generation.
+// attach checks out an upstream connection of the newest generation and
+// applies the session's state on it. A connection found dead on the way
+// (retry.go) is closed and another taken.
 func (t *txnSession) attach() error {
-	s := t.s
-	// Checkout bounds the wait with the pool's checkout_timeout.
-	lease, err := s.pool.CheckoutFor(t.ctx, s.poolKey, s.dialer, s)
-	if err != nil {
-		return fmt.Errorf("checkout for backend %s: %w", s.backend.Name, err)
+	for tries := 0; ; tries++ {
+		err := t.attachOnce()
+		if err == nil || tries == maxRetries || !deadConn(err) || t.ctx.Err() != nil {
+			return err
+		}
+		t.s.log.Info("server connection was dead; using another", zap.Error(err))
+		t.s.srv.metrics.Retries.Inc()
+		t.probe = true
 	}
+}
+
+func (t *txnSession) attachOnce() error {
+	s := t.s
+	var lease *pool.Lease
+	for {
+		// Checkout bounds the wait with the pool's checkout_timeout.
+		l, err := s.pool.CheckoutFor(t.ctx, s.poolKey, s.dialer, s)
+		if err != nil {
+			return fmt.Errorf("checkout for backend %s: %w", s.backend.Name, err)
+		}
+		if t.open(l.Conn.(*upstream)) {
+			lease = l
+			break
+		}
+		s.log.Info("pooled server connection was closed by the server; using another")
+		l.Close()
+	}
+	t.probe = false
 	// Published before the kill check: interrupt stops what it sees.
 	s.mu.Lock()
 	s.lease = lease
@@ -326,6 +352,7 @@ func (t *txnSession) attach() error {
 	}
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	t.status = t.up.status
+	t.fresh = true
 	s.holding(lease.Gen)
 	if err := t.applyState(); err != nil {
 		t.release(false)
@@ -456,6 +483,9 @@ func (t *txnSession) writeUp(p []byte) error {
 // first may change it before it goes to the client.
 func (t *txnSession) answer(kind respKind, swallow bool, first func([]byte)) ([]byte, error) {
 	s, up := t.s, t.up
+	if err := t.deadOnArrival(); err != nil {
+		return nil, err
+	}
 	s.track.expect(kind)
 	if !swallow && first == nil {
 		st, ok, err := s.relayAnswer(up)
