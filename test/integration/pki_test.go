@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -204,5 +205,159 @@ admin: { address: "{{ADMIN}}" }
 	if c, err := dial(mport, nil); err == nil {
 		c.Close(ctx)
 		t.Fatal("mtls listener accepted a client without a certificate")
+	}
+}
+
+// pkiIssue issues a certificate from the test PKI mount as an operator.
+func pkiIssue(t *testing.T, cn string, ipSANs string) (certPEM, keyPEM, caPEM string) {
+	t.Helper()
+	req := map[string]any{"common_name": cn, "ttl": "1h"}
+	if ipSANs != "" {
+		req["ip_sans"] = ipSANs
+	}
+	sec, err := Vault.Client.Logical().Write(pkiMount+"/issue/dbproxy", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sec.Data["certificate"].(string), sec.Data["private_key"].(string), sec.Data["issuing_ca"].(string)
+}
+
+// pgRequireClientCert turns SSL on in the shared PostgreSQL with a server
+// certificate from the test PKI and makes logins of user need a client
+// certificate from the same CA (hostssl ... clientcert=verify-ca), until
+// the test ends. Other users are unaffected.
+func pgRequireClientCert(t *testing.T, user string) {
+	t.Helper()
+	ctx := context.Background()
+	certPEM, keyPEM, caPEM := pkiIssue(t, "localhost", "127.0.0.1")
+	st, err := os.Stat(PG.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := int(st.Sys().(*syscall.Stat_t).Uid), int(st.Sys().(*syscall.Stat_t).Gid)
+	files := map[string]string{"it-server.crt": certPEM, "it-server.key": keyPEM, "it-ca.crt": caPEM}
+	for name, content := range files {
+		path := filepath.Join(PG.DataDir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, uid, gid); err != nil && os.Geteuid() == 0 {
+			t.Fatal(err)
+		}
+	}
+	hbaPath := filepath.Join(PG.DataDir, "pg_hba.conf")
+	hba, err := os.ReadFile(hbaPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := fmt.Sprintf("hostssl all %s 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\nhost all %s 127.0.0.1/32 reject\n", user, user)
+	if err := os.WriteFile(hbaPath, append([]byte(rules), hba...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set := []string{
+		"ALTER SYSTEM SET ssl_cert_file = 'it-server.crt'", "ALTER SYSTEM SET ssl_key_file = 'it-server.key'",
+		"ALTER SYSTEM SET ssl_ca_file = 'it-ca.crt'", "ALTER SYSTEM SET ssl = on", "SELECT pg_reload_conf()",
+	}
+	t.Cleanup(func() {
+		_ = os.WriteFile(hbaPath, hba, 0o600)
+		for _, q := range []string{"ALTER SYSTEM RESET ssl", "ALTER SYSTEM RESET ssl_cert_file", "ALTER SYSTEM RESET ssl_key_file",
+			"ALTER SYSTEM RESET ssl_ca_file", "SELECT pg_reload_conf()"} {
+			if err := PG.Exec(ctx, q); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	for _, q := range set {
+		if err := PG.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// pg_reload_conf only signals: wait until the server has SSL on.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c := connect(t, PG.SuperDSN())
+		var on string
+		if err := c.QueryRow(ctx, "show ssl").Scan(&on); err != nil {
+			t.Fatal(err)
+		}
+		c.Close(ctx)
+		if on == "on" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ssl still %q after reload:\n%s", on, PG.LogTail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestUpstreamClientCertFromVaultPKI: the database requires a client
+// certificate from the PKI mount for the backend's user; dbproxy presents
+// one issued by Vault (backends.*.tls.vault_pki) and verifies the server
+// with the mount's CA. The user's password comes from a static role.
+func TestUpstreamClientCertFromVaultPKI(t *testing.T) {
+	const user, role = "dbp_mtls_pg", "pg-mtls-static"
+	mountPKI(t)
+	ctx := context.Background()
+	for _, q := range []string{
+		`DROP ROLE IF EXISTS ` + user,
+		`CREATE ROLE ` + user + ` LOGIN PASSWORD 'before-vault-1'`,
+		`GRANT CONNECT ON DATABASE appdb TO ` + user,
+	} {
+		if err := PG.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Vault.Client.Logical().Write(Mount+"/static-roles/"+role, map[string]any{
+		"db_name": "pg", "username": user, "rotation_period": "1h",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = Vault.Client.Logical().Delete(Mount + "/static-roles/" + role) })
+	pgRequireClientCert(t, user)
+	password, _ := staticPassword(t, role)
+
+	// Without a client certificate the database refuses the user.
+	if c, err := pgx.Connect(ctx, PG.DSN(user, password, "appdb")+" sslmode=require"); err == nil {
+		c.Close(ctx)
+		t.Fatal("PostgreSQL let the user in without a client certificate")
+	}
+
+	dir := t.TempDir()
+	_, _, caPEM := pkiIssue(t, "localhost", "")
+	caFile := filepath.Join(dir, "pki-ca.pem")
+	if err := os.WriteFile(caFile, []byte(caPEM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	cfg := fmt.Sprintf(`
+vault:
+  address: %s
+  auth: { method: token, token_file: %q }
+backends:
+  appdb:
+    protocol: postgres
+    address: %s
+    vault_static_role: %s
+    tls:
+      mode: verify-full
+      ca_file: %q
+      vault_pki: { mount: %s, role: dbproxy, common_name: svc-pki, ttl: 1m }
+listeners:
+  - { name: side, protocol: postgres, address: "127.0.0.1:%d", identity: app }
+identities:
+  app:
+    grants: [ { backend: appdb } ]
+admin: { address: "{{ADMIN}}" }
+`, Vault.Addr, vaultTokenFile(t, dir), PG.Addr(), role, caFile, pkiMount, port)
+	startProxy(t, dir, cfg, true)
+	c := connect(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable", port))
+	var ssl bool
+	var dn, who string
+	if err := c.QueryRow(ctx, "select s.ssl, coalesce(s.client_dn, ''), current_user from pg_stat_ssl s where s.pid = pg_backend_pid()").Scan(&ssl, &dn, &who); err != nil {
+		t.Fatal(err)
+	}
+	if !ssl || !strings.Contains(dn, "CN=svc-pki") || who != user {
+		t.Fatalf("upstream session: ssl %v, client DN %q, user %q", ssl, dn, who)
 	}
 }
