@@ -32,7 +32,8 @@ func (s State) String() string {
 	}
 }
 
-// Generation is one credential from database/creds/ROLE and its lease.
+// Generation is one credential: from database/creds/ROLE and its lease, or
+// one password of a static role or KV secret (static.go), which has none.
 // Connections made with it Acquire it and Release it when they close; once
 // it is superseded and released by all, its lease is revoked.
 type Generation struct {
