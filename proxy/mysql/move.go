@@ -93,7 +93,14 @@ func (t *txnSession) pin(reason string) {
 	if t.pinned == "" {
 		t.s.log.Info("session pinned to its server connection", zap.String("reason", reason))
 	}
+	t.setPinned(reason)
+}
+
+// setPinned records why the session cannot move; Info reads it.
+func (t *txnSession) setPinned(reason string) {
+	t.s.mu.Lock()
 	t.pinned = reason
+	t.s.mu.Unlock()
 }
 
 // maybeMove moves an idle session-mode session whose credential is being

@@ -36,12 +36,22 @@ var errDeadOnArrival = upErr(errors.New("the server had closed the pooled connec
 // command runs one client command, again on another connection while
 // the one it was checked out for turns out dead.
 func (t *txnSession) commandRetrying(p []byte) error {
+	if t.large && !streams(p) {
+		var err error
+		if p, err = t.readWhole(); err != nil {
+			return err
+		}
+	}
 	// stmtCommand rewrites the statement id in place: keep the client's.
 	var head [5]byte
 	n := copy(head[:], p)
 	for retries := 0; ; retries++ {
 		out := t.s.bytesOut.Load()
 		err := t.command(p)
+		if t.large && err == nil {
+			// Answered without going upstream (refused, no connection).
+			err = t.skipLarge()
+		}
 		fresh := t.fresh
 		t.fresh = false
 		if err == nil || !fresh || !t.retryable(err, out) {

@@ -61,7 +61,6 @@ type session struct {
 
 	status   atomic.Uint32              // server status flags of the last OK/EOF
 	nextSeq  atomic.Uint32              // sequence number an ERR from dbproxy should carry
-	dirty    atomic.Bool                // session state a reset may not undo
 	rl       atomic.Pointer[txnSession] // the relay's state, for Superseded (move.go)
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
@@ -322,22 +321,9 @@ func (s *session) run() {
 	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N),
 		zap.Uint32("connection_id", s.connID), zap.Uint32("thread_id", up.threadID))
 
-	// Session mode keeps the streaming relay: the transaction-pooling
-	// relay (which could move the session at a rotation, move.go) holds a
-	// command larger than the read buffer whole in memory.
-	result, reusable := s.relay(gen)
-
-	s.mu.Lock()
-	lease := s.lease
-	s.lease = nil
-	s.mu.Unlock()
-	if reusable {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		lease.Return(ctx)
-		cancel()
-	} else {
-		lease.Close()
-	}
+	// The transaction-pooling relay keeps the session's connection in
+	// session mode, and moves it at a rotation (move.go).
+	result := s.runTxn()
 	s.logEnd(result, gen)
 }
 
@@ -410,6 +396,9 @@ func (s *session) Info() frontend.SessionInfo {
 	if s.lease != nil {
 		si.DBUser, si.LeaseID, si.Generation = s.lease.Gen.Username, s.lease.Gen.LeaseID, s.lease.Gen.N
 		si.ThreadID = s.lease.Conn.(*upstream).threadID
+	}
+	if t := s.rl.Load(); t != nil && !s.txnMode {
+		si.Pinned = t.pinned
 	}
 	s.mu.Unlock()
 	return si

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,7 +53,7 @@ type txnSession struct {
 	// on each connection it lands on.
 	state sessState
 	// pinned names state dbproxy cannot carry to another connection:
-	// the session keeps the one it has until it ends.
+	// the session keeps the one it has until it ends. Written under s.mu.
 	pinned string
 
 	// Session mode (move.go): a move to a new credential's connection.
@@ -64,6 +63,7 @@ type txnSession struct {
 	moveWanted atomic.Bool
 
 	consumed int     // bytes of the last command still in s.cbr
+	large    bool    // the command is larger than s.cbr and still there (stream.go)
 	hdr      [4]byte // scratch for packet headers
 }
 
@@ -86,7 +86,8 @@ func (s *session) runTxn() string {
 	if !s.txnMode && result == "ok" && t.up != nil && t.quiescent() && !t.poisoned {
 		// A session-mode client said goodbye: its connection serves
 		// another session after a reset.
-		t.dirty, t.pinned = true, ""
+		t.dirty = true
+		t.setPinned("")
 		t.release(true)
 	}
 	// Still held here means the session ended inside a transaction (or
@@ -169,9 +170,13 @@ func (t *txnSession) readCommand() ([]byte, error) {
 		p, t.consumed = b[4:], 4+n
 		s.bytesIn.Add(int64(4 + n))
 	default:
-		if p, err = t.readLong(maxLen); err != nil {
+		// Larger than the buffer: its start is looked at where it is,
+		// and the whole goes upstream as it arrives (stream.go).
+		b, err := s.cbr.Peek(s.cbr.Size())
+		if err != nil {
 			return nil, err
 		}
+		p, t.large = b[4:], true
 	}
 	if len(p) == 0 {
 		return nil, errEmptyCommand
@@ -181,33 +186,6 @@ func (t *txnSession) readCommand() ([]byte, error) {
 	}
 	s.nextSeq.Store(1)
 	return p, nil
-}
-
-// readLong reads a command larger than the client's read buffer, all its
-// 16 MiB parts, into memory.
-func (t *txnSession) readLong(maxLen int) ([]byte, error) {
-	s := t.s
-	var p []byte
-	for seq := byte(0); ; seq++ {
-		if _, err := io.ReadFull(s.cbr, t.hdr[:]); err != nil {
-			return nil, err
-		}
-		if t.hdr[3] != seq {
-			return nil, outOfOrder(seq, t.hdr[3])
-		}
-		n := payloadLen(t.hdr[:])
-		if len(p)+n > maxLen {
-			return nil, tooLarge(maxLen)
-		}
-		p = append(p, make([]byte, n)...)
-		if _, err := io.ReadFull(s.cbr, p[len(p)-n:]); err != nil {
-			return nil, err
-		}
-		s.bytesIn.Add(int64(4 + n))
-		if n < maxPayload {
-			return p, nil
-		}
-	}
 }
 
 // Marks a command puts on the connection it runs on.
@@ -225,8 +203,7 @@ func (t *txnSession) command(p []byte) error {
 	cmd := p[0]
 	kind, ok := commandResponse(cmd)
 	if !ok {
-		return &Error{Code: erNotSupportedYet, State: "42000",
-			Message: fmt.Sprintf("%s is not supported through dbproxy: dbproxy logs in with the Vault credential of your identity's grant; reconnect instead", commandName(cmd))}
+		return notSupported(cmd)
 	}
 	mark := markNone
 	switch cmd {
@@ -277,7 +254,7 @@ func (t *txnSession) command(p []byte) error {
 		// The client's own statements are gone with its session state.
 		clear(t.stmts)
 		t.state.clear()
-		t.pinned = "" // what pinned it is gone with the rest
+		t.setPinned("") // what pinned it is gone with the rest
 		mark = markDirty | markNoStmts
 	}
 	if ok, err := t.hold(kind); !ok {
@@ -383,7 +360,7 @@ func (t *txnSession) apply(mark int) {
 // roundTrip sends a command on the held upstream and relays its answer,
 // then gives the connection back if the client left nothing on it.
 func (t *txnSession) roundTrip(p []byte, kind respKind) error {
-	if err := t.writeUp(p); err != nil {
+	if err := t.sendCommand(p); err != nil {
 		return err
 	}
 	if kind == respNone {
@@ -455,6 +432,15 @@ func (t *txnSession) release(clean bool) {
 		// been set by a lease end) is closed by Put.
 		lease.Put()
 	}
+}
+
+// sendCommand sends the client's command to the held upstream: p, or
+// the large command p is the start of, streamed.
+func (t *txnSession) sendCommand(p []byte) error {
+	if t.large {
+		return t.streamUp()
+	}
+	return t.writeUp(p)
 }
 
 // writeUp sends one logical packet to the held upstream.

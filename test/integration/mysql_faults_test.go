@@ -36,8 +36,11 @@ func TestFaultsMySQLDeadPooledConnections(t *testing.T) {
 				if n := mariaSessions(t, role); n > 0 {
 					t.Fatalf("%d server sessions of %s still open after wait_timeout", n, role)
 				}
-			} else if n := killIdleMaria(role); n < 6 {
-				t.Fatalf("%d pooled server connections killed, want 6", n)
+			} else {
+				time.Sleep(300 * time.Millisecond) // idle long enough for the sweep
+				if n := killIdleMaria(role); n < 6 {
+					t.Fatalf("%d pooled server connections killed, want 6", n)
+				}
 			}
 			time.Sleep(200 * time.Millisecond)
 			errs := myClientsAfterFault(port, kept)

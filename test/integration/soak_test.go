@@ -333,7 +333,7 @@ func soakFaults(t *testing.T, wg *sync.WaitGroup, stop <-chan struct{}, r *soakR
 	})
 }
 
-// killIdleMaria kills the idle (Sleep) server sessions of a Vault role's
+// killIdleMaria kills the idle pooled server sessions of a Vault role's
 // users, as a DBA's sweep would, and returns how many.
 func killIdleMaria(role string) int {
 	db, err := sql.Open("mysql", Maria.AdminDSN())
@@ -341,7 +341,12 @@ func killIdleMaria(role string) int {
 		return 0
 	}
 	defer db.Close()
-	rows, err := db.Query("select id from information_schema.processlist where command = 'Sleep' and user like ?", "v-%-"+role+"-%")
+	// Idle for a moment and outside a transaction: killing one inside a
+	// transaction (idle between its statements) is a real error to its
+	// client, as it would be without dbproxy.
+	rows, err := db.Query(`select id from information_schema.processlist
+		where command = 'Sleep' and time_ms > 200 and user like ?
+		and id not in (select trx_mysql_thread_id from information_schema.innodb_trx)`, "v-%-"+role+"-%")
 	if err != nil {
 		return 0
 	}
