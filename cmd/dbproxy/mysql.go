@@ -17,13 +17,13 @@ import (
 
 // newMySQLServer builds the MySQL front end for the mysql backends of cfg.
 // It shares the pools (and so the credentials) with the PostgreSQL one.
-func newMySQLServer(cfg *config.Config, st *stack, policy *identity.Policy, log *zap.Logger, fm *frontend.Metrics) (*mysql.Server, error) {
+func newMySQLServer(cfg *config.Config, st *stack, policy *identity.Policy, log *zap.Logger, fm *frontend.Metrics, certs certFor) (*mysql.Server, error) {
 	backends := map[string]*mysql.Backend{}
 	for name, b := range cfg.Backends {
 		if b.Protocol != "mysql" {
 			continue
 		}
-		mb, err := mysqlBackend(name, b)
+		mb, err := mysqlBackend(name, b, certs)
 		if err != nil {
 			return nil, err
 		}
@@ -40,12 +40,12 @@ func newMySQLServer(cfg *config.Config, st *stack, policy *identity.Policy, log 
 	}), nil
 }
 
-func mysqlBackend(name string, b config.Backend) (*mysql.Backend, error) {
+func mysqlBackend(name string, b config.Backend, certs certFor) (*mysql.Backend, error) {
 	host, _, err := net.SplitHostPort(b.Address)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s address: %w", name, err)
 	}
-	tc, err := upstreamTLS(host, b.TLS)
+	tc, err := upstreamTLS(host, b.TLS, certs("backend/"+name, b.TLS.VaultPKI))
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}

@@ -54,6 +54,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	}
 	specs := sourceSpecs(cfg)
 	st := &stack{broker: creds.NewBroker(client, specs, log.Named("creds"), cm), pools: map[creds.SourceKey]*pool.Pool{}}
+	certs := brokerCerts(st.broker)
 	if f := cfg.Fleet; f != nil {
 		st.broker.JoinFleet(creds.FleetOptions{
 			Name: f.Name, KVMount: f.KVMount, KVPath: f.KVPath, InstanceID: f.InstanceID,
@@ -77,7 +78,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		if b.Protocol != "postgres" {
 			continue
 		}
-		pb, err := postgresBackend(name, b)
+		pb, err := postgresBackend(name, b, certs)
 		if err != nil {
 			return nil, err
 		}
@@ -95,7 +96,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		ConsoleDatabase: console.Database,
 	})
 
-	if st.mysql, err = newMySQLServer(cfg, st, policy, log, fm); err != nil {
+	if st.mysql, err = newMySQLServer(cfg, st, policy, log, fm, certs); err != nil {
 		return nil, err
 	}
 
@@ -108,7 +109,7 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		return logins.wrap(l.Auth, a), nil
 	}
 	for _, l := range cfg.Listeners {
-		ln, lo, err := openListener(l, policy, tokenAuthFor)
+		ln, lo, err := openListener(l, policy, tokenAuthFor, certs)
 		if err != nil {
 			st.close()
 			return nil, err
@@ -150,7 +151,7 @@ func grantRole(cfg *config.Config, g config.Grant) string {
 	if g.Role != "" {
 		return g.Role
 	}
-	return cfg.Backends[g.Backend].VaultRole
+	return cfg.Backends[g.Backend].CredentialRole()
 }
 
 // sourceSpecs has one credential source per (backend, role) that some
@@ -173,13 +174,21 @@ func sourceSpecs(cfg *config.Config) []creds.SourceSpec {
 				RotateBefore: b.Lease.RotateBefore.D(), DrainTimeout: b.Lease.DrainTimeout.D(),
 				SafetyMargin: b.Lease.SafetyMargin.D(), RevokeGrace: b.Lease.RevokeGrace.D(),
 				MaxIssuePerMinute: b.Lease.MaxIssuePerMinute,
-			}})
+			}, PollInterval: b.Lease.PollInterval.D()})
+			sp := &out[len(out)-1]
+			switch {
+			case b.KV != nil:
+				sp.Kind = creds.KV
+				sp.KV = creds.KVSecret{Mount: b.KV.Mount, Path: b.KV.Path, UsernameField: b.KV.UsernameField, PasswordField: b.KV.PasswordField}
+			case b.VaultStaticRole != "":
+				sp.Kind = creds.Static
+			}
 		}
 	}
 	return out
 }
 
-func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
+func postgresBackend(name string, b config.Backend, certs certFor) (*postgres.Backend, error) {
 	host, portStr, err := net.SplitHostPort(b.Address)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s address: %w", name, err)
@@ -188,7 +197,7 @@ func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend %s port: %w", name, err)
 	}
-	tc, err := upstreamTLS(host, b.TLS)
+	tc, err := upstreamTLS(host, b.TLS, certs("backend/"+name, b.TLS.VaultPKI))
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
@@ -201,7 +210,17 @@ func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
 		IdleTxnTimeout: b.Pool.IdleTransactionTimeout.D()}, nil
 }
 
-func upstreamTLS(host string, t config.UpstreamTLS) (*tls.Config, error) {
+// upstreamTLS is how dbproxy connects to a database: TLS by mode, with a
+// client certificate from Vault PKI when cert is not nil.
+func upstreamTLS(host string, t config.UpstreamTLS, cert *creds.Cert) (*tls.Config, error) {
+	tc, err := upstreamTLSMode(host, t)
+	if tc != nil && cert != nil {
+		tc.GetClientCertificate = cert.ClientCertificate
+	}
+	return tc, err
+}
+
+func upstreamTLSMode(host string, t config.UpstreamTLS) (*tls.Config, error) {
 	switch t.Mode {
 	case "", "disable":
 		return nil, nil
@@ -238,24 +257,12 @@ func loadCAs(path string) (*x509.CertPool, error) {
 }
 
 // openListener opens the socket and builds how its clients are identified.
-func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error)) (net.Listener, postgres.ListenerOptions, error) {
+func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error), certs certFor) (net.Listener, postgres.ListenerOptions, error) {
 	lo := postgres.ListenerOptions{Name: l.Name}
 	if l.TLS != nil {
-		cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
+		tc, err := listenerTLS(l, certs)
 		if err != nil {
 			return nil, lo, fmt.Errorf("listener %s tls: %w", l.Name, err)
-		}
-		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if l.TLS.ClientCAFile != "" {
-			cas, err := loadCAs(l.TLS.ClientCAFile)
-			if err != nil {
-				return nil, lo, fmt.Errorf("listener %s: %w", l.Name, err)
-			}
-			tc.ClientCAs = cas
-			tc.ClientAuth = tls.VerifyClientCertIfGiven
-			if l.TLS.RequireClientCert {
-				tc.ClientAuth = tls.RequireAndVerifyClientCert
-			}
 		}
 		lo.TLS = tc
 		lo.RequireTLS = l.TLS.Required || l.Auth == "mtls"
