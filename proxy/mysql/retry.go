@@ -54,6 +54,9 @@ func (t *txnSession) commandRetrying(p []byte) error {
 		}
 		fresh := t.fresh
 		t.fresh = false
+		if err != nil && !(fresh && t.retryable(err, out)) && t.survivable(err) {
+			return t.lostCommand(err)
+		}
 		if err == nil || !fresh || !t.retryable(err, out) {
 			return err
 		}

@@ -64,7 +64,7 @@ func (t *txnSession) readWhole() ([]byte, error) {
 // command: the session ends and the connection is closed, not reused.
 func (t *txnSession) streamUp() error {
 	s := t.s
-	t.large, t.fresh = false, false
+	t.large, t.fresh, t.midStream = false, false, true
 	maxLen := s.srv.opts.MaxMessageBytes
 	total := 0
 	for seq := byte(0); ; seq++ {
@@ -94,6 +94,7 @@ func (t *txnSession) streamUp() error {
 			return t.hungUp(werr)
 		}
 		if n < maxPayload {
+			t.midStream = false
 			if err := t.up.bw.Flush(); err != nil {
 				return t.hungUp(err)
 			}

@@ -62,9 +62,11 @@ type txnSession struct {
 	moved      bool // moved while parked; under moveMu
 	moveWanted atomic.Bool
 
-	consumed int     // bytes of the last command still in s.cbr
-	large    bool    // the command is larger than s.cbr and still there (stream.go)
-	hdr      [4]byte // scratch for packet headers
+	consumed  int     // bytes of the last command still in s.cbr
+	large     bool    // the command is larger than s.cbr and still there (stream.go)
+	midStream bool    // streaming a large command upstream (stream.go)
+	lostTxn   bool    // the transaction was lost with its connection; not yet told (lost.go)
+	hdr       [4]byte // scratch for packet headers
 }
 
 // runTxn relays in transaction-pooling mode until the session ends and
@@ -203,6 +205,11 @@ const (
 func (t *txnSession) command(p []byte) error {
 	s := t.s
 	cmd := p[0]
+	if t.lostTxn {
+		if handled, err := t.afterLostTxn(p); handled {
+			return err
+		}
+	}
 	kind, ok := commandResponse(cmd)
 	if !ok {
 		return notSupported(cmd)

@@ -62,7 +62,10 @@ func (s *session) survivable(err error) bool {
 // connection with an ERROR and ReadyForQuery, and closes the connection.
 func (s *session) lostRequest(cause error) error {
 	t := s.rl
-	inTxn := byte(s.txStatus.Load()) != 'I'
+	// A lost COMMIT or ROLLBACK ends the transaction either way, as the
+	// server's own error would: ReadyForQuery 'I'.
+	inTxn := byte(s.txStatus.Load()) != 'I' && !t.endsTxn
+	ending := byte(s.txStatus.Load()) != 'I' && t.endsTxn
 	n := 0
 	for _, r := range t.queue {
 		if r.action != actFake && (r.typ == 'S' || r.typ == 'Q' || r.typ == 'F') && r.action != actSwallowAll {
@@ -79,9 +82,12 @@ func (s *session) lostRequest(cause error) error {
 	s.log.Warn("transaction pooling: server connection lost during a request; the session goes on", zap.Error(cause), zap.Bool("in_transaction", inTxn))
 	e := &Error{Severity: "ERROR", Code: codeConnectionFailure,
 		Message: fmt.Sprintf("dbproxy lost its connection to backend %s during this request: %v", s.backend.Name, errors.Unwrap(cause))}
-	if inTxn {
+	switch {
+	case inTxn:
 		e.Hint = "the open transaction was rolled back; send ROLLBACK and run it again (this session stays usable)"
-	} else {
+	case ending:
+		e.Hint = "whether the transaction was committed is unknown: check before running it again (this session stays usable)"
+	default:
 		e.Hint = "a statement outside a transaction may or may not have run; this session stays usable"
 	}
 	for range max(n, 1) {
@@ -110,6 +116,17 @@ func (t *txnSession) stageAborted() {
 	t.aborted = false
 	t.queue = append(t.queue, request{typ: 'Q', action: actSwallowAll})
 	_ = t.write('Q', []byte(abortSQL))
+}
+
+// endsTransaction reports a statement that ends a transaction block.
+func endsTransaction(q []byte) bool {
+	switch {
+	case startsWithFold(q, "commit"), startsWithFold(q, "end"), startsWithFold(q, "abort"):
+		return true
+	case startsWithFold(q, "rollback"):
+		return !containsFold(q, " to ") // ROLLBACK TO SAVEPOINT stays in it
+	}
+	return false
 }
 
 // rollbackRE is a simple-query ROLLBACK or ABORT of the whole transaction.

@@ -68,6 +68,7 @@ func (s *session) step(ph *int) error {
 		}
 		s.busy.Store(true)
 		s.stats.RequestStarted()
+		t.endsTxn = false
 		*ph = phRequest
 	}
 	if *ph == phRequest {

@@ -82,6 +82,7 @@ type txnSession struct {
 	retry     retryState
 	torn      bool // a server message reached the client in part
 	aborted   bool // the client's transaction was lost with its connection (lost.go)
+	endsTxn   bool // the request at hand ends the transaction (COMMIT, ROLLBACK)
 }
 
 func newTxnSession(s *session) *txnSession {

@@ -41,6 +41,7 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 		if !ok {
 			return fatal(codeProtocolViolation, "malformed Parse message")
 		}
+		t.endsTxn = endsTransaction(firstCString(rest))
 		if guard := sessionFeature(firstCString(rest)); guard != "" {
 			// Prepare a statement that raises the explanation instead.
 			rest = append(appendCString(nil, []byte(refusalSQL(guard))), 0, 0)
@@ -110,6 +111,7 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 		return nil
 	case 'Q':
 		q := firstCString(body)
+		t.endsTxn = endsTransaction(q)
 		if guard := sessionFeature(q); guard != "" {
 			return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, []byte(refusalSQL(guard))))
 		}
