@@ -132,6 +132,8 @@ func (s *session) stopError(r killReason) (*Error, string) {
 		return &Error{Code: erConnectionKilled, State: "70100", Message: "Connection was killed (KILL CONNECTION through dbproxy)"}, "killed"
 	case killTokenExpired: // password.go
 		return s.tokenExpiredError(), "token_expired"
+	case killRevoked: // reload.go
+		return s.revokedError(), "config_reload"
 	case killIdleShutdown:
 		return &Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; this idle session was closed, reconnect to another dbproxy instance or retry shortly"}, "shutdown"
 	case killLeaseEnd:

@@ -51,6 +51,9 @@ func (s *session) ended(err error) string {
 		if why == whyTokenExpired { // password.go
 			return "token_expired"
 		}
+		if why == whyRevoked { // reload.go
+			return "config_reload"
+		}
 		return "shutdown"
 	}
 	if s.idleArmed && isTimeout(err) {

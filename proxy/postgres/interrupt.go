@@ -179,6 +179,8 @@ func (s *session) interruptError(why int32, gen *creds.Generation) *Error {
 		return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down; this idle session was closed", Hint: "reconnect to another dbproxy instance or retry shortly"}
 	case whyTokenExpired: // password.go
 		return s.tokenExpiredError()
+	case whyRevoked: // reload.go
+		return s.revokedError()
 	}
 	return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down", Hint: "reconnect to another dbproxy instance or retry shortly"}
 }
