@@ -1,0 +1,35 @@
+package config
+
+import "reflect"
+
+// restartOnly are the sections a running dbproxy cannot change in place:
+// the Vault client and its login, the admin listener, fleet membership
+// and the Go runtime are set up once at start.
+var restartOnly = []struct {
+	path string
+	get  func(*Config) any
+}{
+	{"vault", func(c *Config) any { return c.Vault }},
+	{"admin", func(c *Config) any { return c.Admin }},
+	{"fleet", func(c *Config) any { return c.Fleet }},
+	{"runtime", func(c *Config) any { return c.Runtime }},
+}
+
+// CheckReload reports, as Problems located in next's file, each setting
+// that differs from running's but takes a restart to apply. nil: next
+// can replace running by a reload (backends, listeners, identities,
+// grants and shutdown_timeout).
+func CheckReload(running, next *Config) error {
+	v := &validator{c: next}
+	for _, s := range restartOnly {
+		if !reflect.DeepEqual(s.get(running), s.get(next)) {
+			v.atKey(s.path, "%s: changed, but a reload cannot apply it: restart dbproxy for it (or undo the change to reload the rest)", s.path)
+		}
+	}
+	if len(v.probs) == 0 {
+		return nil
+	}
+	sortProblems(v.probs)
+	return v.probs
+}
+
