@@ -13,12 +13,13 @@ var restartOnly = []struct {
 	{"admin", func(c *Config) any { return c.Admin }},
 	{"fleet", func(c *Config) any { return c.Fleet }},
 	{"runtime", func(c *Config) any { return c.Runtime }},
+	{"shutdown_timeout", func(c *Config) any { return c.ShutdownTimeout }},
 }
 
 // CheckReload reports, as Problems located in next's file, each setting
 // that differs from running's but takes a restart to apply. nil: next
-// can replace running by a reload (backends, listeners, identities,
-// grants and shutdown_timeout).
+// can replace running by a reload (backends, listeners, identities and
+// grants).
 func CheckReload(running, next *Config) error {
 	v := &validator{c: next}
 	for _, s := range restartOnly {

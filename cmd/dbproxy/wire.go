@@ -27,6 +27,7 @@ func startProxies(ctx context.Context, cfg *config.Config, deps Deps) ([]Service
 		deps.Admin.MountRevoke(st)
 		deps.Admin.MountStatus(st)
 		deps.Admin.MountReport(st)
+		deps.Admin.MountReload(st)
 	}
 	return []Service{st}, nil
 }
@@ -69,9 +70,10 @@ func (st *stack) Sessions() any {
 
 // Pools implements admin.Operations.
 func (st *stack) Pools() any {
-	out := make([]pool.Stats, 0, len(st.pools))
-	for _, p := range st.pools {
-		out = append(out, p.Stats())
+	pools := st.pools()
+	out := make([]pool.Stats, 0, len(pools))
+	for _, e := range pools {
+		out = append(out, e.pool.Stats())
 	}
 	return out
 }
@@ -107,9 +109,9 @@ func (st *stack) Drain(backend string) bool { return st.eachPool(backend, (*pool
 // eachPool applies f to every pool of backend (one per granted role).
 func (st *stack) eachPool(backend string, f func(*pool.Pool)) bool {
 	found := false
-	for k, p := range st.pools {
+	for k, e := range st.pools() {
 		if k.Backend == backend {
-			f(p)
+			f(e.pool)
 			found = true
 		}
 	}
