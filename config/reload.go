@@ -33,4 +33,3 @@ func CheckReload(running, next *Config) error {
 	sortProblems(v.probs)
 	return v.probs
 }
-
