@@ -39,10 +39,12 @@ type stack struct {
 	mysql    *mysql.Server
 
 	view atomic.Pointer[view]
-	// mu makes reloads one at a time and guards listeners and retiring.
+	// mu makes reloads one at a time and guards listeners, retiring and
+	// stopping (Shutdown began: no more reloads).
 	mu        sync.Mutex
 	listeners map[string]*liveListener
 	retiring  []*retiredPool
+	stopping  bool
 }
 
 // view is one configuration as the running proxies use it.

@@ -121,6 +121,9 @@ func (st *stack) reload() (*reloadResult, error) {
 	if st.path == "" {
 		return nil, errNoConfigFile
 	}
+	if st.stopping {
+		return nil, errors.New("dbproxy is shutting down: nothing to reload")
+	}
 	cfg, err := config.Load(st.path)
 	if err != nil {
 		return nil, err

@@ -40,6 +40,9 @@ func (st *stack) Name() string { return "proxies" }
 // revokes every lease: nothing is left for Vault to expire later. The
 // order matters: revoking earlier would drop users under live sessions.
 func (st *stack) Shutdown(ctx context.Context) (int, error) {
+	st.mu.Lock()
+	st.stopping = true
+	st.mu.Unlock()
 	var (
 		wg             sync.WaitGroup
 		pgOpen, myOpen int
