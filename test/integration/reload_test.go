@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -86,10 +87,12 @@ func configurePGRole(t *testing.T, role string) {
 	}
 }
 
-// A reload under load adds a backend and changes another's pool size:
-// pgbench on the unaffected backend sees no error, the changed backend's
-// open sessions go on, the new backend takes clients, and the pool of the
-// changed one has its new size.
+// A reload under load adds a backend and changes another's pool size and
+// lease settings: pgbench on the unaffected backend sees no error, the
+// changed backend's open session goes on (on its old pool and
+// credential), the new backend takes clients, the changed pool has its
+// new size, and once the old session ends the replaced pool closes and
+// its lease is revoked (the Vault-made user is gone).
 func TestReloadUnderLoad(t *testing.T) {
 	configurePGRole(t, "pg-reload")
 	dir := t.TempDir()
@@ -112,6 +115,10 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	// A pgx client of the changed backend, querying throughout.
 	resized := connect(t, dsn("resized"))
+	var oldUser string
+	if err := resized.QueryRow(ctx, "select current_user").Scan(&oldUser); err != nil {
+		t.Fatal(err)
+	}
 	var (
 		wg      sync.WaitGroup
 		stop    = make(chan struct{})
@@ -136,7 +143,7 @@ func TestReloadUnderLoad(t *testing.T) {
 
 	time.Sleep(2 * time.Second) // reload while both run
 	after := pgBackend("steady", "pg-reload", "mode: transaction, max_connections: 4, checkout_timeout: 20s") +
-		pgBackend("resized", "pg-reload", "mode: transaction, max_connections: 6, checkout_timeout: 20s") +
+		pgBackend("resized", "pg-reload", "mode: transaction, max_connections: 6, checkout_timeout: 20s") + "    lease: { max_issue_per_minute: 10 }\n" +
 		pgBackend("added", "pg-reload", "mode: session, max_connections: 2")
 	p.rewrite(t, reloadConfig(t, dir, port, "", after,
 		"  app:\n    grants: [ { backend: steady }, { backend: resized }, { backend: added } ]\n"))
@@ -186,32 +193,61 @@ func TestReloadUnderLoad(t *testing.T) {
 	if len(p.logLines("configuration reloaded")) != 1 {
 		t.Errorf("no (or more than one) configuration reloaded log line")
 	}
+
+	// The old session still runs as the old user; once it ends, the
+	// replaced pool and source go, and with them the Vault-made user.
+	var user string
+	if err := resized.QueryRow(ctx, "select current_user").Scan(&user); err != nil || user != oldUser {
+		t.Fatalf("the open session of the changed backend runs as %q (%v), want its old user %s", user, err, oldUser)
+	}
+	if err := connect(t, dsn("resized")).QueryRow(ctx, "select current_user").Scan(&user); err != nil || user == oldUser {
+		t.Fatalf("a new session of the changed backend runs as %q (%v): want a new credential", user, err)
+	}
+	resized.Close(ctx)
+	p.waitLog(t, "replaced credential source stopped and its leases revoked", 1)
+	if slices.Contains(vaultRoles(t, "pg-reload"), oldUser) {
+		t.Errorf("database user %s of the replaced source still exists", oldUser)
+	}
 }
 
 // Removing a grant ends that identity's sessions on the backend with the
-// reason, and only those; SIGHUP reloads as `dbproxy reload` does.
+// reason (PostgreSQL 57P01, MySQL 1927), removing a listener ends the
+// sessions that came through it, and nothing else is touched; SIGHUP
+// reloads as `dbproxy reload` does.
 func TestReloadRemovesGrant(t *testing.T) {
 	configurePGRole(t, "pg-reload-grant")
 	dir := t.TempDir()
-	port, otherPort := freePort(t), freePort(t)
-	backends := pgBackend("appdb", "pg-reload-grant", "max_connections: 4") + pgBackend("spare", "pg-reload-grant", "max_connections: 2")
-	other := fmt.Sprintf(`  - { name: other, protocol: postgres, address: "127.0.0.1:%d", identity: other }`, otherPort)
+	port, otherPort, extraPort, myPort := freePort(t), freePort(t), freePort(t), freePort(t)
+	backends := pgBackend("appdb", "pg-reload-grant", "max_connections: 4") + pgBackend("spare", "pg-reload-grant", "max_connections: 2") +
+		fmt.Sprintf("  mydb:\n    protocol: mysql\n    address: %s\n    database: appdb\n    vault_role: %s\n", Maria.Addr(), MySQLRole)
+	other := fmt.Sprintf(`  - { name: other, protocol: postgres, address: "127.0.0.1:%d", identity: other }
+  - { name: myside, protocol: mysql, address: "127.0.0.1:%d", identity: app }`, otherPort, myPort)
+	extra := fmt.Sprintf("\n  - { name: extra, protocol: postgres, address: \"127.0.0.1:%d\", identity: other }", extraPort)
 	ids := func(appGrants string) string {
 		return "  app:\n    grants: [ " + appGrants + " ]\n  other:\n    grants: [ { backend: appdb } ]\n"
 	}
-	p := startProxy(t, dir, reloadConfig(t, dir, port, other, backends, ids("{ backend: appdb }, { backend: spare }")), true)
+	p := startProxy(t, dir, reloadConfig(t, dir, port, other+extra, backends, ids("{ backend: appdb }, { backend: spare }, { backend: mydb }")), true)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dsn := func(port int, db string) string {
 		return fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s user=app sslmode=disable connect_timeout=10", port, db)
 	}
 	lost, kept, otherID := connect(t, dsn(port, "appdb")), connect(t, dsn(port, "spare")), connect(t, dsn(otherPort, "appdb"))
+	viaExtra := connect(t, strings.Replace(dsn(extraPort, "appdb"), "user=app", "user=other", 1))
+	myLost, err := openMy(t, fmt.Sprintf("app@tcp(127.0.0.1:%d)/mydb?timeout=10s", myPort)).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer myLost.Close()
 	for _, c := range []interface {
 		Ping(context.Context) error
-	}{lost, kept, otherID} {
+	}{lost, kept, otherID, viaExtra} {
 		if err := c.Ping(ctx); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := myLost.PingContext(ctx); err != nil {
+		t.Fatal(err)
 	}
 
 	p.rewrite(t, reloadConfig(t, dir, port, other, backends, ids("{ backend: spare }")))
@@ -220,9 +256,16 @@ func TestReloadRemovesGrant(t *testing.T) {
 	}
 	p.waitLog(t, "configuration reloaded", 1)
 	const why = "its configuration was reloaded and identity app no longer has a grant on backend appdb"
-	_, err := lost.Exec(ctx, "select 1")
+	_, err = lost.Exec(ctx, "select 1")
 	if sqlstate(err) != "57P01" || !strings.Contains(err.Error(), why) {
 		t.Fatalf("session whose grant was removed: got %v, want 57P01 saying %q", err, why)
+	}
+	const myWhy = "its configuration was reloaded and identity app no longer has a grant on backend mydb"
+	if _, err := myLost.ExecContext(ctx, "select 1"); myCode(err) != 1927 || !strings.Contains(err.Error(), myWhy) {
+		t.Errorf("MySQL session whose grant was removed: got %v, want 1927 saying %q", err, myWhy)
+	}
+	if _, err := viaExtra.Exec(ctx, "select 1"); sqlstate(err) != "57P01" || !strings.Contains(err.Error(), "listener extra was removed") {
+		t.Errorf("session of a removed listener: got %v, want 57P01 naming the listener", err)
 	}
 	for name, c := range map[string]interface {
 		Ping(context.Context) error
@@ -247,7 +290,7 @@ func TestReloadRemovesGrant(t *testing.T) {
 	if !found {
 		t.Errorf("no session end line with result config_reload and the reason: %v", ends)
 	}
-	if rl := p.logLines("configuration reloaded"); len(rl) != 1 || rl[0]["sessions_closed"] != 1.0 {
+	if rl := p.logLines("configuration reloaded"); len(rl) != 1 || rl[0]["sessions_closed"] != 3.0 {
 		t.Errorf("configuration reloaded lines: %v", rl)
 	}
 }
