@@ -27,6 +27,18 @@ func CheckReload(running, next *Config) error {
 			v.atKey(s.path, "%s: changed, but a reload cannot apply it: restart dbproxy for it (or undo the change to reload the rest)", s.path)
 		}
 	}
+	if running.Fleet != nil {
+		// A fleet shares one generation per (backend, role) among
+		// instances: two sources of one key in one instance would
+		// compete for its record.
+		for _, name := range sortedKeys(next.Backends) {
+			old, ok := running.Backends[name]
+			b := next.Backends[name]
+			if ok && (old.VaultMount != b.VaultMount || !reflect.DeepEqual(old.Lease, b.Lease)) {
+				v.atKey("backends."+name, "backends.%s: vault_mount or lease changed; in fleet mode that needs a restart of every instance", name)
+			}
+		}
+	}
 	if len(v.probs) == 0 {
 		return nil
 	}

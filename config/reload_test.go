@@ -46,3 +46,13 @@ func mustParse(t *testing.T, y string) *Config {
 	}
 	return c
 }
+
+func TestCheckReloadFleetLease(t *testing.T) {
+	fleet := baseYAML + "fleet: { name: orders }\n"
+	running := mustParse(t, fleet)
+	err := CheckReload(running, mustParse(t, strings.Replace(fleet, "pool: { max_connections: 5 }", "pool: { max_connections: 5 }\n    lease: { max_issue_per_minute: 3 }", 1)))
+	var ps Problems
+	if !errors.As(err, &ps) || len(ps) != 1 || ps[0].Line != 7 || !strings.Contains(ps[0].Msg, "fleet mode") {
+		t.Fatalf("CheckReload = %v, want one problem at backends.orders (line 7)", err)
+	}
+}
