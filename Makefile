@@ -71,7 +71,7 @@ test-integration:
 	@st=0; \
 	$(GO) test $(INTEGRATION_FLAGS) ./test/integration/... 2>&1 | tee $(LOGDIR)/test-integration.log || st=$$?; \
 	echo; echo '>> integration summary (full log: $(LOGDIR)/test-integration.log)'; \
-	grep -E '^(--- (PASS|FAIL|SKIP)|FAIL|ok|PASS|panic:)' $(LOGDIR)/test-integration.log || true; \
+	scripts/test-summary.sh $(LOGDIR)/test-integration.log; \
 	exit $$st
 
 # make soak: TestSoak alone for SOAK (default 10m): real clients of both

@@ -12,6 +12,7 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	errors   *prometheus.CounterVec
 	cancels  *prometheus.CounterVec
+	retries  *prometheus.CounterVec
 }
 
 // NewMetrics registers the collectors on reg (nil: unregistered). Call it
@@ -38,9 +39,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dbproxy_cancel_requests_total", Help: "Cancel requests by result.",
 		}, []string{"protocol", "result"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dbproxy_request_retries_total",
+			Help: "Requests sent again on another server connection because the first was dead before anything ran.",
+		}, []string{"protocol"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels)
+		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels, m.retries)
 	}
 	return m
 }
@@ -54,6 +59,7 @@ type ProtocolMetrics struct {
 	Bytes    *prometheus.CounterVec // backend, direction
 	Errors   *prometheus.CounterVec // class
 	Cancels  *prometheus.CounterVec // result
+	Retries  prometheus.Counter
 }
 
 // Protocol returns the collectors for one protocol's front end.
@@ -63,6 +69,7 @@ func (m *Metrics) Protocol(name string) *ProtocolMetrics {
 		Clients: m.clients.MustCurryWith(l), Sessions: m.sessions.MustCurryWith(l),
 		Connect: m.connect.MustCurryWith(l), Bytes: m.bytes.MustCurryWith(l),
 		Errors: m.errors.MustCurryWith(l), Cancels: m.cancels.MustCurryWith(l),
+		Retries: m.retries.WithLabelValues(name),
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,6 +55,11 @@ type fakeServer struct {
 	// Stall, when set, holds the answer to "select stall" after its
 	// first packet until it is closed (or receives).
 	Stall chan struct{}
+	// Drop, while above 0, makes a "select drop..." the last command of
+	// its connection, counted down: closed unanswered, or after the
+	// goodbye ERR 1927 when DropSaysKilled.
+	Drop           atomic.Int32
+	DropSaysKilled bool
 
 	mu       sync.Mutex
 	logins   []*fakeLogin
@@ -251,6 +257,11 @@ func (f *fakeServer) serve(c net.Conn, id uint32) {
 					return
 				}
 				continue
+			case strings.HasPrefix(q, "select drop") && f.Drop.Add(-1) >= 0:
+				if f.DropSaysKilled {
+					_ = writePkt(conn, 0, append([]byte{0xff, 0x87, 0x07}, "#70100Connection was killed"...))
+				}
+				return
 			case strings.HasPrefix(q, "select "):
 				if f.resultSet(conn, q[len("select "):], status, deprecateEOF) != nil {
 					return

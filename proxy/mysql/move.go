@@ -93,7 +93,14 @@ func (t *txnSession) pin(reason string) {
 	if t.pinned == "" {
 		t.s.log.Info("session pinned to its server connection", zap.String("reason", reason))
 	}
+	t.setPinned(reason)
+}
+
+// setPinned records why the session cannot move; Info reads it.
+func (t *txnSession) setPinned(reason string) {
+	t.s.mu.Lock()
 	t.pinned = reason
+	t.s.mu.Unlock()
 }
 
 // maybeMove moves an idle session-mode session whose credential is being
@@ -129,6 +136,7 @@ func (t *txnSession) maybeMove() {
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
+	s.serverThread.Store(t.up.threadID) // audit.go
 	s.holding(lease.Gen)
 	old.Close()
 	t.moved = true

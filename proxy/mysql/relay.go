@@ -6,12 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
-	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"go.uber.org/zap"
-
-	"github.com/dbproxy/dbproxy/creds"
 )
 
 // The relay is one goroutine per session, synchronous like the protocol:
@@ -151,110 +147,6 @@ func notSupported(cmd byte) *Error {
 		Message: fmt.Sprintf("%s is not supported through dbproxy: dbproxy logs in with the Vault credential of your identity's grant; reconnect instead", commandName(cmd))}
 }
 
-// relay serves the session's commands on its one upstream until the
-// session ends. It reports how it ended and whether the upstream is
-// quiescent, outside a transaction, and so may serve another client.
-func (s *session) relay(gen *creds.Generation) (string, bool) {
-	up := s.currentUpstream()
-	s.holding(gen)
-	for {
-		kind, err := s.forward(up)
-		if err != nil && !s.track.idle() && isUpstream(err) {
-			// The server hung up while the command was being sent (e.g.
-			// a packet over its max_allowed_packet): its ERR may be on
-			// the way.
-			_ = up.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-			_, _, _ = s.relayAnswer(up)
-		}
-		if err == nil && kind != respNone {
-			_, _, err = s.relayAnswer(up)
-		}
-		if err != nil {
-			return s.endSession(err)
-		}
-	}
-}
-
-// forward reads one command from the client and streams it upstream,
-// all its physical packets, with one flush at the end.
-func (s *session) forward(up *upstream) (respKind, error) {
-	s.waiting = true
-	n, seq, head, err := peekPacket(s.cbr)
-	if err != nil {
-		return respNone, err
-	}
-	s.waiting = false
-	if seq != 0 {
-		return respNone, outOfOrder(0, seq)
-	}
-	if n == 0 {
-		return respNone, errEmptyCommand
-	}
-	cmd := head[0]
-	if cmd == gomysql.COM_QUIT {
-		_, _ = s.cbr.Discard(min(4+n, s.cbr.Buffered()))
-		return respNone, errQuit
-	}
-	kind, ok := commandResponse(cmd)
-	if !ok {
-		return respNone, notSupported(cmd)
-	}
-	if len(head) == n {
-		handled, err := s.intercept(cmd, head)
-		if err != nil || handled {
-			_, _ = s.cbr.Discard(4 + n)
-			s.bytesIn.Add(int64(4 + n))
-			return respNone, err
-		}
-	}
-	if cmd == gomysql.COM_SET_OPTION {
-		// The multi-statement switch is connection state that
-		// COM_RESET_CONNECTION is not documented to restore: do not hand
-		// this connection to another client. (The database, changed by
-		// COM_INIT_DB or USE, Reset restores.)
-		s.dirty.Store(true)
-	}
-	s.track.expect(kind)
-	s.nextSeq.Store(1)
-	maxLen := s.srv.opts.MaxMessageBytes
-	for logical := n; ; {
-		if logical > maxLen {
-			return kind, tooLarge(maxLen)
-		}
-		m, rerr, werr := copyBytes(s.cbr, upstreamWriter{up.bw}, 4+n)
-		s.bytesIn.Add(int64(m))
-		if werr != nil {
-			return kind, werr
-		}
-		if rerr != nil {
-			return kind, rerr
-		}
-		if n < maxPayload {
-			break
-		}
-		hdr, err := s.cbr.Peek(4)
-		if err != nil {
-			return kind, err
-		}
-		if hdr[3] != seq+1 {
-			return kind, outOfOrder(seq+1, hdr[3])
-		}
-		n, seq = payloadLen(hdr), hdr[3]
-		logical += n
-	}
-	return kind, upErr(up.bw.Flush())
-}
-
-// upstreamWriter marks its write errors as the upstream's, so the relay
-// can tell a server that hung up mid-command from a client that left. It
-// is one pointer, so it goes into an io.Writer without allocating.
-type upstreamWriter struct{ w *bufio.Writer }
-
-func (u upstreamWriter) Write(b []byte) (int, error) {
-	n, err := u.w.Write(b)
-	return n, upErr(err)
-}
-
 // relayAnswer relays the server's packets to the client until the answer
 // to the client's command is complete, flushing the client whenever the
 // upstream buffer runs empty. It returns the last status flags the
@@ -337,20 +229,6 @@ func (s *session) flushClient() error {
 		return err
 	}
 	return nil
-}
-
-// endSession tells the client why the relay ended, if it should hear it.
-func (s *session) endSession(err error) (string, bool) {
-	if r := s.stopReason(); r != killNone {
-		e, result := s.stopError(r)
-		s.sendError(e)
-		return result, false
-	}
-	if errors.Is(err, errQuit) {
-		return "ok", s.track.idle() && !s.inTransaction() && !s.dirty.Load()
-	}
-	result := s.failure(err)
-	return result, false
 }
 
 // failure reports an error that ended a session to the client, when it

@@ -3,6 +3,7 @@ package mysql
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -229,11 +230,11 @@ func TestCommandResponse(t *testing.T) {
 // relayPair is a session between a client pipe and an upstream pipe,
 // past both handshakes.
 type relayPair struct {
-	s        *session
-	client   *pipeClient // the application
-	server   *pipeClient // the database
-	result   chan string
-	reusable chan bool
+	s      *session
+	client *pipeClient // the application
+	server *pipeClient // the database
+	pool   *pool.Pool
+	result chan string
 }
 
 func newRelayPair(t *testing.T, deprecateEOF bool, maxMsg int) *relayPair {
@@ -242,27 +243,41 @@ func newRelayPair(t *testing.T, deprecateEOF bool, maxMsg int) *relayPair {
 	uc, us := net.Pipe()
 	srv := NewServer(Options{Log: zap.NewNop(), MaxMessageBytes: maxMsg})
 	up := &upstream{conn: uc, br: bufio.NewReaderSize(uc, 64<<10), bw: bufio.NewWriterSize(uc, 64<<10), threadID: 9}
-	gen := &creds.Generation{N: 1, Username: "v"}
-	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, cbr: bufio.NewReaderSize(sc, 64<<10),
-		cbw: bufio.NewWriterSize(sc, 64<<10), backend: &Backend{Name: "appdb"},
-		track: newTracker(deprecateEOF), lease: &pool.Lease{Conn: up, Gen: gen}}
+	pl := pool.New(oneGen(), pool.Options{Backend: "appdb", Role: "r", MaxConnections: 1, Metrics: pool.NewMetrics(nil)})
+	t.Cleanup(pl.Close)
+	lease, err := pl.Checkout(context.Background(), "k", func(context.Context, *creds.Generation) (pool.Conn, error) { return up, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{srv: srv, log: zap.NewNop(), raw: sc, client: sc, backend: &Backend{Name: "appdb"},
+		track: newTracker(deprecateEOF), lease: lease, pool: pl, poolKey: "k"}
 	s.cbr, s.cbw = bufio.NewReaderSize(clientIO{s}, 64<<10), bufio.NewWriterSize(clientIO{s}, 64<<10)
 	s.nextSeq.Store(1)
-	p := &relayPair{s: s, client: &pipeClient{c: cc}, server: &pipeClient{c: us}, result: make(chan string, 1), reusable: make(chan bool, 1)}
-	go func() {
-		r, ok := s.relay(gen)
-		p.result <- r
-		p.reusable <- ok
-	}()
+	p := &relayPair{s: s, pool: pl, client: &pipeClient{c: cc}, server: &pipeClient{c: us}, result: make(chan string, 1)}
+	go func() { p.result <- s.runTxn() }()
 	t.Cleanup(func() { cc.Close(); us.Close(); uc.Close(); sc.Close() })
 	return p
 }
 
+// end waits for the session to end and reports how, and whether its
+// connection went back to the pool (after a reset, which it answers).
 func (p *relayPair) end(t *testing.T) (string, bool) {
 	t.Helper()
+	go func() {
+		// COM_RESET_CONNECTION, COM_INIT_DB and SET NAMES, pipelined.
+		for range 3 {
+			if _, _, err := readPacket(p.server.c, 1<<24); err != nil {
+				return
+			}
+		}
+		for range 3 {
+			p.server.seq = 1
+			_ = p.server.write(okP)
+		}
+	}()
 	select {
 	case r := <-p.result:
-		return r, <-p.reusable
+		return r, p.pool.Stats().Idle == 1
 	case <-time.After(5 * time.Second):
 		t.Fatal("relay did not end")
 		return "", false

@@ -62,7 +62,6 @@ type session struct {
 
 	status   atomic.Uint32              // server status flags of the last OK/EOF
 	nextSeq  atomic.Uint32              // sequence number an ERR from dbproxy should carry
-	dirty    atomic.Bool                // session state a reset may not undo
 	rl       atomic.Pointer[txnSession] // the relay's state, for Superseded (move.go)
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
@@ -271,7 +270,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 		}
 	}
 	if !s.txnMode {
-		lease, err := pl.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+		lease, err := s.checkoutOpen(ctx)
 		if err != nil {
 			return err
 		}
@@ -296,6 +295,21 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 	return nil
 }
 
+// checkoutOpen checks a connection out for a new session, skipping those
+// the server closed while they sat in the pool (a session's connection is
+// checked once; the check costs a system call).
+func (s *session) checkoutOpen(ctx context.Context) (*pool.Lease, error) {
+	for {
+		// Each dead one is closed, so this ends with an open or new one.
+		lease, err := s.pool.CheckoutFor(ctx, s.poolKey, s.dialer, s)
+		if err != nil || pool.PeerOpen(lease.Conn.(*upstream).conn) {
+			return lease, err
+		}
+		s.log.Info("pooled server connection was closed by the server; using another")
+		lease.Close()
+	}
+}
+
 // run relays until the session ends, then returns or closes the upstream.
 func (s *session) run() {
 	m := s.srv.metrics
@@ -315,22 +329,9 @@ func (s *session) run() {
 	gen := s.lease.Gen
 	s.log.Info("session start", s.auditStart(gen)...)
 
-	// Session mode keeps the streaming relay: the transaction-pooling
-	// relay (which could move the session at a rotation, move.go) holds a
-	// command larger than the read buffer whole in memory.
-	result, reusable := s.relay(gen)
-
-	s.mu.Lock()
-	lease := s.lease
-	s.lease = nil
-	s.mu.Unlock()
-	if reusable {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		lease.Return(ctx)
-		cancel()
-	} else {
-		lease.Close()
-	}
+	// The transaction-pooling relay keeps the session's connection in
+	// session mode, and moves it at a rotation (move.go).
+	result := s.runTxn()
 	s.logEnd(result, gen)
 }
 
@@ -401,6 +402,9 @@ func (s *session) Info() frontend.SessionInfo {
 		si.DBUser, si.LeaseID, si.Generation = s.lease.Gen.Username, s.lease.Gen.LeaseID, s.lease.Gen.N
 		si.ThreadID = s.lease.Conn.(*upstream).threadID
 		si.BackendPID, si.BackendPIDHeld = si.ThreadID, true
+	}
+	if t := s.rl.Load(); t != nil && !s.txnMode {
+		si.Pinned = t.pinned
 	}
 	s.mu.Unlock()
 	return si

@@ -172,13 +172,21 @@ func (t *txnSession) stmtCommand(p []byte, kind respKind) error {
 	binary.LittleEndian.PutUint32(q[1:], us.id)
 	switch cmd {
 	case gomysql.COM_STMT_EXECUTE:
+		if t.large && rebinds(q, cs, us) {
+			// The types go in the middle of a command being streamed.
+			var err error
+			if q, err = t.readWhole(); err != nil {
+				return err
+			}
+			binary.LittleEndian.PutUint32(q[1:], us.id)
+		}
 		q = bindTypes(q, cs, us)
 	case gomysql.COM_STMT_SEND_LONG_DATA:
 		t.longData = true
 	case gomysql.COM_STMT_RESET:
 		t.longData, t.cursor = false, false
 	}
-	if err := t.writeUp(q); err != nil {
+	if err := t.sendCommand(q); err != nil {
 		return err
 	}
 	if kind == respNone {
@@ -228,6 +236,13 @@ func (t *txnSession) ensure(cs *clientStmt) (us *upStmt, errPkt []byte, err erro
 	}
 	t.rememberUp(up, cs.query, binary.LittleEndian.Uint32(first[1:]))
 	return up.stmts[cs.query], nil, nil
+}
+
+// rebinds reports whether bindTypes would rebuild pkt.
+func rebinds(pkt []byte, cs *clientStmt, us *upStmt) bool {
+	n := cs.params
+	pos := 1 + 4 + 1 + 4 + (n+7)/8
+	return n > 0 && len(pkt) > pos && pkt[pos] != 1 && cs.types != nil && !bytes.Equal(us.types, cs.types)
 }
 
 // bindTypes keeps the parameter types the server has for a statement

@@ -358,3 +358,11 @@ func (t *tracker) prepColumns(finish func()) {
 	}
 	t.left, t.ph = t.prepCols, phPrepColumns
 }
+
+// reset forgets the answers expected: their connection was closed before
+// any reached the client, and the commands go again on another.
+func (t *tracker) reset() {
+	t.queue = t.queue[:0]
+	t.pending.Store(0)
+	t.active, t.ph, t.left, t.prepCols = false, phFirst, 0, 0
+}

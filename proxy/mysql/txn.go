@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,11 +47,13 @@ type txnSession struct {
 	pinOnce  bool   // keep the connection for the next command (SET TRANSACTION)
 	dirty    bool   // session state changed: reset before another client
 	poisoned bool   // state a reset does not undo: close instead
+	fresh    bool   // the held connection was checked out for this command (retry.go)
+	probe    bool   // check connections for a server close at checkout (retry.go)
 	// state is the session state the client set (txnstate.go), applied
 	// on each connection it lands on.
 	state sessState
 	// pinned names state dbproxy cannot carry to another connection:
-	// the session keeps the one it has until it ends.
+	// the session keeps the one it has until it ends. Written under s.mu.
 	pinned string
 
 	// Session mode (move.go): a move to a new credential's connection.
@@ -62,6 +63,7 @@ type txnSession struct {
 	moveWanted atomic.Bool
 
 	consumed int     // bytes of the last command still in s.cbr
+	large    bool    // the command is larger than s.cbr and still there (stream.go)
 	hdr      [4]byte // scratch for packet headers
 }
 
@@ -84,7 +86,8 @@ func (s *session) runTxn() string {
 	if !s.txnMode && result == "ok" && t.up != nil && t.quiescent() && !t.poisoned {
 		// A session-mode client said goodbye: its connection serves
 		// another session after a reset.
-		t.dirty, t.pinned = true, ""
+		t.dirty = true
+		t.setPinned("")
 		t.release(true)
 	}
 	// Still held here means the session ended inside a transaction (or
@@ -97,7 +100,7 @@ func (t *txnSession) loop() string {
 	for {
 		p, err := t.readCommand()
 		if err == nil {
-			err = t.command(p)
+			err = t.commandRetrying(p)
 		}
 		if err != nil {
 			return t.end(err)
@@ -167,9 +170,13 @@ func (t *txnSession) readCommand() ([]byte, error) {
 		p, t.consumed = b[4:], 4+n
 		s.bytesIn.Add(int64(4 + n))
 	default:
-		if p, err = t.readLong(maxLen); err != nil {
+		// Larger than the buffer: its start is looked at where it is,
+		// and the whole goes upstream as it arrives (stream.go).
+		b, err := s.cbr.Peek(s.cbr.Size())
+		if err != nil {
 			return nil, err
 		}
+		p, t.large = b[4:], true
 	}
 	if len(p) == 0 {
 		return nil, errEmptyCommand
@@ -179,33 +186,6 @@ func (t *txnSession) readCommand() ([]byte, error) {
 	}
 	s.nextSeq.Store(1)
 	return p, nil
-}
-
-// readLong reads a command larger than the client's read buffer, all its
-// 16 MiB parts, into memory.
-func (t *txnSession) readLong(maxLen int) ([]byte, error) {
-	s := t.s
-	var p []byte
-	for seq := byte(0); ; seq++ {
-		if _, err := io.ReadFull(s.cbr, t.hdr[:]); err != nil {
-			return nil, err
-		}
-		if t.hdr[3] != seq {
-			return nil, outOfOrder(seq, t.hdr[3])
-		}
-		n := payloadLen(t.hdr[:])
-		if len(p)+n > maxLen {
-			return nil, tooLarge(maxLen)
-		}
-		p = append(p, make([]byte, n)...)
-		if _, err := io.ReadFull(s.cbr, p[len(p)-n:]); err != nil {
-			return nil, err
-		}
-		s.bytesIn.Add(int64(4 + n))
-		if n < maxPayload {
-			return p, nil
-		}
-	}
 }
 
 // Marks a command puts on the connection it runs on.
@@ -275,7 +255,7 @@ func (t *txnSession) command(p []byte) error {
 		// The client's own statements are gone with its session state.
 		clear(t.stmts)
 		t.state.clear()
-		t.pinned = "" // what pinned it is gone with the rest
+		t.setPinned("") // what pinned it is gone with the rest
 		mark = markDirty | markNoStmts
 	}
 	if ok, err := t.hold(kind); !ok {
@@ -306,14 +286,38 @@ func (t *txnSession) hold(kind respKind) (bool, error) {
 	return false, t.s.reply(e.packet(1))
 }
 
-// attach checks out an upstream connection of the newest generation.
+// attach checks out an upstream connection of the newest generation and
+// applies the session's state on it. A connection found dead on the way
+// (retry.go) is closed and another taken.
 func (t *txnSession) attach() error {
-	s := t.s
-	// Checkout bounds the wait with the pool's checkout_timeout.
-	lease, err := s.pool.CheckoutFor(t.ctx, s.poolKey, s.dialer, s)
-	if err != nil {
-		return fmt.Errorf("checkout for backend %s: %w", s.backend.Name, err)
+	for tries := 0; ; tries++ {
+		err := t.attachOnce()
+		if err == nil || tries == maxRetries || !deadConn(err) || t.ctx.Err() != nil {
+			return err
+		}
+		t.s.log.Info("server connection was dead; using another", zap.Error(err))
+		t.s.srv.metrics.Retries.Inc()
+		t.probe = true
 	}
+}
+
+func (t *txnSession) attachOnce() error {
+	s := t.s
+	var lease *pool.Lease
+	for {
+		// Checkout bounds the wait with the pool's checkout_timeout.
+		l, err := s.pool.CheckoutFor(t.ctx, s.poolKey, s.dialer, s)
+		if err != nil {
+			return fmt.Errorf("checkout for backend %s: %w", s.backend.Name, err)
+		}
+		if t.open(l.Conn.(*upstream)) {
+			lease = l
+			break
+		}
+		s.log.Info("pooled server connection was closed by the server; using another")
+		l.Close()
+	}
+	t.probe = false
 	// Published before the kill check: interrupt stops what it sees.
 	s.mu.Lock()
 	s.lease = lease
@@ -326,6 +330,7 @@ func (t *txnSession) attach() error {
 	}
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	t.status = t.up.status
+	t.fresh = true
 	s.serverThread.Store(t.up.threadID) // audit.go
 	s.holding(lease.Gen)
 	if err := t.applyState(); err != nil {
@@ -357,7 +362,7 @@ func (t *txnSession) apply(mark int) {
 // roundTrip sends a command on the held upstream and relays its answer,
 // then gives the connection back if the client left nothing on it.
 func (t *txnSession) roundTrip(p []byte, kind respKind) error {
-	if err := t.writeUp(p); err != nil {
+	if err := t.sendCommand(p); err != nil {
 		return err
 	}
 	if kind == respNone {
@@ -431,6 +436,15 @@ func (t *txnSession) release(clean bool) {
 	}
 }
 
+// sendCommand sends the client's command to the held upstream: p, or
+// the large command p is the start of, streamed.
+func (t *txnSession) sendCommand(p []byte) error {
+	if t.large {
+		return t.streamUp()
+	}
+	return t.writeUp(p)
+}
+
 // writeUp sends one logical packet to the held upstream.
 func (t *txnSession) writeUp(p []byte) error {
 	bw := t.up.bw
@@ -457,6 +471,9 @@ func (t *txnSession) writeUp(p []byte) error {
 // first may change it before it goes to the client.
 func (t *txnSession) answer(kind respKind, swallow bool, first func([]byte)) ([]byte, error) {
 	s, up := t.s, t.up
+	if err := t.deadOnArrival(); err != nil {
+		return nil, err
+	}
 	s.track.expect(kind)
 	if !swallow && first == nil {
 		st, ok, err := s.relayAnswer(up)

@@ -11,9 +11,8 @@ import (
 // set, and the relay's own, which only this protocol has.
 type Metrics struct {
 	*frontend.ProtocolMetrics
-	duplex  prometheus.Counter
-	retries prometheus.Counter
-	moves   prometheus.Counter
+	duplex prometheus.Counter
+	moves  prometheus.Counter
 }
 
 // NewMetrics registers the relay's collectors on reg (nil: unregistered)
@@ -29,17 +28,13 @@ func NewMetrics(reg prometheus.Registerer, shared *frontend.Metrics) *Metrics {
 			Name: "dbproxy_relay_duplex_switches_total", ConstLabels: constLabels,
 			Help: "Times a session switched to the two-direction relay (COPY FROM STDIN, a stalled pipeline, LISTEN).",
 		}),
-		retries: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dbproxy_request_retries_total", ConstLabels: constLabels,
-			Help: "Requests sent again on another server connection because the first was dead before anything ran.",
-		}),
 		moves: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dbproxy_session_moves_total", ConstLabels: constLabels,
 			Help: "Session-mode sessions moved, idle, to a connection on a new credential at a rotation.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.duplex, m.retries, m.moves)
+		reg.MustRegister(m.duplex, m.moves)
 	}
 	return m
 }

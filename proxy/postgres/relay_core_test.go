@@ -218,7 +218,7 @@ func TestRelayRetriesDeadPooledConnection(t *testing.T) {
 				}
 				h.fake.terminateAll(goodbye)
 			}
-			if got := testutil.ToFloat64(h.s.srv.metrics.retries); got != 2 {
+			if got := testutil.ToFloat64(h.s.srv.metrics.Retries); got != 2 {
 				t.Fatalf("retries = %v, want 2", got)
 			}
 		})

@@ -83,7 +83,7 @@ func (t *txnSession) resend(cause error, complete bool) error {
 	retries := r.retries + 1
 	frames := append([]byte(nil), r.frames...)
 	s.log.Info("server connection was dead; request sent again on another", zap.Error(cause), zap.Int("retry", retries))
-	s.srv.metrics.retries.Inc()
+	s.srv.metrics.Retries.Inc()
 	t.release(false)
 	// Its idle siblings were likely ended with it (a DBA's sweep, a
 	// failover): skip the dead ones this time.

@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/dbproxy/dbproxy/creds"
+	"github.com/dbproxy/dbproxy/proxy/pool"
 )
 
 // Backend is one upstream PostgreSQL server as the proxy needs it.
@@ -141,25 +141,7 @@ func (u *upstream) Reset(ctx context.Context) error {
 // with a non-blocking peek at the socket. A connection it cannot peek at
 // (TLS) is assumed alive; the relay's retry covers it.
 func (u *upstream) alive() bool {
-	if u.br.Buffered() > 0 {
-		return false
-	}
-	sc, ok := u.conn.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return true
-	}
-	alive := true
-	var b [1]byte
-	_ = rc.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		alive = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
-		return true
-	})
-	return alive
+	return u.br.Buffered() == 0 && pool.PeerOpen(u.conn)
 }
 
 func (u *upstream) Close() error {

@@ -876,6 +876,9 @@ func TestMySQLPinnedSessionClosedBeforeHardEnd(t *testing.T) {
 	if _, b := m.read(t); len(b) == 0 || b[0] != 0x00 {
 		t.Fatalf("CREATE TEMPORARY TABLE: %q", b)
 	}
+	if ss := s.proxy.sessions(t); len(ss) != 1 || ss[0].Pinned != "a temporary table" {
+		t.Fatalf("/v1/sessions: %+v, want one session pinned by a temporary table", ss)
+	}
 	gens := s.proxy.leases(t)
 	if len(gens) == 0 || gens[len(gens)-1].HardEnd.IsZero() {
 		t.Fatalf("want a generation with a known hard end, got %+v", gens)

@@ -82,8 +82,10 @@ func startProxy(t *testing.T, dir, cfg string, waitReady bool) *proxyProc {
 	go func() { p.done <- p.cmd.Wait(); logf.Close() }()
 	t.Cleanup(func() {
 		p.stop(t)
-		if strings.Contains(p.log(), "WARNING: DATA RACE") {
-			t.Errorf("the race detector found a data race in dbproxy (built with DBPROXY_BUILD_FLAGS=%q)", os.Getenv("DBPROXY_BUILD_FLAGS"))
+		if i := strings.Index(p.log(), "WARNING: DATA RACE"); i >= 0 {
+			race := p.log()[i:]
+			race = race[:min(len(race), 4000)]
+			t.Errorf("the race detector found a data race in dbproxy (built with DBPROXY_BUILD_FLAGS=%q):\n%s", os.Getenv("DBPROXY_BUILD_FLAGS"), race)
 		}
 		if t.Failed() {
 			// Keep the whole log where the run's logs are kept.
