@@ -203,8 +203,7 @@ func (t *txnSession) command(p []byte) error {
 	cmd := p[0]
 	kind, ok := commandResponse(cmd)
 	if !ok {
-		return &Error{Code: erNotSupportedYet, State: "42000",
-			Message: fmt.Sprintf("%s is not supported through dbproxy: dbproxy logs in with the Vault credential of your identity's grant; reconnect instead", commandName(cmd))}
+		return notSupported(cmd)
 	}
 	mark := markNone
 	switch cmd {
