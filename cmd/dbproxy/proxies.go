@@ -85,9 +85,6 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 		broker: newBrokers(client, cfg.Fleet, log.Named("creds"), cm),
 		pm:     pool.NewMetrics(deps.Registry), logins: newTokenLogins(deps.Registry),
 		reloads: newReloadMetric(deps.Registry), listeners: map[string]*liveListener{}}
-	if cfg.Fleet != nil {
-		log.Info("fleet mode", zap.String("fleet", cfg.Fleet.Name), zap.String("instance", cfg.Fleet.InstanceID))
-	}
 	fm := frontend.NewMetrics(deps.Registry)
 	st.postgres = postgres.NewServer(postgres.Options{Log: log.Named("postgres"), Metrics: postgres.NewMetrics(deps.Registry, fm)})
 	st.mysql = mysql.NewServer(mysql.Options{Log: log.Named("mysql"), Metrics: mysql.NewMetrics(fm)})
