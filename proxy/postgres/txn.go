@@ -34,7 +34,8 @@ type request struct {
 	typ    byte // frontend message type: P B D E C S Q F
 	action reqAction
 	fake   []byte // for actFake: backend message(s) to emit
-	pname  string // for swallowed Parse: statement to forget if it fails
+	pname  string // for a Parse or SQL PREPARE: statement to forget if it fails
+	client string // for an SQL PREPARE: the client's name of it
 	set    *setChange
 }
 
@@ -293,7 +294,9 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 	}
 	head := t.queue[0]
 	if head.action == actSwallowAll {
-		if typ == 'E' {
+		if typ == 'E' && head.pname != "" {
+			delete(t.up.prepared, head.pname) // the EXECUTE after it says why
+		} else if typ == 'E' {
 			t.up.tag = dirtyTag // the state did not apply: reset next time
 		}
 		if typ == 'Z' {
@@ -301,6 +304,9 @@ func (t *txnSession) complete(typ byte) (drop bool, fakes [][]byte) {
 			fakes = t.popFakes()
 		}
 		return true, fakes
+	}
+	if typ == 'E' && head.typ == 'Q' && head.client != "" {
+		t.failedSQLPrepare(head)
 	}
 	if head.set != nil {
 		if typ == 'E' {

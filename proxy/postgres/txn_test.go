@@ -130,7 +130,7 @@ func TestRememberBoundsBytes(t *testing.T) {
 	big := make([]byte, 1<<20) // a 1 MiB query
 	for i := range 40 {
 		big[0] = byte(i) // distinct statements
-		tr.remember(string(rune('a'+i)), append(big[:len(big):len(big)], 0, 0, 0))
+		tr.remember(string(rune('a'+i)), stmt{pname: "p", parse: append(big[:len(big):len(big)], 0, 0, 0)})
 	}
 	if tr.stmtBytes > maxClientStatementBytes || len(tr.stmts) > 16 {
 		t.Fatalf("%d statements, %d bytes kept; want at most %d bytes", len(tr.stmts), tr.stmtBytes, maxClientStatementBytes)
@@ -142,8 +142,8 @@ func TestRememberBoundsBytes(t *testing.T) {
 	if sum != tr.stmtBytes {
 		t.Fatalf("stmtBytes %d, actual %d", tr.stmtBytes, sum)
 	}
-	tr.remember("a", []byte("select 1\x00\x00\x00"))
-	tr.remember("a", []byte("select 2\x00\x00\x00")) // redefined: counted once
+	tr.remember("a", stmt{pname: "p", parse: []byte("select 1\x00\x00\x00")})
+	tr.remember("a", stmt{pname: "q", parse: []byte("select 2\x00\x00\x00")}) // redefined: counted once
 	tr.forget("a")
 	tr.forget("a")
 	sum = 0

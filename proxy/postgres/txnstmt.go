@@ -18,6 +18,9 @@ import (
 type stmt struct {
 	pname string // name on upstream connections
 	parse []byte // Parse message body with pname, to prepare it anywhere
+	// sql marks a statement from an SQL PREPARE (txnsql.go); parse is
+	// then the PREPARE query under pname.
+	sql bool
 }
 
 const (
@@ -51,7 +54,9 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 		if len(name) == 0 {
 			return t.send(request{typ: 'P'}, typ, body)
 		}
-		st := t.remember(string(name), rest)
+		pname := statementName(rest)
+		st := stmt{pname: pname, parse: append(append([]byte(pname), 0), rest...)}
+		t.remember(string(name), st)
 		if up.prepared[st.pname] {
 			return t.enqueueFake('1')
 		}
@@ -107,6 +112,18 @@ func (t *txnSession) rewrite(typ byte, body []byte) error {
 		q := firstCString(body)
 		if guard := sessionFeature(q); guard != "" {
 			return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, []byte(refusalSQL(guard))))
+		}
+		if name, def, ok := sqlPrepare(q); ok {
+			return t.prepareSQL(name, def)
+		} else if unfollowedPrepare(q) {
+			// It would leave a statement under the client's name on a
+			// connection other clients use.
+			return t.send(request{typ: 'Q'}, 'Q', appendCString(nil, []byte(refusalSQL("PREPARE in a query with several statements"))))
+		}
+		if name, args, ok := sqlExecute(q); ok {
+			if st, ok := t.stmts[name]; ok && st.sql {
+				return t.executeSQL(st, args)
+			}
 		}
 		if name, ok := deallocateTarget(q); ok {
 			return t.deallocate(name, body)
@@ -200,10 +217,8 @@ func (s *session) patchStatus(frames []byte) []byte {
 	return frames
 }
 
-// remember records a client's Parse under its name.
-func (t *txnSession) remember(name string, rest []byte) stmt {
-	pname := statementName(rest)
-	st := stmt{pname: pname, parse: append(append([]byte(pname), 0), rest...)}
+// remember records a client's statement under its name.
+func (t *txnSession) remember(name string, st stmt) {
 	t.forget(name)
 	for k := range t.stmts { // evict at random (map order) until it fits
 		if len(t.stmts) < maxClientStatements && t.stmtBytes+len(st.parse) <= maxClientStatementBytes {
@@ -213,7 +228,6 @@ func (t *txnSession) remember(name string, rest []byte) stmt {
 	}
 	t.stmts[name] = st
 	t.stmtBytes += len(st.parse)
-	return st
 }
 
 // forget drops a client statement name.
@@ -233,7 +247,9 @@ func (t *txnSession) ensure(name []byte) (string, error) {
 		// Not ours to rename: let the server report it.
 		return string(name), nil
 	}
-	if t.up.prepared[st.pname] {
+	if t.up.prepared[st.pname] || st.sql {
+		// An SQL statement bound through the protocol works where it was
+		// prepared or executed in this transaction.
 		return st.pname, nil
 	}
 	t.notePrepared(t.up, st.pname)
