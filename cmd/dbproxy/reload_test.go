@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,5 +164,50 @@ func TestReloadAndSessionsCommands(t *testing.T) {
 	}
 	if code, _, errs = run("sessions", "--admin", addr, "--backend-pid", "7"); code != exitStartup || !strings.Contains(errs, "no open session") {
 		t.Fatalf("sessions --backend-pid 7: %d %q", code, errs)
+	}
+}
+
+// reloadingService counts reloads; it is shut down at once.
+type reloadingService struct {
+	reloads chan struct{}
+}
+
+func (r *reloadingService) Name() string                          { return "reloading" }
+func (r *reloadingService) Shutdown(context.Context) (int, error) { return 0, nil }
+func (r *reloadingService) Reload(context.Context) (any, error) {
+	r.reloads <- struct{}{}
+	return nil, nil
+}
+
+// SIGHUP reloads and serving goes on; SIGHUP during shutdown is not a
+// second signal.
+func TestRunSIGHUPReloads(t *testing.T) {
+	svc := &reloadingService{reloads: make(chan struct{}, 2)}
+	var gotPath string
+	oldStart := start
+	start = func(_ context.Context, _ *config.Config, deps Deps) ([]Service, error) {
+		gotPath = deps.ConfigPath
+		return []Service{svc}, nil
+	}
+	t.Cleanup(func() { start = oldStart })
+	path := minimalConfig(t, "127.0.0.1:0", "")
+	h := startRun(t, "run", "--config", path)
+	h.adminAddr(t)
+	if gotPath != path {
+		t.Fatalf("Deps.ConfigPath = %q, want %q", gotPath, path)
+	}
+	for range 2 {
+		h.sigs <- syscall.SIGHUP
+		<-svc.reloads
+	}
+	h.sigs <- syscall.SIGTERM
+	h.sigs <- syscall.SIGHUP
+	if code := h.wait(t); code != 0 {
+		t.Fatalf("exit status %d:\n%s", code, h.stderr.String())
+	}
+	select {
+	case code := <-h.exits:
+		t.Fatalf("a SIGHUP during shutdown exited with %d", code)
+	default:
 	}
 }

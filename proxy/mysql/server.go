@@ -142,8 +142,12 @@ func NewServer(o Options) *Server {
 }
 
 // Reconfigure makes logins from now on use r; open sessions keep what
-// they logged in with (see Revoke).
-func (srv *Server) Reconfigure(r Routes) { srv.routes.Store(&r) }
+// they logged in with (see Revoke). Cached greetings are dropped: a
+// backend may now be another server.
+func (srv *Server) Reconfigure(r Routes) {
+	srv.routes.Store(&r)
+	srv.greetings.Clear()
+}
 
 // Revoke ends, with ER_CONNECTION_KILLED and the reason why returns,
 // each open session that reason is given for; it returns how many.
