@@ -391,6 +391,19 @@ func TestSessionsByBackendPID(t *testing.T) {
 				t.Errorf("txn: after the transaction: %v\n%s", err, out)
 			}
 		}
+		// The audit line at the end names the pid, the transaction and
+		// the bytes.
+		ended := len(p.logLines("session end"))
+		if err := c.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		p.waitLog(t, "session end", ended+1)
+		ends := p.logLines("session end")
+		e := ends[len(ends)-1]
+		if e["backend"] != db || e["backend_pid"] != float64(pid) || e["transactions"] != 1.0 || e["result"] != "ok" ||
+			e["bytes_in"].(float64) <= 0 || e["bytes_out"].(float64) <= 0 || e["method"] != "listener" {
+			t.Errorf("%s: session end line %v", db, e)
+		}
 	}
 	if out, err := dbproxyCLI(t, p, "sessions", "--backend-pid", "999999"); err == nil || !strings.Contains(out, "no open session") {
 		t.Errorf("an unknown pid: %v\n%s", err, out)
