@@ -16,6 +16,9 @@
 #                          (about 15 minutes at the default BENCH_TIME=10)
 #   make bench-mysql       sysbench oltp_read_only: MariaDB direct vs the floor vs dbproxy session and
 #                          transaction pools -> its section of bench/RESULTS.md (about 3 minutes)
+#   make bench-fleet       fleet mode's benefit: N = 1, 3, 10 dbproxy processes with and without fleet
+#                          mode, FLEET_BENCH_TIME (default 10m) each (about an hour): a markdown table
+#                          on stdout (bench/fleet; docs/fleet.md#benchmark)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -97,7 +100,7 @@ test:
 clean:
 	rm -rf bin
 
-.PHONY: demo demo-stop bench bench-mysql
+.PHONY: demo demo-stop bench bench-mysql bench-fleet
 
 # Like test, demo first makes sure the packages and the Vault build exist,
 # so it is one command on a fresh machine too.
@@ -116,3 +119,11 @@ bench:
 
 bench-mysql:
 	scripts/bench-mysql.sh
+
+# A normal build of dbproxy (DBPROXY_BUILD_FLAGS cleared: the tests' -race
+# would be measured too); Vault comes from scripts/build-vault.sh's cache.
+# FLEET_BENCH_FLAGS passes more flags (-n 1,3, -keep).
+FLEET_BENCH_TIME ?= 10m
+FLEET_BENCH_FLAGS ?=
+bench-fleet:
+	DBPROXY_BUILD_FLAGS= $(GO) run ./bench/fleet -duration $(FLEET_BENCH_TIME) $(FLEET_BENCH_FLAGS)

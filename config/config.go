@@ -256,6 +256,10 @@ type ListenerTLS struct {
 type Identity struct {
 	Match  Match   `yaml:"match"`
 	Grants []Grant `yaml:"grants"`
+	// Admin lets the identity use the SQL admin console: database
+	// "dbproxy" on a postgres listener (psql -d dbproxy), which shows
+	// pools, clients and leases and can pause, rotate and kill.
+	Admin bool `yaml:"admin"`
 }
 
 // Match says how a client is recognised as this identity. Any one kind

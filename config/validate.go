@@ -253,6 +253,9 @@ func (v *validator) backends() {
 		if strings.TrimSpace(name) == "" {
 			v.atKey(p, "backends: a backend needs a non-empty name (the name clients put in their database parameter)")
 		}
+		if name == ConsoleDatabase && b.Protocol == "postgres" {
+			v.atKey(p, "%s: the database name %q is the SQL admin console's on postgres listeners; give the backend another name", p, name)
+		}
 		switch b.Protocol {
 		case "postgres", "mysql":
 		case "":
@@ -521,6 +524,9 @@ func (v *validator) identities() {
 			}
 		}
 
+		if id.Admin && !v.hasPostgresListener() {
+			v.at(p+".admin", "%s.admin: the admin console is served on postgres listeners (psql -d %s), and none is configured; add one or remove admin", p, ConsoleDatabase)
+		}
 		seen := map[[2]string]int{}
 		for i, g := range id.Grants {
 			gp := fmt.Sprintf("%s.grants[%d]", p, i)
@@ -548,6 +554,19 @@ func (v *validator) identities() {
 			seen[k] = i
 		}
 	}
+}
+
+// ConsoleDatabase is the database name that selects the SQL admin
+// console on postgres listeners.
+const ConsoleDatabase = "dbproxy"
+
+func (v *validator) hasPostgresListener() bool {
+	for _, l := range v.c.Listeners {
+		if l.Protocol == "postgres" {
+			return true
+		}
+	}
+	return false
 }
 
 func (v *validator) admin() {

@@ -788,6 +788,17 @@ authorized\` lines in its log), failed transactions and how busy the whole machi
 
 EOF2
 	cost_table
+	# make bench-fleet is a separate, hour-long run: point to its table.
+	cat <<EOF2
+
+## Fleet mode (make bench-fleet)
+
+What fleet mode saves (Vault credential reads, lease renewals and revocations, database users
+created and existing at once, with 1, 3 and 10 dbproxy processes, with and without \`fleet:\`) is
+measured separately by \`make bench-fleet\` (bench/fleet, not part of \`make bench\`): the table, the
+command, the duration and the date of the recorded run are in
+[docs/fleet.md](../docs/fleet.md#benchmark).
+EOF2
 } >"$out"
 
 echo

@@ -141,6 +141,7 @@ func (st *stack) commit(p *plan) *view {
 	}
 	st.broker.install(sources)
 	st.view.Store(&view{cfg: p.cfg, policy: p.policy, pools: pools, report: newReportConfig(p.cfg, specs, st.gatherer)})
+	st.console.Store(newConsole(p.cfg, st, st.deps, st.log))
 	poolOf := func(backend, role string) *pool.Pool {
 		if e := pools[creds.SourceKey{Backend: backend, Role: role}]; e != nil {
 			return e.pool

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/dbproxy/dbproxy/admin/console"
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
 	"github.com/dbproxy/dbproxy/identity"
@@ -37,6 +39,9 @@ type stack struct {
 	reloads  *prometheus.CounterVec
 	postgres *postgres.Server
 	mysql    *mysql.Server
+	deps     Deps
+	// console is the SQL admin console of the current configuration.
+	console atomic.Pointer[console.Console]
 
 	view atomic.Pointer[view]
 	// mu makes reloads one at a time and guards listeners, retiring and
@@ -81,12 +86,17 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	if err != nil {
 		return nil, err
 	}
-	st := &stack{log: log, ctx: ctx, path: deps.ConfigPath, gatherer: deps.Registry,
+	st := &stack{log: log, ctx: ctx, path: deps.ConfigPath, gatherer: deps.Registry, deps: deps,
 		broker: newBrokers(client, cfg.Fleet, log.Named("creds"), cm),
 		pm:     pool.NewMetrics(deps.Registry), logins: newTokenLogins(deps.Registry),
 		reloads: newReloadMetric(deps.Registry), listeners: map[string]*liveListener{}}
 	fm := frontend.NewMetrics(deps.Registry)
-	st.postgres = postgres.NewServer(postgres.Options{Log: log.Named("postgres"), Metrics: postgres.NewMetrics(deps.Registry, fm)})
+	st.postgres = postgres.NewServer(postgres.Options{Log: log.Named("postgres"), Metrics: postgres.NewMetrics(deps.Registry, fm),
+		Console: func(ctx context.Context, id string, r io.Reader, w io.Writer) error {
+			return st.console.Load().Serve(ctx, id, r, w)
+		},
+		ConsoleDatabase: console.Database,
+	})
 	st.mysql = mysql.NewServer(mysql.Options{Log: log.Named("mysql"), Metrics: mysql.NewMetrics(fm)})
 	p, err := st.plan(cfg)
 	if err != nil {

@@ -35,6 +35,9 @@ Operator commands (talk to a running dbproxy's admin API; flags
   pause BACKEND         hold new transactions/sessions back
   resume BACKEND        let them go on
   drain BACKEND         replace the backend's upstream connections
+  kill ID [--reason TEXT]
+                        end one client session (ids: GET /v1/sessions, SHOW
+                        CLIENTS); its client is told the reason
   revoke BACKEND [--role R] [--dry-run]
                         new credential first, then revoke the old lease(s) in
                         Vault and close the sessions still on them
@@ -154,6 +157,8 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return statusCmd(ctx, rest, stdout, stderr)
 	case "rotate", "pause", "resume", "drain":
 		return actionCmd(ctx, cmd, rest, stdout, stderr)
+	case "kill":
+		return killCmd(ctx, rest, stdout, stderr)
 	case "revoke":
 		return revokeCmd(ctx, rest, stdout, stderr)
 	case "report":

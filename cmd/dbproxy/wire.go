@@ -27,6 +27,7 @@ func startProxies(ctx context.Context, cfg *config.Config, deps Deps) ([]Service
 		deps.Admin.MountRevoke(st)
 		deps.Admin.MountStatus(st)
 		deps.Admin.MountReport(st)
+		deps.Admin.MountKill(st)
 		deps.Admin.MountReload(st)
 	}
 	return []Service{st}, nil
@@ -108,6 +109,18 @@ func (st *stack) Resume(backend string) bool { return st.eachPool(backend, (*poo
 
 // Drain implements admin.Operations.
 func (st *stack) Drain(backend string) bool { return st.eachPool(backend, (*pool.Pool).Drain) }
+
+// KillSession implements admin.Killer over both front ends (session IDs
+// are unique across them).
+func (st *stack) KillSession(id uint64, reason string) (any, bool) {
+	if si, ok := st.postgres.KillSession(id, reason); ok {
+		return si, true
+	}
+	if si, ok := st.mysql.KillSession(id, reason); ok {
+		return si, true
+	}
+	return nil, false
+}
 
 // eachPool applies f to every pool of backend (one per granted role).
 func (st *stack) eachPool(backend string, f func(*pool.Pool)) bool {

@@ -13,6 +13,7 @@ type Metrics struct {
 	errors   *prometheus.CounterVec
 	cancels  *prometheus.CounterVec
 	retries  *prometheus.CounterVec
+	stats    statsVecs
 }
 
 // NewMetrics registers the collectors on reg (nil: unregistered). Call it
@@ -43,9 +44,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "dbproxy_request_retries_total",
 			Help: "Requests sent again on another server connection because the first was dead before anything ran.",
 		}, []string{"protocol"}),
+		stats: newStatsVecs(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels, m.retries)
+		reg.MustRegister(m.clients, m.sessions, m.connect, m.bytes, m.errors, m.cancels, m.retries,
+			m.stats.xact, m.stats.query, m.stats.wait)
 	}
 	return m
 }
@@ -60,6 +63,8 @@ type ProtocolMetrics struct {
 	Errors   *prometheus.CounterVec // class
 	Cancels  *prometheus.CounterVec // result
 	Retries  prometheus.Counter
+	// xact, query and wait are the SHOW STATS histograms (stats.go).
+	xact, query, wait prometheus.ObserverVec // backend, identity
 }
 
 // Protocol returns the collectors for one protocol's front end.
@@ -70,6 +75,8 @@ func (m *Metrics) Protocol(name string) *ProtocolMetrics {
 		Connect: m.connect.MustCurryWith(l), Bytes: m.bytes.MustCurryWith(l),
 		Errors: m.errors.MustCurryWith(l), Cancels: m.cancels.MustCurryWith(l),
 		Retries: m.retries.WithLabelValues(name),
+		xact:    m.stats.xact.MustCurryWith(l), query: m.stats.query.MustCurryWith(l),
+		wait: m.stats.wait.MustCurryWith(l),
 	}
 }
 

@@ -18,7 +18,7 @@ type Server[S Session] struct {
 
 	mu        sync.Mutex
 	listeners []net.Listener
-	sessions  map[S]struct{}
+	sessions  map[S]*tracked
 	closing   chan struct{}
 	wg        sync.WaitGroup
 	// expiryWatch starts the WatchExpiry goroutine once.
@@ -30,7 +30,7 @@ func NewServer[S Session](log *zap.Logger) *Server[S] {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Server[S]{log: log, sessions: make(map[S]struct{}), closing: make(chan struct{})}
+	return &Server[S]{log: log, sessions: make(map[S]*tracked), closing: make(chan struct{})}
 }
 
 // acceptBackoff spaces accept retries after an error that is not a
@@ -132,10 +132,12 @@ func (f *Server[S]) Go(fn func()) {
 	}()
 }
 
-// Track adds s to the open sessions, from its first relayed byte.
+// Track adds s to the open sessions, from its first relayed byte, under
+// a new session ID.
 func (f *Server[S]) Track(s S) {
+	t := &tracked{id: nextSessionID.Add(1)}
 	f.mu.Lock()
-	f.sessions[s] = struct{}{}
+	f.sessions[s] = t
 	f.mu.Unlock()
 }
 
@@ -163,7 +165,11 @@ func (f *Server[S]) ForEach(fn func(S)) {
 // Sessions describes the open sessions for the admin API.
 func (f *Server[S]) Sessions() []SessionInfo {
 	out := []SessionInfo{}
-	f.ForEach(func(s S) { out = append(out, s.Info()) })
+	f.ForEach(func(s S) {
+		si := s.Info()
+		si.ID = f.id(s)
+		out = append(out, si)
+	})
 	return out
 }
 

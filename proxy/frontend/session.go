@@ -45,6 +45,8 @@ type Grant struct {
 // SessionInfo describes a client session for the admin API, for both
 // protocols.
 type SessionInfo struct {
+	// ID names the session in the process (KillID, the console's KILL).
+	ID         uint64    `json:"id"`
 	Protocol   string    `json:"protocol"`
 	Identity   string    `json:"identity"`
 	Method     string    `json:"method"`
@@ -56,6 +58,9 @@ type SessionInfo struct {
 	State      string    `json:"state"`
 	Since      time.Time `json:"since"`
 	Remote     string    `json:"remote"`
+	// RequestTime is when the client's latest request began (zero when
+	// the protocol does not keep SessionStats, or before any request).
+	RequestTime time.Time `json:"request_time,omitzero"`
 	// Pinned says why a session-mode session cannot move to a new
 	// credential at a rotation (it is closed at the drain deadline).
 	Pinned string `json:"pinned,omitempty"`
@@ -89,11 +94,13 @@ const (
 	KillShutdown                // shutdown deadline: every session
 	KillByClient                // a client's KILL CONNECTION (MySQL)
 	KillTokenExpired            // the token that identified the client expired
+	KillByOperator              // an operator's kill (admin API, CLI, console): see KillID
 	KillRevoked                 // a configuration reload took its grant, backend or listener away
 )
 
-// Rank orders reasons: a client's KILL, an expired token and a revoked
-// grant are as strong as the shutdown deadline, none overrides another.
+// Rank orders reasons: a client's KILL, an expired token, an operator's
+// kill and a revoked grant are as strong as the shutdown deadline, none
+// overrides another.
 func (r KillReason) Rank() KillReason { return min(r, KillShutdown) }
 
 // Result is the dbproxy_client_sessions_total result of a session stopped
@@ -106,6 +113,8 @@ func (r KillReason) Result() string {
 		return "killed"
 	case KillTokenExpired:
 		return "token_expired"
+	case KillByOperator:
+		return "operator_kill"
 	case KillRevoked:
 		return "config_reload"
 	}

@@ -132,6 +132,8 @@ func (s *session) stopError(r killReason) (*Error, string) {
 		return &Error{Code: erConnectionKilled, State: "70100", Message: "Connection was killed (KILL CONNECTION through dbproxy)"}, "killed"
 	case killTokenExpired: // password.go
 		return s.tokenExpiredError(), "token_expired"
+	case killByOperator: // kill.go
+		return s.operatorKillError(), "operator_kill"
 	case killRevoked: // reload.go
 		return s.revokedError(), "config_reload"
 	case killIdleShutdown:

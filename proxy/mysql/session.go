@@ -65,6 +65,9 @@ type session struct {
 	rl       atomic.Pointer[txnSession] // the relay's state, for Superseded (move.go)
 	bytesIn  atomic.Int64
 	bytesOut atomic.Int64
+	// stats counts commands, transactions and checkout waits from login
+	// on (nil before: counts nothing; stats.go).
+	stats *frontend.SessionStats
 	// serverThread is the thread id of the server connection held now or
 	// last (audit.go); txns counts answers that left no transaction open.
 	serverThread atomic.Uint32
@@ -231,6 +234,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 	s.caps = r.caps & g.caps &^ gomysql.CLIENT_SSL
 	s.log = s.srv.log.With(zap.String("listener", lo.Name), zap.String("remote", s.raw.RemoteAddr().String()),
 		zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", grant.Role))
+	s.stats = s.srv.metrics.Stats(b.Name, id.Name)
 
 	program := "dbproxy:" + id.Name
 	if p := r.attrs["program_name"]; p != "" {
@@ -301,8 +305,12 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 func (s *session) checkoutOpen(ctx context.Context) (*pool.Lease, error) {
 	for {
 		// Each dead one is closed, so this ends with an open or new one.
+		start := mono()
 		lease, err := s.pool.CheckoutFor(ctx, s.poolKey, s.dialer, s)
 		if err != nil || pool.PeerOpen(lease.Conn.(*upstream).conn) {
+			if err == nil {
+				s.stats.Waited(start)
+			}
 			return lease, err
 		}
 		s.log.Info("pooled server connection was closed by the server; using another")
@@ -386,7 +394,8 @@ func (s *session) currentUpstream() *upstream {
 func (s *session) Info() frontend.SessionInfo {
 	si := frontend.SessionInfo{Protocol: "mysql", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
 		Since: s.started, Remote: s.raw.RemoteAddr().String(), ConnectionID: s.connID, State: "idle",
-		Listener: s.listener, BackendPID: s.serverThread.Load(), Transactions: s.txns.Load(),
+		RequestTime: s.stats.LastRequest(),
+		Listener:    s.listener, BackendPID: s.serverThread.Load(), Transactions: s.txns.Load(),
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load()}
 	if s.backend != nil {
 		si.Backend = s.backend.Name

@@ -100,11 +100,13 @@ func (t *txnSession) loop() string {
 	for {
 		p, err := t.readCommand()
 		if err == nil {
+			t.s.stats.RequestStarted()
 			err = t.commandRetrying(p)
 		}
 		if err != nil {
 			return t.end(err)
 		}
+		t.s.stats.QueryDone(t.s.inTransaction())
 	}
 }
 
@@ -289,8 +291,12 @@ func (t *txnSession) hold(kind respKind) (bool, error) {
 // applies the session's state on it. A connection found dead on the way
 // (retry.go) is closed and another taken.
 func (t *txnSession) attach() error {
+	start := mono()
 	for tries := 0; ; tries++ {
 		err := t.attachOnce()
+		if err == nil {
+			t.s.stats.Waited(start)
+		}
 		if err == nil || tries == maxRetries || !deadConn(err) || t.ctx.Err() != nil {
 			return err
 		}

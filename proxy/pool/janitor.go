@@ -90,7 +90,7 @@ func (p *Pool) warm() {
 				have++
 			}
 		}
-		if p.closed || dial == nil || have >= p.opts.MinIdle || p.open >= p.opts.MaxConnections {
+		if p.closed || dial == nil || have >= p.opts.MinIdle || p.open >= p.opts.MaxConnections || p.gate.failing() {
 			p.mu.Unlock()
 			return
 		}

@@ -93,6 +93,7 @@ type Pool struct {
 	// drains: connections opened before the latest one close when returned.
 	paused bool
 	epoch  uint64
+	gate   dialGate // dial backoff while the database refuses connections
 }
 
 // waiter is a checkout waiting for a connection or a free slot. A lease
@@ -205,6 +206,7 @@ func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Ho
 	if err != nil {
 		return nil, err
 	}
+	dialed := false
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -212,6 +214,7 @@ func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Ho
 			return nil, errors.New("pool closed")
 		}
 		p.warmKey, p.warmDial = key, dial
+		var backoff time.Duration // > 0: wait for the dial gate
 		if !p.paused {
 			if l := p.takeIdleLocked(gen, key); l != nil {
 				p.lendLocked(l, h)
@@ -220,21 +223,24 @@ func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Ho
 				return l, nil
 			}
 			if p.open < p.opts.MaxConnections {
-				p.open++
-				p.mu.Unlock()
-				l, err := p.dial(ctx, gen, key, dial, h, start)
-				if errors.Is(err, errSuperseded) || err != nil && gen.State() != creds.Active {
-					// Rotated between Current and dial, or the database
-					// refused the credential (revoked behind our back) and
-					// the source is fetching the next: wait for it.
+				deadline, _ := ctx.Deadline()
+				if dialed {
+					deadline = time.Time{}
+				}
+				if backoff = p.gate.wait(time.Now(), deadline); backoff == 0 {
+					dialed = true
+					p.open++
+					p.mu.Unlock()
+					l, again, err := p.dialChecked(ctx, gen, key, dial, h, start)
+					if !again {
+						return l, err
+					}
 					if gen, err = p.current(ctx); err != nil {
 						return nil, err
 					}
 					continue
 				}
-				return l, err
-			}
-			if len(p.idle) > 0 {
+			} else if len(p.idle) > 0 {
 				// At the cap, but only other keys' connections are idle:
 				// close the least recently used one to make room rather
 				// than wait for a busy connection that may never come.
@@ -249,6 +255,12 @@ func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Ho
 		p.waiters = append(p.waiters, w)
 		paused := p.paused
 		p.mu.Unlock()
+		var retry <-chan time.Time
+		var timer *time.Timer
+		if backoff > 0 {
+			timer = time.NewTimer(backoff)
+			retry = timer.C
+		}
 		select {
 		case l := <-w.ch:
 			if l != nil {
@@ -262,19 +274,59 @@ func (p *Pool) checkoutSlow(ctx context.Context, key string, dial DialFunc, h Ho
 			if g, err := p.current(ctx); err == nil {
 				gen = g
 			}
+		case <-retry:
+			p.abandon(w)
 		case <-ctx.Done():
 			p.abandon(w)
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				if paused {
-					p.obs.paused.Observe(time.Since(start).Seconds())
-					return nil, &PausedError{Backend: p.opts.Backend, Waited: time.Since(start)}
-				}
-				p.obs.exhausted.Observe(time.Since(start).Seconds())
-				return nil, &ExhaustedError{Backend: p.opts.Backend, Max: p.opts.MaxConnections, Waited: time.Since(start)}
-			}
-			return nil, ctx.Err()
+			return nil, p.checkoutFailed(ctx, paused, start)
+		}
+		if timer != nil {
+			timer.Stop()
 		}
 	}
+}
+
+// dialChecked dials in a slot the caller reserved and records the outcome
+// in the dial gate. again says the checkout should look again: the
+// credential changed under the dial, or the database refused it and the
+// checkout may wait for the gate.
+func (p *Pool) dialChecked(ctx context.Context, gen *creds.Generation, key string, dial DialFunc, h Holder, start time.Time) (l *Lease, again bool, err error) {
+	l, err = p.dial(ctx, gen, key, dial, h, start)
+	// Rotated between Current and dial, or the database refused the
+	// credential (revoked behind our back) and the source is fetching
+	// the next: neither says the database is down.
+	credential := errors.Is(err, errSuperseded) || err != nil && gen.State() != creds.Active
+	p.mu.Lock()
+	if p.gate.done(err, !credential && ctx.Err() == nil, time.Now()) {
+		p.wakeAllLocked()
+	}
+	p.mu.Unlock()
+	again = credential || err != nil && ctx.Err() == nil
+	if err != nil && !again {
+		p.obs.dialError.Observe(time.Since(start).Seconds())
+	}
+	return l, again, err
+}
+
+// checkoutFailed is the error of a checkout whose wait ended unserved.
+func (p *Pool) checkoutFailed(ctx context.Context, paused bool, start time.Time) error {
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ctx.Err()
+	}
+	waited := time.Since(start)
+	p.mu.Lock()
+	failing, lastErr := p.gate.failing(), p.gate.lastErr
+	p.mu.Unlock()
+	switch {
+	case paused:
+		p.obs.paused.Observe(waited.Seconds())
+		return &PausedError{Backend: p.opts.Backend, Waited: waited}
+	case failing:
+		p.obs.dialError.Observe(waited.Seconds())
+		return &UnavailableError{Backend: p.opts.Backend, Waited: waited, Err: lastErr}
+	}
+	p.obs.exhausted.Observe(waited.Seconds())
+	return &ExhaustedError{Backend: p.opts.Backend, Max: p.opts.MaxConnections, Waited: waited}
 }
 
 // current returns the generation for new connections. In a credential
@@ -323,9 +375,8 @@ func (p *Pool) abandon(w *waiter) {
 func (p *Pool) dial(ctx context.Context, gen *creds.Generation, key string, dial DialFunc, h Holder, start time.Time) (*Lease, error) {
 	l, err := p.open1(ctx, gen, key, dial)
 	switch {
-	case errors.Is(err, errSuperseded):
 	case err != nil:
-		p.obs.dialError.Observe(time.Since(start).Seconds())
+		// Observed by the checkout when it gives up (dialChecked).
 	default:
 		p.mu.Lock()
 		p.lendLocked(l, h)

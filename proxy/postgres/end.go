@@ -51,6 +51,9 @@ func (s *session) ended(err error) string {
 		if why == whyTokenExpired { // password.go
 			return "token_expired"
 		}
+		if why == whyOperatorKill { // kill.go
+			return "operator_kill"
+		}
 		if why == whyRevoked { // reload.go
 			return "config_reload"
 		}

@@ -210,6 +210,7 @@ func startRelay(t testing.TB, mode string) *relayHarness {
 		id: identity.Identity{Name: "app"}, backend: &Backend{Name: "b", Mode: mode},
 		pool: pl, poolKey: "k", dialer: dial, txnMode: mode == "transaction"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.stats = srv.metrics.Stats("b", "app") // as login sets it: the benchmarks count too
 	s.rl = newTxnSession(s)
 	s.in.conn = sc
 	s.borrowBuffers()

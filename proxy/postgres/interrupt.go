@@ -102,6 +102,8 @@ func (s *session) Kill(r frontend.KillReason) {
 		s.interrupt(whyIdleShutdown)
 	case frontend.KillTokenExpired:
 		s.interrupt(whyTokenExpired)
+	case frontend.KillByOperator: // kill.go
+		s.interrupt(whyOperatorKill)
 	default:
 		s.interrupt(whyShutdown)
 	}
@@ -179,6 +181,8 @@ func (s *session) interruptError(why int32, gen *creds.Generation) *Error {
 		return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down; this idle session was closed", Hint: "reconnect to another dbproxy instance or retry shortly"}
 	case whyTokenExpired: // password.go
 		return s.tokenExpiredError()
+	case whyOperatorKill: // kill.go
+		return s.operatorKillError()
 	case whyRevoked: // reload.go
 		return s.revokedError()
 	}

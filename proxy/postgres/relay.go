@@ -67,6 +67,7 @@ func (s *session) step(ph *int) error {
 			return err
 		}
 		s.busy.Store(true)
+		s.stats.RequestStarted()
 		*ph = phRequest
 	}
 	if *ph == phRequest {

@@ -8,7 +8,7 @@ import (
 // in with (its grant, backend or listener). Like whyTokenExpired it is
 // outside interrupt.go's iota block and ranks above shutdown: the client
 // is told the more precise reason.
-const whyRevoked = whyTokenExpired + 1
+const whyRevoked = whyOperatorKill + 1
 
 // Grant implements frontend.Session. The fields it reads are written
 // before the session is tracked and never again.

@@ -7,6 +7,7 @@ package postgres
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,11 @@ type Options struct {
 	StartupTimeout time.Duration
 	// MaxMessageBytes caps one client message. Default 128 MiB.
 	MaxMessageBytes int
+	// Console, when set, serves identified clients whose startup packet
+	// asks for database ConsoleDatabase: the SQL admin console
+	// (admin/console), which refuses identities that are not admins.
+	Console         func(ctx context.Context, identity string, r io.Reader, w io.Writer) error
+	ConsoleDatabase string
 }
 
 // ListenerOptions configures one listening socket.

@@ -71,6 +71,11 @@ type session struct {
 	txStatus  atomic.Uint32 // last ReadyForQuery status byte
 	bytesIn   atomic.Int64
 	bytesOut  atomic.Int64
+	// console: the client asked for the admin console (console.go).
+	console bool
+	// stats counts transactions, queries and checkout waits from login
+	// on (nil before: counts nothing).
+	stats *frontend.SessionStats
 	// serverPID is the BackendKeyData pid of the server connection held
 	// now or last (audit.go); txns counts ReadyForQuery 'I' messages:
 	// transactions ended, implicit ones included.
@@ -100,6 +105,10 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	_ = c.SetDeadline(time.Time{})
 	srv.front.Track(s)
 	defer srv.front.Untrack(s)
+	if s.console {
+		s.runConsole() // console.go
+		return
+	}
 	s.run()
 }
 
@@ -200,6 +209,9 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 		return err
 	}
 	s.id = id
+	if s.wantsConsole(p) { // console.go
+		return nil
+	}
 	routes := s.srv.routes.Load()
 	b := routes.Backends[p.database]
 	if b == nil {
@@ -217,6 +229,7 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	}
 	s.log = s.srv.log.With(zap.String("listener", lo.Name), zap.String("remote", s.raw.RemoteAddr().String()),
 		zap.String("identity", id.Name), zap.String("backend", b.Name), zap.String("role", g.Role))
+	s.stats = s.srv.metrics.Stats(b.Name, id.Name)
 
 	appName := "dbproxy:" + id.Name
 	if p.appName != "" {
@@ -289,8 +302,12 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 func (s *session) checkoutAlive(ctx context.Context) (*pool.Lease, error) {
 	for {
 		// Each dead one is closed, so this ends with a live or new one.
+		start := frontend.Mono()
 		lease, err := s.pool.CheckoutFor(ctx, s.poolKey, s.dialer, s)
 		if err != nil || lease.Conn.(*upstream).alive() {
+			if err == nil {
+				s.stats.Waited(start)
+			}
 			return lease, err
 		}
 		s.log.Info("pooled server connection was closed by the server; using another")
@@ -355,7 +372,8 @@ func (s *session) currentUpstream() *upstream {
 func (s *session) Info() frontend.SessionInfo {
 	si := frontend.SessionInfo{Protocol: "postgres", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
 		Since: s.started, Remote: s.raw.RemoteAddr().String(), State: txState(byte(s.txStatus.Load()), s.busy.Load()),
-		Listener: s.listener, BackendPID: s.serverPID.Load(), Transactions: s.txns.Load(),
+		RequestTime: s.stats.LastRequest(),
+		Listener:    s.listener, BackendPID: s.serverPID.Load(), Transactions: s.txns.Load(),
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load()}
 	if s.backend != nil {
 		si.Backend = s.backend.Name

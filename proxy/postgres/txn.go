@@ -268,6 +268,7 @@ func (t *txnSession) relayOne() (copyIn bool, err error) {
 	s.bytesOut.Add(int64(n))
 	if typ == 'Z' && len(body) == 1 {
 		s.readyForQuery(body[0]) // audit.go
+		s.stats.QueryDone(body[0] != 'I')
 		t.copyIn = false
 	}
 	if err := t.emit(fakes); err != nil {
@@ -490,10 +491,12 @@ func (w upWriter) Write(p []byte) (int, error) {
 // attach checks out a server connection for a new transaction.
 func (t *txnSession) attach() error {
 	s := t.s
+	start := mono()
 	lease, err := s.pool.CheckoutFor(s.ctx, s.poolKey, s.dialer, s)
 	if err != nil {
 		return &checkoutError{err}
 	}
+	s.stats.Waited(start)
 	t.hold(lease)
 	return nil
 }

@@ -264,3 +264,74 @@ func frameQ(sql string) []byte {
 	binary.BigEndian.PutUint32(b[1:], uint32(len(sql)+5))
 	return append(append(b, sql...), 0)
 }
+
+// An external `vault lease revoke -prefix` in an incident, under pgbench
+// on a transaction pool, with the revoked user's idle pooled connections
+// terminated so that dbproxy must log in again: the login with the revoked
+// credential fails (28P01), dbproxy takes a new credential at once and
+// retries, and no client sees an error or is disconnected. The time from
+// the revoke to the first transaction on the new credential is logged.
+func TestFaultsExternalRevokeTransactionPool(t *testing.T) {
+	p, port := startTxnStackWith(t, "pg-xrevoke", time.Hour, 2*time.Hour, "max_connections: 6, checkout_timeout: 15s")
+	out := make(chan []byte, 1)
+	go func() {
+		b, _ := exec.Command("pgbench", "-n", "-c", "4", "-T", "14", "-f", selectOne(t), txnDSN(port)).CombinedOutput()
+		out <- b
+	}()
+	time.Sleep(3 * time.Second)
+	before := p.leases(t)
+	if len(before) == 0 {
+		t.Fatal("no credential before the revoke")
+	}
+	oldUser := before[len(before)-1].Username
+	if err := Vault.Client.Sys().RevokePrefix(Mount + "/creds/pg-xrevoke"); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	terminateIdleBackends(t, "dbproxy:app%")
+	var newUser string
+	for deadline := time.Now().Add(20 * time.Second); newUser == ""; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no transaction on a new credential within 20s of the revoke")
+		}
+		newUser = activeUserOtherThan(t, oldUser)
+	}
+	took := time.Since(revoked)
+	b := <-out
+	if !strings.Contains(string(b), "number of failed transactions: 0") || strings.Contains(string(b), "aborted") {
+		t.Fatalf("pgbench through the revoke:\n%s", b)
+	}
+	t.Logf("new credential %s in use %v after the revoke; pgbench: %s", newUser, took.Round(time.Millisecond), grepLine(string(b), "number of transactions actually processed"))
+}
+
+// activeUserOtherThan returns a Vault-made user other than old that runs
+// a server session for dbproxy, or "".
+func activeUserOtherThan(t *testing.T, old string) string {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, PG.SuperDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var u string
+	_ = c.QueryRow(ctx, "select usename from pg_stat_activity where application_name like 'dbproxy:app%' and usename <> $1 and usename like 'v-%' limit 1", old).Scan(&u)
+	return u
+}
+
+// terminateIdleBackends ends the idle server sessions whose application
+// name is like pattern, as a DBA's sweep in an incident would.
+func terminateIdleBackends(t *testing.T, pattern string) int {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, PG.SuperDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var n int
+	if err := c.QueryRow(ctx, "select count(pg_terminate_backend(pid)) from pg_stat_activity where state = 'idle' and application_name like $1", pattern).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
