@@ -109,6 +109,15 @@ type Backend struct {
 	// VaultRole is the default Vault role (database/creds/ROLE) for grants
 	// that name no role of their own.
 	VaultRole string `yaml:"vault_role"`
+	// VaultStaticRole takes credentials from a Vault static role instead
+	// (vault_mount/static-creds/NAME): one database user whose password
+	// Vault rotates; dbproxy reads it again just after each rotation.
+	// Exclusive with vault_role and kv.
+	VaultStaticRole string `yaml:"vault_static_role"`
+	// KV takes credentials from a KV version 2 secret instead, for a
+	// database Vault's database engine does not manage. Exclusive with
+	// vault_role and vault_static_role.
+	KV *BackendKV `yaml:"kv"`
 	// AllowInsecureAuth permits cleartext and MD5 password exchanges with
 	// the upstream. Off by default: SCRAM (or TLS) is required.
 	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
@@ -120,6 +129,32 @@ type Backend struct {
 	Lease Lease `yaml:"lease"`
 }
 
+// BackendKV locates a KV version 2 secret holding a backend's username
+// and password. A new version of the secret is a new credential.
+type BackendKV struct {
+	// Mount is the KV v2 secrets engine. Default "secret".
+	Mount string `yaml:"mount"`
+	// Path is the secret's path under the mount. Required.
+	Path string `yaml:"path"`
+	// UsernameField and PasswordField name the secret's keys. Default
+	// username and password.
+	UsernameField string `yaml:"username_field"`
+	PasswordField string `yaml:"password_field"`
+}
+
+// CredentialRole names the backend's own credential source, the role its
+// grants get when they name none: vault_role, vault_static_role, or
+// "kv:MOUNT/PATH" for a KV secret.
+func (b Backend) CredentialRole() string {
+	switch {
+	case b.KV != nil:
+		return "kv:" + b.KV.Mount + "/" + b.KV.Path
+	case b.VaultStaticRole != "":
+		return b.VaultStaticRole
+	}
+	return b.VaultRole
+}
+
 // UpstreamTLS is how dbproxy verifies the database server.
 type UpstreamTLS struct {
 	// Mode is disable, require or verify-full. Default verify-full when
@@ -129,6 +164,9 @@ type UpstreamTLS struct {
 	CAFile string `yaml:"ca_file"`
 	// ServerName overrides the name checked in the certificate.
 	ServerName string `yaml:"server_name"`
+	// VaultPKI issues the client certificate dbproxy presents to the
+	// database (upstream mTLS) from Vault PKI, renewed like a listener's.
+	VaultPKI *VaultPKI `yaml:"vault_pki"`
 }
 
 // Pool sizes a backend's upstream connection pool.
@@ -167,6 +205,12 @@ type Lease struct {
 	RevokeGrace Duration `yaml:"revoke_grace"`
 	// MaxIssuePerMinute caps new credentials per role per minute. Default 6.
 	MaxIssuePerMinute int `yaml:"max_issue_per_minute"`
+	// PollInterval (vault_static_role and kv only) reads the password
+	// this often to notice changes made outside Vault's schedule: a
+	// forced rotation (database/rotate-role) or a new KV version. 0s:
+	// only at Vault's scheduled rotations and after a refused login.
+	// Default 1m.
+	PollInterval Duration `yaml:"poll_interval"`
 }
 
 // Listener is one socket clients connect to.
@@ -249,6 +293,31 @@ type ListenerTLS struct {
 	// Required refuses clients that do not upgrade to TLS. Default true
 	// when auth is mtls.
 	Required bool `yaml:"required"`
+	// VaultPKI issues the listener's certificate from Vault's PKI secrets
+	// engine instead of cert_file and key_file: at start, and again at
+	// about two thirds of its life, without dropping connections.
+	VaultPKI *VaultPKI `yaml:"vault_pki"`
+}
+
+// VaultPKI is a certificate from Vault PKI (MOUNT/issue/ROLE).
+type VaultPKI struct {
+	// Mount is the PKI secrets engine. Default "pki".
+	Mount string `yaml:"mount"`
+	// Role is the PKI role certificates are issued under. Required.
+	Role string `yaml:"role"`
+	// CommonName of the certificate. Required.
+	CommonName string `yaml:"common_name"`
+	// AltNames are further DNS names (subject alternative names).
+	AltNames []string `yaml:"alt_names"`
+	// IPSANs are IP addresses the certificate is valid for.
+	IPSANs []string `yaml:"ip_sans"`
+	// TTL asks for this lifetime; the role's max_ttl caps it. Default:
+	// the role's ttl.
+	TTL Duration `yaml:"ttl"`
+	// ClientCA (listeners only) verifies client certificates with the
+	// mount's CA (MOUNT/ca/pem) instead of tls.client_ca_file; it is read
+	// again at each renewal.
+	ClientCA bool `yaml:"client_ca"`
 }
 
 // Identity is one service that may connect, how it is recognised, and

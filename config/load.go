@@ -31,6 +31,9 @@ const (
 	DefaultFleetKVPath        = "dbproxy/fleet"
 	DefaultFleetLockTTL       = 10 * time.Second
 	DefaultFleetPollInterval  = 2 * time.Second
+	DefaultKVMount            = "secret"
+	DefaultSourcePoll         = time.Minute
+	DefaultPKIMount           = "pki"
 )
 
 // DefaultJWTAlgorithms are the JWT signature algorithms accepted when a
@@ -150,6 +153,21 @@ func (c *Config) SetDefaults() {
 		setDur(c, p+".lease.safety_margin", &b.Lease.SafetyMargin, DefaultSafetyMargin)
 		setDur(c, p+".lease.revoke_grace", &b.Lease.RevokeGrace, DefaultRevokeGrace)
 		setInt(c, p+".lease.max_issue_per_minute", &b.Lease.MaxIssuePerMinute, DefaultMaxIssuePerMinute)
+		if b.KV != nil {
+			kv := *b.KV
+			setStr(c, p+".kv.mount", &kv.Mount, DefaultKVMount)
+			setStr(c, p+".kv.username_field", &kv.UsernameField, "username")
+			setStr(c, p+".kv.password_field", &kv.PasswordField, "password")
+			b.KV = &kv
+		}
+		if b.TLS.VaultPKI != nil {
+			pki := *b.TLS.VaultPKI
+			setStr(c, p+".tls.vault_pki.mount", &pki.Mount, DefaultPKIMount)
+			b.TLS.VaultPKI = &pki
+		}
+		if b.KV != nil || b.VaultStaticRole != "" {
+			setDur(c, p+".lease.poll_interval", &b.Lease.PollInterval, DefaultSourcePoll)
+		}
 		c.Backends[name] = b
 	}
 
@@ -184,6 +202,9 @@ func (c *Config) SetDefaults() {
 			if c.absent(p+".jwt.algorithms", len(l.JWT.Algorithms) == 0) {
 				l.JWT.Algorithms = append([]string(nil), DefaultJWTAlgorithms...)
 			}
+		}
+		if l.TLS != nil && l.TLS.VaultPKI != nil {
+			setStr(c, p+".tls.vault_pki.mount", &l.TLS.VaultPKI.Mount, DefaultPKIMount)
 		}
 		if l.Auth == "mtls" && l.TLS != nil {
 			if c.absent(p+".tls.require_client_cert", !l.TLS.RequireClientCert) {

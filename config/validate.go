@@ -285,6 +285,15 @@ func (v *validator) backends() {
 			v.at(p+".tls.mode", "%s.tls.mode: %q is not a TLS mode; use disable, require or verify-full", p, b.TLS.Mode)
 		}
 		v.optFile(p+".tls.ca_file", b.TLS.CAFile)
+		if pki := b.TLS.VaultPKI; pki != nil {
+			v.pki(p+".tls.vault_pki", *pki)
+			if pki.ClientCA {
+				v.at(p+".tls.vault_pki.client_ca", "%s.tls.vault_pki.client_ca: only for listeners (it verifies clients); the database's certificate is checked with tls.ca_file", p)
+			}
+			if b.TLS.Mode == "disable" {
+				v.at(p+".tls.mode", "%s.tls.mode: disable, but tls.vault_pki issues a client certificate for TLS; use require or verify-full", p)
+			}
+		}
 		if b.ConnectTimeout <= 0 {
 			v.at(p+".connect_timeout", "%s.connect_timeout: must be greater than 0 (e.g. 10s)", p)
 		}
@@ -329,6 +338,7 @@ func (v *validator) backends() {
 		if l.MaxIssuePerMinute <= 0 {
 			v.at(p+".lease.max_issue_per_minute", "%s.lease.max_issue_per_minute: %d; must be greater than 0 (default %d)", p, l.MaxIssuePerMinute, DefaultMaxIssuePerMinute)
 		}
+		v.credentialSource(p, b)
 	}
 }
 
@@ -392,13 +402,16 @@ func (v *validator) listeners() {
 
 		if l.TLS != nil {
 			t := l.TLS
-			if t.CertFile == "" || t.KeyFile == "" {
-				v.atKey(p+".tls", "%s: tls needs both cert_file and key_file", what)
+			switch {
+			case t.VaultPKI != nil:
+				v.listenerPKI(p+".tls", what, *t)
+			case t.CertFile == "" || t.KeyFile == "":
+				v.atKey(p+".tls", "%s: tls needs both cert_file and key_file, or vault_pki to have Vault issue the certificate", what)
 			}
 			v.optFile(p+".tls.cert_file", t.CertFile)
 			v.optFile(p+".tls.key_file", t.KeyFile)
 			v.optFile(p+".tls.client_ca_file", t.ClientCAFile)
-			if t.RequireClientCert && t.ClientCAFile == "" && l.Auth != "mtls" {
+			if t.RequireClientCert && !t.hasClientCA() && l.Auth != "mtls" {
 				v.at(p+".tls.require_client_cert", "%s: require_client_cert needs tls.client_ca_file to verify client certificates", what)
 			}
 		}
@@ -419,8 +432,8 @@ func (v *validator) listeners() {
 				v.at(p+".auth", "%s: auth peer identifies clients by their unix user, so it needs unix_socket instead of address", what)
 			}
 		case "mtls":
-			if l.TLS == nil || l.TLS.ClientCAFile == "" {
-				v.at(p+".auth", "%s: auth mtls needs tls with cert_file, key_file and client_ca_file (the CA that signs client certificates)", what)
+			if l.TLS == nil || !l.TLS.hasClientCA() {
+				v.at(p+".auth", "%s: auth mtls needs tls with cert_file, key_file and client_ca_file (the CA that signs client certificates), or vault_pki with client_ca: true", what)
 			}
 		case "vault_token", "jwt":
 			v.tokenListener(p, what, l)
@@ -540,8 +553,11 @@ func (v *validator) identities() {
 				continue
 			}
 			role := g.Role
-			if role == "" {
-				role = b.VaultRole
+			if own := b.CredentialRole(); role == "" {
+				role = own
+			} else if b.VaultRole == "" && own != "" && role != own {
+				v.at(gp+".role", "%s.role: %q, but backend %q takes its one credential from %s; leave role out (or write %q)", gp, role, g.Backend, sourceName(b), own)
+				continue
 			}
 			if role == "" {
 				v.atKey(gp, "%s: no Vault role for backend %q; set role here or vault_role on the backend", gp, g.Backend)

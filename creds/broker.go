@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -23,6 +24,16 @@ type SourceSpec struct {
 	Mount   string // database secrets engine mount, e.g. "database"
 	Role    string
 	Lease   LeaseOptions
+	// Kind is where the credentials come from; the zero value is Dynamic
+	// (database/creds/ROLE). Static reads Mount/static-creds/Role; KV
+	// reads the secret KV names (Role then only names the source).
+	Kind Kind
+	KV   KVSecret
+	// PollInterval reads a Static or KV source this often to notice a
+	// change made outside Vault's schedule (a forced rotation, a new KV
+	// version). Zero: a static password is read at its rotations and a
+	// KV secret at start; both also after a refused login.
+	PollInterval time.Duration
 }
 
 // Broker owns the Vault client and one Source per (backend, role).
@@ -30,20 +41,32 @@ type Broker struct {
 	client  *Client
 	log     *zap.Logger
 	sources map[SourceKey]*Source
+	certs   []*Cert
+	m       *Metrics
 	wg      sync.WaitGroup
 }
 
 // NewBroker makes a source for each spec. Nothing talks to Vault until Run.
 func NewBroker(c *Client, specs []SourceSpec, log *zap.Logger, m *Metrics) *Broker {
-	b := &Broker{client: c, log: log, sources: make(map[SourceKey]*Source)}
+	b := &Broker{client: c, log: log, sources: make(map[SourceKey]*Source), m: m}
 	for _, sp := range specs {
 		k := SourceKey{sp.Backend, sp.Role}
 		if _, ok := b.sources[k]; ok {
 			continue
 		}
-		b.sources[k] = newSource(c, sp.Backend, sp.Mount, sp.Role, sp.Lease, log, m)
+		s := newSource(c, sp.Backend, sp.Mount, sp.Role, sp.Lease, log, m)
+		s.kind, s.kv, s.poll = sp.Kind, sp.KV, sp.PollInterval
+		b.sources[k] = s
 	}
 	return b
+}
+
+// Cert adds a TLS certificate from Vault PKI, issued and renewed from Run
+// on. Call it before Run.
+func (b *Broker) Cert(o CertOptions) *Cert {
+	c := NewCert(b.client, o, b.log.Named("pki"), b.m)
+	b.certs = append(b.certs, c)
+	return c
 }
 
 // JoinFleet makes every source share its generations with the other
@@ -54,7 +77,11 @@ func (b *Broker) JoinFleet(o FleetOptions, m *Metrics) {
 	}
 	o = o.withDefaults()
 	for k, s := range b.sources {
-		s.fleet = newFleetMember(o, b.client, m, k.Backend, k.Role)
+		// Static and KV sources issue nothing: each instance reads the
+		// same password, so there is nothing to share.
+		if s.kind == Dynamic {
+			s.fleet = newFleetMember(o, b.client, m, k.Backend, k.Role)
+		}
 	}
 	b.log.Info("fleet mode", zap.String("fleet", o.Name), zap.String("instance", o.InstanceID),
 		zap.String("kv", o.KVMount+"/"+o.KVPath+"/"+o.Name))
@@ -78,6 +105,9 @@ func (b *Broker) Run(ctx context.Context) {
 			defer b.wg.Done()
 			s.Run(ctx)
 		}()
+	}
+	for _, c := range b.certs {
+		b.wg.Go(func() { c.Run(ctx) })
 	}
 }
 
@@ -142,6 +172,11 @@ func (b *Broker) Leases() []Info {
 func (b *Broker) Ready() error {
 	for _, s := range b.sources {
 		if err := s.Ready(); err != nil {
+			return err
+		}
+	}
+	for _, c := range b.certs {
+		if err := c.Ready(); err != nil {
 			return err
 		}
 	}

@@ -60,6 +60,12 @@ type fakeVault struct {
 	// KV v2 at kvMount (see fakekv_test.go).
 	kvMount string
 	kv      map[string]*fakeKV
+
+	// Static roles under mount (see fakestatic_test.go).
+	static map[string]*fakeStatic
+
+	// PKI at pki/ (see fakepki_test.go); nil until newFakePKI.
+	pki *fakePKI
 }
 
 type fakeErr struct {
@@ -93,6 +99,9 @@ const (
 	opKubernetes = "kubernetes"
 	opKVRead     = "kv-read"
 	opKVWrite    = "kv-write"
+	opStatic     = "static-creds"
+	opPKIIssue   = "pki-issue"
+	opPKICA      = "pki-ca"
 )
 
 func newFakeVault(t testing.TB) *fakeVault {
@@ -105,7 +114,7 @@ func newFakeVault(t testing.TB) *fakeVault {
 		fails: map[string]fakeErr{}, leaseFail: map[string]fakeErr{}, delays: map[string]time.Duration{},
 		tokens: map[string]*fakeToken{}, leases: map[string]*fakeLease{},
 		hits: map[string]int{}, opHits: map[string]int{}, bodies: map[string][]map[string]any{},
-		kvMount: "secret", kv: map[string]*fakeKV{},
+		kvMount: "secret", kv: map[string]*fakeKV{}, static: map[string]*fakeStatic{},
 	}
 	f.tokens[f.rootToken] = &fakeToken{issued: time.Now(), renewable: false}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
@@ -251,6 +260,12 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodGet && strings.HasPrefix(path, credsPrefix):
 		op, role = opCreds, strings.TrimPrefix(path, credsPrefix)
+	case r.Method == http.MethodGet && strings.HasPrefix(path, "/v1/"+f.mount+"/static-creds/"):
+		op, role = opStatic, strings.TrimPrefix(path, "/v1/"+f.mount+"/static-creds/")
+	case write && strings.HasPrefix(path, "/v1/pki/issue/"):
+		op = opPKIIssue
+	case r.Method == http.MethodGet && path == "/v1/pki/ca/pem":
+		op = opPKICA
 	case r.Method == http.MethodGet && strings.HasPrefix(path, rolePrefix):
 		op, role = opRole, strings.TrimPrefix(path, rolePrefix)
 	case write && path == "/v1/sys/leases/renew":
@@ -312,6 +327,10 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	switch op {
+	case opStatic:
+		f.serveStatic(w, role, now)
+	case opPKIIssue, opPKICA:
+		f.servePKI(w, op, body, now)
 	case opKVRead, opKVWrite:
 		f.serveKV(w, op, strings.TrimPrefix(path, "/v1/"+f.kvMount+"/data/"), body, now)
 	case opCreds:

@@ -32,7 +32,8 @@ func (s State) String() string {
 	}
 }
 
-// Generation is one credential from database/creds/ROLE and its lease.
+// Generation is one credential: from database/creds/ROLE and its lease, or
+// one password of a static role or KV secret (static.go), which has none.
 // Connections made with it Acquire it and Release it when they close; once
 // it is superseded and released by all, its lease is revoked.
 type Generation struct {
@@ -45,6 +46,14 @@ type Generation struct {
 
 	password string
 	src      *Source
+
+	// Static and KV credentials (static.go): version tells one password
+	// from the next (last_vault_rotation or the KV version), checkAt is
+	// when to read the secret again (zero: never), rotation is when Vault
+	// rotates a static password next.
+	version  string
+	checkAt  time.Time
+	rotation time.Time
 
 	mu       sync.Mutex
 	ttl      time.Duration // lease duration at issue; each renewal asks for it again
@@ -138,6 +147,13 @@ type Info struct {
 	Connections int       `json:"connections"`
 	// TTLSeconds is the lease duration Vault granted at issue.
 	TTLSeconds int `json:"ttl_seconds"`
+	// Kind is static or kv for those sources; absent for dynamic leases.
+	Kind string `json:"kind,omitempty"`
+	// Version is a static password's last_vault_rotation or the KV
+	// secret's version.
+	Version string `json:"version,omitempty"`
+	// NextRotation is when Vault rotates a static password next.
+	NextRotation time.Time `json:"next_rotation,omitzero"`
 	// Fleet is the shared state in fleet mode; absent otherwise.
 	Fleet *FleetInfo `json:"fleet,omitempty"`
 }
@@ -174,7 +190,8 @@ func (g *Generation) Info() Info {
 		Username: g.Username, State: g.state.String(), Reason: g.reason,
 		IssuedAt: g.IssuedAt, LeaseEnd: g.leaseEnd, HardEnd: g.hardEnd,
 		Deadline: g.deadline, Renewals: g.renewals, Connections: g.refs,
-		TTLSeconds: int(g.ttl.Seconds()),
+		TTLSeconds: int(g.ttl.Seconds()), Version: g.version, NextRotation: g.rotation,
+		Kind: g.kindName(),
 	}
 }
 

@@ -19,6 +19,9 @@ type Metrics struct {
 
 	fleetIssuerChanges *prometheus.CounterVec
 	fleetLag           *prometheus.GaugeVec
+
+	certIssued   *prometheus.CounterVec
+	certNotAfter *prometheus.GaugeVec
 }
 
 // NewMetrics registers the collectors on reg. A nil reg gives unregistered
@@ -59,10 +62,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		fleetLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "dbproxy_fleet_lag_seconds", Help: "Seconds since this instance last read the fleet's shared records (grows while Vault is unreachable).",
 		}, []string{"backend", "role"}),
+		certIssued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dbproxy_tls_certificates_issued_total", Help: "TLS certificates issued by Vault PKI, by what they serve (a listener or backend name).",
+		}, []string{"certificate"}),
+		certNotAfter: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dbproxy_tls_certificate_not_after_timestamp_seconds", Help: "When the TLS certificate in use ends (Unix time), by what it serves.",
+		}, []string{"certificate"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.vaultRequests, m.renewals, m.rotations, m.issued, m.refused, m.revocations, m.leaseLeft, m.hardLeft, m.generation,
-			m.fleetIssuerChanges, m.fleetLag)
+			m.fleetIssuerChanges, m.fleetLag, m.certIssued, m.certNotAfter)
 	}
 	return m
 }

@@ -44,6 +44,9 @@ var ErrStopped = errors.New("dbproxy is shutting down")
 // one then would leave the backend with none.
 func (s *Source) Revoke(ctx context.Context) (RevokeResult, error) {
 	res := RevokeResult{Backend: s.backend, Role: s.role}
+	if s.kind != Dynamic {
+		return res, fmt.Errorf("backend %s role %s: %w", s.backend, s.role, ErrNoLease)
+	}
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()

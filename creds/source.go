@@ -113,6 +113,18 @@ type Source struct {
 	changed      chan struct{} // closed and replaced when cur changes or a fetch fails
 
 	fleet *fleetMember // nil outside fleet mode
+
+	// kind says where credentials come from (static.go); kv and poll
+	// configure the Static and KV kinds. pending counts reads in a row
+	// that found a due static rotation not yet done (only the Run
+	// goroutine touches it); lastRead is when the last read of either
+	// kind started, refusedAt when a login with it was last refused.
+	kind      Kind
+	kv        KVSecret
+	poll      time.Duration
+	pending   int
+	lastRead  time.Time
+	refusedAt time.Time
 }
 
 func newSource(c *Client, backend, mount, role string, o LeaseOptions, log *zap.Logger, m *Metrics) *Source {
@@ -234,7 +246,7 @@ func (s *Source) refuse(reason string, err *IssueCapError) error {
 // capErrLocked is the error refusing an issuance at now, or nil.
 func (s *Source) capErrLocked(now time.Time) *IssueCapError {
 	at := s.rateLimitedUntilLocked(now)
-	if at.IsZero() {
+	if at.IsZero() || s.kind != Dynamic {
 		return nil
 	}
 	return &IssueCapError{Backend: s.backend, Role: s.role, Max: s.opts.MaxIssuePerMinute, Next: at, Wait: at.Sub(now)}
@@ -264,6 +276,11 @@ func (s *Source) poke() {
 // reportGone handles a lease that vanished outside dbproxy: the generation
 // drains within the revoke grace and, if current, is replaced.
 func (s *Source) reportGone(g *Generation, reason string) {
+	if s.kind != Dynamic {
+		// No lease to lose: a refused login means the password changed.
+		s.recheck(g)
+		return
+	}
 	g.startDrain(reason, s.now().Add(s.opts.RevokeGrace))
 	s.mu.Lock()
 	cur := s.cur == g
@@ -366,6 +383,9 @@ func (s *Source) rotationDue(now time.Time) string {
 
 // endReason names what ends a generation: the token's life or max_ttl.
 func (s *Source) endReason(g *Generation) string {
+	if s.kind != Dynamic {
+		return reasonPoll
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.endsWithToken {
@@ -378,6 +398,9 @@ func (s *Source) endReason(g *Generation) string {
 func (s *Source) rotateAt(g *Generation) time.Time {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if s.kind != Dynamic {
+		return g.checkAt
+	}
 	end := g.hardEnd
 	if end.IsZero() && !g.renewable {
 		end = g.leaseEnd
@@ -409,7 +432,7 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 		s.mu.Unlock()
 		return at
 	}
-	if at := s.rateLimitedUntilLocked(now); !at.IsZero() {
+	if at := s.rateLimitedUntilLocked(now); !at.IsZero() && s.kind == Dynamic {
 		// Count and log a wait once, not at every wake-up of the loop.
 		first := !s.capWaiting
 		s.capWaiting = true
@@ -422,10 +445,18 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 		return at
 	}
 	s.capWaiting = false
-	s.issued = append(s.issued, now)
+	if s.kind == Dynamic {
+		s.issued = append(s.issued, now)
+	}
 	s.mu.Unlock()
 
-	g, err := s.fetch(ctx)
+	g, err := s.read(ctx)
+	if err == nil && s.kind != Dynamic {
+		var same bool
+		if reason, same = s.compare(g, reason); same {
+			return time.Time{}
+		}
+	}
 	if err == nil && s.fleet != nil {
 		err = s.fleetPublishNew(ctx, g, reason)
 	}
@@ -459,6 +490,7 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 	s.log.Info("credential generation published", zap.Uint64("generation", g.N), zap.String("reason", reason),
 		zap.String("db_user", g.Username), zap.Time("lease_end", g.leaseEnd), zap.Time("hard_end", g.hardEnd))
 	if old != nil {
+		s.endSuperseded(old)
 		old.startDrain(reason, s.drainDeadline(old, reason))
 		s.poke()
 	}
@@ -610,13 +642,16 @@ func (s *Source) tend(ctx context.Context, g *Generation) time.Time {
 	g.mu.Unlock()
 
 	gen := genLabel(g.N)
-	s.m.leaseLeft.WithLabelValues(s.backend, s.role, gen).Set(max(leaseEnd.Sub(now).Seconds(), 0))
+	if !leaseEnd.IsZero() {
+		s.m.leaseLeft.WithLabelValues(s.backend, s.role, gen).Set(max(leaseEnd.Sub(now).Seconds(), 0))
+	}
 	if !hardEnd.IsZero() {
 		s.m.hardLeft.WithLabelValues(s.backend, s.role, gen).Set(max(hardEnd.Sub(now).Seconds(), 0))
 	}
-	end := leaseEnd
+	// A KV credential has no end of its own (zero leaseEnd).
+	ended := !leaseEnd.IsZero() && !now.Before(leaseEnd)
 	pastDeadline := state == Draining && !deadline.IsZero() && !now.Before(deadline)
-	if pastDeadline || !now.Before(end) {
+	if pastDeadline || ended {
 		if state < Expired {
 			s.log.Info("credential generation expired", zap.Uint64("generation", g.N), zap.Int("connections", refs))
 			g.expire()
@@ -716,6 +751,9 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 	done := g.leaseRevoked
 	g.mu.Unlock()
 	result := "expired"
+	if g.LeaseID == "" {
+		result = "no_lease" // static and KV credentials: nothing to revoke
+	}
 	if done {
 		result = "ok" // an operator revoke already did it (revoke.go)
 	} else if !ended && g.LeaseID != "" {

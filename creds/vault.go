@@ -1,8 +1,10 @@
 // Package creds is everything dbproxy knows about Vault and leases: logging
 // in, keeping its own token alive, fetching database/creds/ROLE, renewing
 // leases, deciding when to rotate, draining and revoking superseded
-// credentials, and backing off while Vault is unreachable. It publishes
-// credential generations and knows nothing about wire protocols.
+// credentials, and backing off while Vault is unreachable. Static roles
+// and KV v2 secrets (static.go) publish through the same generations; TLS
+// certificates from Vault PKI (pki.go) are issued and renewed here too. It
+// publishes credential generations and knows nothing about wire protocols.
 package creds
 
 import (

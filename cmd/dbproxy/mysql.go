@@ -9,12 +9,12 @@ import (
 	"github.com/dbproxy/dbproxy/proxy/postgres"
 )
 
-func mysqlBackend(name string, b config.Backend) (*mysql.Backend, error) {
+func mysqlBackend(name string, b config.Backend, certs certFor) (*mysql.Backend, error) {
 	host, _, err := net.SplitHostPort(b.Address)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s address: %w", name, err)
 	}
-	tc, err := upstreamTLS(host, b.TLS)
+	tc, err := upstreamTLS(host, b.TLS, certs("backend/"+name, b.TLS.VaultPKI))
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}

@@ -34,6 +34,8 @@ type plan struct {
 	lcfg      map[string]config.Listener
 	opts      map[string]postgres.ListenerOptions
 	opened    []*liveListener
+	// certs are the Vault PKI certificates the plan uses (pkiCerts).
+	certs map[string]*pkiCert
 }
 
 // liveListener is a listening socket. Its options (TLS, how clients are
@@ -57,17 +59,19 @@ func (st *stack) plan(cfg *config.Config) (*plan, error) {
 		return nil, fmt.Errorf("identities: %w", err)
 	}
 	p := &plan{cfg: cfg, policy: policy, pgBackends: map[string]*postgres.Backend{}, myBackends: map[string]*mysql.Backend{},
-		listeners: map[string]*liveListener{}, lcfg: map[string]config.Listener{}, opts: map[string]postgres.ListenerOptions{}}
+		listeners: map[string]*liveListener{}, lcfg: map[string]config.Listener{}, opts: map[string]postgres.ListenerOptions{},
+		certs: map[string]*pkiCert{}}
+	certs := st.certs.forPlan(p.certs)
 	for name, b := range cfg.Backends {
 		if b.Protocol == "mysql" {
-			mb, err := mysqlBackend(name, b)
+			mb, err := mysqlBackend(name, b, certs)
 			if err != nil {
 				return nil, err
 			}
 			p.myBackends[name] = mb
 			continue
 		}
-		pb, err := postgresBackend(name, b)
+		pb, err := postgresBackend(name, b, certs)
 		if err != nil {
 			return nil, err
 		}
@@ -81,7 +85,7 @@ func (st *stack) plan(cfg *config.Config) (*plan, error) {
 		return st.logins.wrap(l.Auth, a), nil
 	}
 	for _, l := range cfg.Listeners {
-		lo, err := listenerOptions(l, policy, tokenAuthFor)
+		lo, err := listenerOptions(l, policy, tokenAuthFor, certs)
 		if err != nil {
 			p.abort()
 			return nil, err
@@ -140,6 +144,13 @@ func (st *stack) commit(p *plan) *view {
 		})}
 	}
 	st.broker.install(sources)
+	for _, pc := range st.certs.install(st.ctx, p.certs) {
+		if pc.backend() == "" {
+			pc.stop() // a listener's: the next handshake uses the new one
+		} else {
+			st.retiredCerts = append(st.retiredCerts, pc) // dialed by retired pools
+		}
+	}
 	st.view.Store(&view{cfg: p.cfg, policy: p.policy, pools: pools, report: newReportConfig(p.cfg, specs, st.gatherer)})
 	st.console.Store(newConsole(p.cfg, st, st.deps, st.log))
 	poolOf := func(backend, role string) *pool.Pool {

@@ -50,6 +50,10 @@ type stack struct {
 	listeners map[string]*liveListener
 	retiring  []*retiredPool
 	stopping  bool
+	certs     *pkiCerts
+	// retiredCerts are replaced upstream client certificates, renewed
+	// until no retiring pool of their backend is left.
+	retiredCerts []*pkiCert
 }
 
 // view is one configuration as the running proxies use it.
@@ -89,7 +93,8 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	st := &stack{log: log, ctx: ctx, path: deps.ConfigPath, gatherer: deps.Registry, deps: deps,
 		broker: newBrokers(client, cfg.Fleet, log.Named("creds"), cm),
 		pm:     pool.NewMetrics(deps.Registry), logins: newTokenLogins(deps.Registry),
-		reloads: newReloadMetric(deps.Registry), listeners: map[string]*liveListener{}}
+		reloads: newReloadMetric(deps.Registry), listeners: map[string]*liveListener{},
+		certs: &pkiCerts{client: client, log: log.Named("creds").Named("pki"), m: cm}}
 	fm := frontend.NewMetrics(deps.Registry)
 	st.postgres = postgres.NewServer(postgres.Options{Log: log.Named("postgres"), Metrics: postgres.NewMetrics(deps.Registry, fm),
 		Console: func(ctx context.Context, id string, r io.Reader, w io.Writer) error {
@@ -144,7 +149,7 @@ func grantRole(cfg *config.Config, g config.Grant) string {
 	if g.Role != "" {
 		return g.Role
 	}
-	return cfg.Backends[g.Backend].VaultRole
+	return cfg.Backends[g.Backend].CredentialRole()
 }
 
 // sourceSpecs has one credential source per (backend, role) that some
@@ -167,13 +172,21 @@ func sourceSpecs(cfg *config.Config) []creds.SourceSpec {
 				RotateBefore: b.Lease.RotateBefore.D(), DrainTimeout: b.Lease.DrainTimeout.D(),
 				SafetyMargin: b.Lease.SafetyMargin.D(), RevokeGrace: b.Lease.RevokeGrace.D(),
 				MaxIssuePerMinute: b.Lease.MaxIssuePerMinute,
-			}})
+			}, PollInterval: b.Lease.PollInterval.D()})
+			sp := &out[len(out)-1]
+			switch {
+			case b.KV != nil:
+				sp.Kind = creds.KV
+				sp.KV = creds.KVSecret{Mount: b.KV.Mount, Path: b.KV.Path, UsernameField: b.KV.UsernameField, PasswordField: b.KV.PasswordField}
+			case b.VaultStaticRole != "":
+				sp.Kind = creds.Static
+			}
 		}
 	}
 	return out
 }
 
-func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
+func postgresBackend(name string, b config.Backend, certs certFor) (*postgres.Backend, error) {
 	host, portStr, err := net.SplitHostPort(b.Address)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s address: %w", name, err)
@@ -182,7 +195,7 @@ func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend %s port: %w", name, err)
 	}
-	tc, err := upstreamTLS(host, b.TLS)
+	tc, err := upstreamTLS(host, b.TLS, certs("backend/"+name, b.TLS.VaultPKI))
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
@@ -195,7 +208,17 @@ func postgresBackend(name string, b config.Backend) (*postgres.Backend, error) {
 		IdleTxnTimeout: b.Pool.IdleTransactionTimeout.D()}, nil
 }
 
-func upstreamTLS(host string, t config.UpstreamTLS) (*tls.Config, error) {
+// upstreamTLS is how dbproxy connects to a database: TLS by mode, with a
+// client certificate from Vault PKI when cert is not nil.
+func upstreamTLS(host string, t config.UpstreamTLS, cert *creds.Cert) (*tls.Config, error) {
+	tc, err := upstreamTLSMode(host, t)
+	if tc != nil && cert != nil {
+		tc.GetClientCertificate = cert.ClientCertificate
+	}
+	return tc, err
+}
+
+func upstreamTLSMode(host string, t config.UpstreamTLS) (*tls.Config, error) {
 	switch t.Mode {
 	case "", "disable":
 		return nil, nil
@@ -233,24 +256,12 @@ func loadCAs(path string) (*x509.CertPool, error) {
 
 // listenerOptions builds how a listener's clients are identified (its TLS
 // and authentication); a reload builds them anew for every listener.
-func listenerOptions(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error)) (postgres.ListenerOptions, error) {
+func listenerOptions(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error), certs certFor) (postgres.ListenerOptions, error) {
 	lo := postgres.ListenerOptions{Name: l.Name}
 	if l.TLS != nil {
-		cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
+		tc, err := listenerTLS(l, certs)
 		if err != nil {
 			return lo, fmt.Errorf("listener %s tls: %w", l.Name, err)
-		}
-		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if l.TLS.ClientCAFile != "" {
-			cas, err := loadCAs(l.TLS.ClientCAFile)
-			if err != nil {
-				return lo, fmt.Errorf("listener %s: %w", l.Name, err)
-			}
-			tc.ClientCAs = cas
-			tc.ClientAuth = tls.VerifyClientCertIfGiven
-			if l.TLS.RequireClientCert {
-				tc.ClientAuth = tls.RequireAndVerifyClientCert
-			}
 		}
 		lo.TLS = tc
 		lo.RequireTLS = l.TLS.Required || l.Auth == "mtls"

@@ -247,7 +247,20 @@ func (st *stack) retireStep(now time.Time) {
 		done = append(done, r)
 	}
 	st.retiring = keep
+	var stopCerts []*pkiCert
+	kept := st.retiredCerts[:0]
+	for _, pc := range st.retiredCerts {
+		if slices.ContainsFunc(keep, func(r *retiredPool) bool { return r.key.Backend == pc.backend() }) {
+			kept = append(kept, pc)
+		} else {
+			stopCerts = append(stopCerts, pc)
+		}
+	}
+	st.retiredCerts = kept
 	st.mu.Unlock()
+	for _, pc := range stopCerts {
+		pc.stop()
+	}
 	for _, r := range done {
 		r.entry.pool.Close()
 		st.log.Info("replaced pool closed: no session uses it any more", zap.String("backend", r.key.Backend), zap.String("role", r.key.Role))

@@ -95,6 +95,9 @@ func (st *stack) Report(ctx context.Context) any {
 	m := gather(rc.gatherer)
 	engines := map[string]*reportEngine{}
 	for _, sp := range rc.specs {
+		if sp.Kind != creds.Dynamic {
+			continue // a static role or KV secret issues no credentials
+		}
 		e := engines[sp.Mount]
 		if e == nil {
 			e = &reportEngine{Mount: sp.Mount}
@@ -123,7 +126,7 @@ func (st *stack) Report(ctx context.Context) any {
 
 	var ttl, n float64
 	for _, l := range st.broker.Leases() {
-		if l.TTLSeconds > 0 {
+		if l.TTLSeconds > 0 && l.Kind == "" {
 			ttl += float64(l.TTLSeconds)
 			n++
 		}

@@ -23,6 +23,7 @@ func startProxies(ctx context.Context, cfg *config.Config, deps Deps) ([]Service
 	}
 	if deps.Admin != nil {
 		deps.Admin.AddReadinessCheck("credentials", st.broker.Ready)
+		deps.Admin.AddReadinessCheck("certificates", st.certs.Ready)
 		deps.Admin.MountV1(st)
 		deps.Admin.MountRevoke(st)
 		deps.Admin.MountStatus(st)
