@@ -12,7 +12,18 @@ func (t *txnSession) answerLocally(typ byte, size int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	name, ok := deallocateTarget(firstCString(f[5:]))
+	q := firstCString(f[5:])
+	if t.aborted && rollbackRE.Match(q) {
+		// The transaction lost with its connection (lost.go) ends here,
+		// with no server connection needed.
+		t.aborted = false
+		_, _ = s.cbr.Discard(5 + size)
+		s.bytesIn.Add(int64(5 + size))
+		s.txStatus.Store('I')
+		_, err = s.cbw.Write(rollbackAnswer)
+		return true, err
+	}
+	name, ok := deallocateTarget(q)
 	if !ok {
 		return false, nil
 	}

@@ -92,7 +92,12 @@ func (s *session) step(ph *int) error {
 		if t.canRetry(err) {
 			return t.resend(err, true)
 		}
-		return err
+		if !s.survivable(err) {
+			return err
+		}
+		if err := s.lostRequest(err); err != nil {
+			return err
+		}
 	}
 	*ph = phIdle
 	s.busy.Store(false)

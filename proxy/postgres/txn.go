@@ -80,6 +80,8 @@ type txnSession struct {
 	listening bool              // session mode after LISTEN: answers come unasked
 	copyIn    bool              // between CopyInResponse and the client's CopyDone/Fail
 	retry     retryState
+	torn      bool // a server message reached the client in part
+	aborted   bool // the client's transaction was lost with its connection (lost.go)
 }
 
 func newTxnSession(s *session) *txnSession {
@@ -251,6 +253,15 @@ func (t *txnSession) relayOne() (copyIn bool, err error) {
 	if t.deadOnArrival(typ, up) {
 		return false, errDeadOnArrival
 	}
+	if typ == 'E' && s.txnMode {
+		// The server's goodbye: the session survives it (lost.go).
+		size := int(binary.BigEndian.Uint32(hdr[1:])) + 1
+		if b, err := up.br.Peek(min(size, up.br.Buffered())); err == nil && len(b) == size {
+			if f := fatalFrom(b[5:]); f != nil {
+				return false, upstreamLost(f)
+			}
+		}
+	}
 	if err := t.emitHead(); err != nil {
 		return false, err
 	}
@@ -263,6 +274,7 @@ func (t *txnSession) relayOne() (copyIn bool, err error) {
 		typ, body, n, err = copyFrame(up.br, s.cbw, maxServerFrame)
 	}
 	if err != nil {
+		t.torn = t.torn || n > 0
 		return false, upstreamLost(err)
 	}
 	s.bytesOut.Add(int64(n))
@@ -507,6 +519,7 @@ func (t *txnSession) hold(lease *pool.Lease) {
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	if t.s.txnMode {
 		t.applyState()
+		t.stageAborted()
 	}
 	t.mu.Unlock()
 	s := t.s

@@ -32,7 +32,8 @@ type MariaDB struct {
 	LogPath       string
 	Version       string // `mariadbd --version`
 
-	proc *process
+	proc     *process
+	mariadbd string // the binary, for Restart
 }
 
 // StartMariaDB initializes a data directory under dir (created if missing)
@@ -119,7 +120,12 @@ func (m *MariaDB) start(ctx context.Context, mariadbd string) error {
 	if err != nil {
 		return err
 	}
+	return m.startOn(ctx, mariadbd, port)
+}
+
+func (m *MariaDB) startOn(ctx context.Context, mariadbd string, port int) error {
 	m.Port = port
+	m.mariadbd = mariadbd
 	tmp := filepath.Join(m.Dir, "tmp")
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return fmt.Errorf("mariadb: %w", err)
@@ -226,3 +232,30 @@ func (m *MariaDB) Stop() error {
 
 // LogTail returns the last lines of the server log, for test failure output.
 func (m *MariaDB) LogTail() string { return logTail(m.LogPath) }
+
+// Restart shuts the server down (SIGTERM: sessions are closed), keeps it
+// down for down, and starts it again on the same port and data directory.
+func (m *MariaDB) Restart(ctx context.Context, down time.Duration) error {
+	if m.proc == nil {
+		return fmt.Errorf("mariadb is not running")
+	}
+	if err := m.proc.stop(m.proc.stopSig, m.proc.stopGrace); err != nil {
+		return fmt.Errorf("mariadb: stop: %w", err)
+	}
+	time.Sleep(down)
+	return m.startOn(ctx, m.mariadbd, m.Port)
+}
+
+// Stall freezes the server with SIGSTOP for d, then lets it go on with
+// SIGCONT: a database that stops answering without closing anything.
+func (m *MariaDB) Stall(d time.Duration) error {
+	if m.proc == nil || m.proc.cmd.Process == nil {
+		return fmt.Errorf("mariadb is not running")
+	}
+	pid := m.proc.cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("mariadb: %w", err)
+	}
+	time.Sleep(d)
+	return syscall.Kill(pid, syscall.SIGCONT)
+}

@@ -170,6 +170,10 @@ func (pg *Postgres) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return pg.startOn(ctx, port)
+}
+
+func (pg *Postgres) startOn(ctx context.Context, port int) error {
 	pg.Port = port
 	cmd := exec.Command(filepath.Join(pg.BinDir, "postgres"),
 		"-D", pg.DataDir,
@@ -336,6 +340,20 @@ func truncate(s string) string {
 		return s[:77] + "..."
 	}
 	return s
+}
+
+// Restart shuts the server down as `pg_ctl restart -m fast` would
+// (sessions are terminated), keeps it down for down, and starts it again
+// on the same port and data directory.
+func (pg *Postgres) Restart(ctx context.Context, down time.Duration) error {
+	if pg.proc == nil {
+		return fmt.Errorf("postgres is not running")
+	}
+	if err := pg.proc.stop(pg.proc.stopSig, pg.proc.stopGrace); err != nil {
+		return fmt.Errorf("postgres: stop: %w", err)
+	}
+	time.Sleep(down)
+	return pg.startOn(ctx, pg.Port)
 }
 
 // Stall freezes the whole server (the postmaster and every backend) with
