@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -452,5 +453,86 @@ func TestSessionsByBackendPID(t *testing.T) {
 	}
 	if !ok {
 		t.Errorf("no session start line with method, lease_id and backend_pid: %v", starts)
+	}
+}
+
+// A reload keeps a listener's Vault PKI certificate when its settings are
+// unchanged (no new issuance) and issues a new one when they change: the
+// next session sees the new serial, an open one goes on.
+func TestReloadKeepsPKICertificate(t *testing.T) {
+	roots := mountPKI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := Vault.WritePolicy(ctx, "dbproxy-pki", pkiPolicy); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := Vault.CreateToken(ctx, harness.TokenOptions{Policies: []string{"dbproxy-pki"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "vault-token")
+	if err := os.WriteFile(tokFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	cfg := func(maxConns int, cn string) string {
+		return fmt.Sprintf(`
+vault:
+  address: %s
+  auth: { method: token, token_file: %q }
+backends:
+  appdb: { protocol: postgres, address: %s, vault_role: %s, pool: { max_connections: %d } }
+listeners:
+  - name: side
+    protocol: postgres
+    address: "127.0.0.1:%d"
+    identity: app
+    tls:
+      required: true
+      vault_pki: { mount: %s, role: dbproxy, common_name: %s, ip_sans: [ 127.0.0.1 ], ttl: 1m }
+identities:
+  app:
+    grants: [ { backend: appdb } ]
+admin: { address: "{{ADMIN}}" }
+`, Vault.Addr, tokFile, PG.Addr(), PGRole, maxConns, port, pkiMount, cn)
+	}
+	p := startProxy(t, dir, cfg(4, "localhost"), true)
+	dial := func() *pgx.Conn {
+		c, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=verify-full connect_timeout=10", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.TLSConfig = &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+		conn, err := pgx.ConnectConfig(ctx, c)
+		if err != nil {
+			t.Fatalf("TLS connect: %v", err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn
+	}
+	first := dial()
+	serial := serialOf(t, first)
+
+	p.rewrite(t, cfg(6, "localhost"))
+	if out, err := dbproxyCLI(t, p, "reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	if got := serialOf(t, dial()); got != serial {
+		t.Fatalf("a reload that left the listener alone changed its certificate: serial %s, was %s", got, serial)
+	}
+
+	p.rewrite(t, cfg(6, "svc-pki"))
+	if out, err := dbproxyCLI(t, p, "reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	// The new certificate is issued by its own goroutine: a handshake
+	// before that waits for it.
+	if got := serialOf(t, dial()); got == serial {
+		t.Fatalf("a changed vault_pki kept the old certificate (serial %s)", serial)
+	}
+	var n int
+	if err := first.QueryRow(ctx, "select 1").Scan(&n); err != nil {
+		t.Fatalf("the session on the old certificate: %v", err)
 	}
 }
