@@ -39,12 +39,33 @@ type Operations interface {
 	Drain(backend string) bool
 }
 
+// SessionFinder is Operations that can answer GET
+// /v1/sessions?backend_pid=N[&backend=B]: which sessions hold, or last
+// held, the server connection whose process (PostgreSQL) or thread
+// (MySQL) id is N.
+type SessionFinder interface {
+	SessionsByBackendPID(pid uint32, backend string) any
+}
+
 // MountV1 adds the /v1 endpoints over ops.
 func (s *Server) MountV1(ops Operations) {
 	list := func(f func() any) http.HandlerFunc {
 		return func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, f()) }
 	}
-	s.Handle("GET /v1/sessions", list(ops.Sessions))
+	s.Handle("GET /v1/sessions", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v := r.URL.Query().Get("backend_pid")
+		if v == "" {
+			writeJSON(w, http.StatusOK, ops.Sessions())
+			return
+		}
+		pid, err := strconv.ParseUint(v, 10, 32)
+		f, ok := ops.(SessionFinder)
+		if err != nil || pid == 0 || !ok {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "backend_pid=" + v + ": give the pid of a pg_stat_activity row or the id of a processlist row"})
+			return
+		}
+		writeJSON(w, http.StatusOK, f.SessionsByBackendPID(uint32(pid), r.URL.Query().Get("backend")))
+	}))
 	s.Handle("GET /v1/pools", list(ops.Pools))
 	s.Handle("GET /v1/leases", list(ops.Leases))
 	s.Handle("POST /v1/backends/{name}/rotate", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -88,10 +88,11 @@ func (c *adminClient) do(ctx context.Context, method, path string, out any) erro
 		e := &apiError{Method: method, Path: path, Status: resp.Status, Code: resp.StatusCode,
 			RetryAfter: resp.Header.Get("Retry-After")}
 		var j struct {
-			Error string `json:"error"`
+			Error    string   `json:"error"`
+			Problems []string `json:"problems"`
 		}
 		if json.Unmarshal(body, &j) == nil {
-			e.Msg = j.Error
+			e.Msg, e.Problems = j.Error, j.Problems
 		}
 		return e
 	}
@@ -108,8 +109,9 @@ func (c *adminClient) do(ctx context.Context, method, path string, out any) erro
 type apiError struct {
 	Method, Path, Status string
 	Code                 int
-	Msg                  string // the API's "error", if any
-	RetryAfter           string // the Retry-After header, seconds
+	Msg                  string   // the API's "error", if any
+	Problems             []string // the API's "problems" (a refused reload)
+	RetryAfter           string   // the Retry-After header, seconds
 }
 
 func (e *apiError) Error() string {

@@ -7,21 +7,9 @@ import (
 	"github.com/dbproxy/dbproxy/creds"
 )
 
-// certFor registers a Vault PKI certificate with the broker, which issues
-// and renews it from Run on; nil when k is nil (files or no certificate).
+// certFor returns the Vault PKI certificate named name with settings k
+// (pkiCerts); nil when k is nil (files or no certificate).
 type certFor func(name string, k *config.VaultPKI) *creds.Cert
-
-func brokerCerts(b *creds.Broker) certFor {
-	return func(name string, k *config.VaultPKI) *creds.Cert {
-		if k == nil {
-			return nil
-		}
-		return b.Cert(creds.CertOptions{
-			Name: name, Mount: k.Mount, Role: k.Role, CommonName: k.CommonName,
-			AltNames: k.AltNames, IPSANs: k.IPSANs, TTL: k.TTL.D(), ClientCA: k.ClientCA,
-		})
-	}
-}
 
 // listenerTLS is a listener's server TLS: its certificate from files or
 // from Vault PKI, and the CA for client certificates from a file or from

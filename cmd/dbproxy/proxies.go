@@ -6,10 +6,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/dbproxy/dbproxy/admin/console"
@@ -22,23 +26,57 @@ import (
 	"github.com/dbproxy/dbproxy/proxy/postgres"
 )
 
-// stack is everything buildProxies starts, for the admin API and shutdown.
+// stack is everything buildProxies starts, for the admin API, reloads
+// and shutdown. What a reload replaces lives in view, swapped whole.
 type stack struct {
-	// report describes the configuration for `dbproxy report`.
-	report   reportConfig
-	broker   *creds.Broker
-	pools    map[creds.SourceKey]*pool.Pool
+	log      *zap.Logger
+	ctx      context.Context // sources and the retire janitor run under it
+	path     string          // the configuration file, re-read by Reload
+	gatherer prometheus.Gatherer
+	broker   *brokers
+	pm       *pool.Metrics
+	logins   *tokenLogins
+	reloads  *prometheus.CounterVec
 	postgres *postgres.Server
 	mysql    *mysql.Server
+	deps     Deps
+	// console is the SQL admin console of the current configuration.
+	console atomic.Pointer[console.Console]
+
+	view atomic.Pointer[view]
+	// mu makes reloads one at a time and guards listeners, retiring and
+	// stopping (Shutdown began: no more reloads).
+	mu        sync.Mutex
+	listeners map[string]*liveListener
+	retiring  []*retiredPool
+	stopping  bool
+	certs     *pkiCerts
+	// retiredCerts are replaced upstream client certificates, renewed
+	// until no retiring pool of their backend is left.
+	retiredCerts []*pkiCert
+}
+
+// view is one configuration as the running proxies use it.
+type view struct {
+	cfg    *config.Config
+	policy *identity.Policy
+	pools  map[creds.SourceKey]*poolEntry
+	// report describes the configuration for `dbproxy report`.
+	report reportConfig
+}
+
+// poolEntry is the pool of one (backend, role) and what it was built
+// from: a reload keeps it only if neither changed.
+type poolEntry struct {
+	pool    *pool.Pool
+	src     *credSource
+	backend config.Backend
 }
 
 // buildProxies maps the configuration onto the packages and starts them:
-// the credential broker, the pools and the listeners.
+// the credential sources, the pools and the listeners. A reload goes
+// through the same plan and commit (plan.go).
 func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps Deps) (*stack, error) {
-	policy, err := identity.NewPolicy(identitySpecs(cfg))
-	if err != nil {
-		return nil, fmt.Errorf("identities: %w", err)
-	}
 	cm := creds.NewMetrics(deps.Registry)
 	client, err := creds.NewClient(creds.ClientOptions{
 		Address: cfg.Vault.Address, CAFile: cfg.Vault.CAFile, Namespace: cfg.Vault.Namespace,
@@ -52,82 +90,42 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	if err != nil {
 		return nil, err
 	}
-	specs := sourceSpecs(cfg)
-	st := &stack{broker: creds.NewBroker(client, specs, log.Named("creds"), cm), pools: map[creds.SourceKey]*pool.Pool{}}
-	certs := brokerCerts(st.broker)
-	if f := cfg.Fleet; f != nil {
-		st.broker.JoinFleet(creds.FleetOptions{
-			Name: f.Name, KVMount: f.KVMount, KVPath: f.KVPath, InstanceID: f.InstanceID,
-			LockTTL: f.LockTTL.D(), PollInterval: f.PollInterval.D(),
-		}, cm)
-	}
-	st.report = newReportConfig(cfg, specs, deps.Registry)
-	pm := pool.NewMetrics(deps.Registry)
+	st := &stack{log: log, ctx: ctx, path: deps.ConfigPath, gatherer: deps.Registry, deps: deps,
+		broker: newBrokers(client, cfg.Fleet, log.Named("creds"), cm),
+		pm:     pool.NewMetrics(deps.Registry), logins: newTokenLogins(deps.Registry),
+		reloads: newReloadMetric(deps.Registry), listeners: map[string]*liveListener{},
+		certs: &pkiCerts{client: client, log: log.Named("creds").Named("pki"), m: cm}}
 	fm := frontend.NewMetrics(deps.Registry)
-	for _, sp := range specs {
-		b := cfg.Backends[sp.Backend]
-		k := creds.SourceKey{Backend: sp.Backend, Role: sp.Role}
-		st.pools[k] = pool.New(st.broker.Source(sp.Backend, sp.Role), pool.Options{
-			Backend: sp.Backend, Role: sp.Role, MaxConnections: b.Pool.MaxConnections, MinIdle: b.Pool.MinIdle,
-			CheckoutTimeout: b.Pool.CheckoutTimeout.D(), IdleTimeout: b.Pool.IdleTimeout.D(), Metrics: pm,
-		})
-	}
-
-	pgBackends := map[string]*postgres.Backend{}
-	for name, b := range cfg.Backends {
-		if b.Protocol != "postgres" {
-			continue
-		}
-		pb, err := postgresBackend(name, b, certs)
-		if err != nil {
-			return nil, err
-		}
-		pgBackends[name] = pb
-	}
-	st.postgres = postgres.NewServer(postgres.Options{
-		Backends: pgBackends,
-		Pool: func(backend, role string) *pool.Pool {
-			return st.pools[creds.SourceKey{Backend: backend, Role: role}]
+	st.postgres = postgres.NewServer(postgres.Options{Log: log.Named("postgres"), Metrics: postgres.NewMetrics(deps.Registry, fm),
+		Console: func(ctx context.Context, id string, r io.Reader, w io.Writer) error {
+			return st.console.Load().Serve(ctx, id, r, w)
 		},
-		Authorizer:      policy,
-		Log:             log.Named("postgres"),
-		Metrics:         postgres.NewMetrics(deps.Registry, fm),
-		Console:         newConsole(cfg, st, deps, log).Serve,
 		ConsoleDatabase: console.Database,
 	})
-
-	if st.mysql, err = newMySQLServer(cfg, st, policy, log, fm, certs); err != nil {
+	st.mysql = mysql.NewServer(mysql.Options{Log: log.Named("mysql"), Metrics: mysql.NewMetrics(fm)})
+	p, err := st.plan(cfg)
+	if err != nil {
 		return nil, err
 	}
-
-	logins := newTokenLogins(deps.Registry)
-	tokenAuthFor := func(l config.Listener) (identity.TokenAuthenticator, error) {
-		a, err := tokenAuth(cfg, l, policy)
-		if err != nil {
-			return nil, err
-		}
-		return logins.wrap(l.Auth, a), nil
-	}
-	for _, l := range cfg.Listeners {
-		ln, lo, err := openListener(l, policy, tokenAuthFor, certs)
-		if err != nil {
-			st.close()
-			return nil, err
-		}
-		if l.Protocol == "mysql" {
-			st.mysql.Serve(ln, mysqlListener(lo))
-		} else {
-			st.postgres.Serve(ln, lo)
-		}
-		log.Info("listening", zap.String("listener", l.Name), zap.String("protocol", l.Protocol), zap.String("address", ln.Addr().String()), zap.String("auth", l.Auth))
-	}
-	st.broker.Run(ctx)
+	// Logged in before the sources start, as Broker.Run would.
+	st.broker.run(ctx)
+	st.commit(p)
+	go st.retireLoop()
 	return st, nil
 }
 
+// pools returns the current pools.
+func (st *stack) pools() map[creds.SourceKey]*poolEntry { return st.view.Load().pools }
+
+// close closes every pool, current and retiring.
 func (st *stack) close() {
-	for _, p := range st.pools {
-		p.Close()
+	for _, e := range st.pools() {
+		e.pool.Close()
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, r := range st.retiring {
+		r.entry.pool.Close()
 	}
 }
 
@@ -256,13 +254,14 @@ func loadCAs(path string) (*x509.CertPool, error) {
 	return p, nil
 }
 
-// openListener opens the socket and builds how its clients are identified.
-func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error), certs certFor) (net.Listener, postgres.ListenerOptions, error) {
+// listenerOptions builds how a listener's clients are identified (its TLS
+// and authentication); a reload builds them anew for every listener.
+func listenerOptions(l config.Listener, policy *identity.Policy, tokenAuth func(config.Listener) (identity.TokenAuthenticator, error), certs certFor) (postgres.ListenerOptions, error) {
 	lo := postgres.ListenerOptions{Name: l.Name}
 	if l.TLS != nil {
 		tc, err := listenerTLS(l, certs)
 		if err != nil {
-			return nil, lo, fmt.Errorf("listener %s tls: %w", l.Name, err)
+			return lo, fmt.Errorf("listener %s tls: %w", l.Name, err)
 		}
 		lo.TLS = tc
 		lo.RequireTLS = l.TLS.Required || l.Auth == "mtls"
@@ -271,7 +270,7 @@ func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(con
 	case "listener":
 		id, err := policy.Fixed(l.Identity)
 		if err != nil {
-			return nil, lo, fmt.Errorf("listener %s: %w", l.Name, err)
+			return lo, fmt.Errorf("listener %s: %w", l.Name, err)
 		}
 		lo.Authenticate = func(net.Conn, *tls.ConnectionState) (identity.Identity, error) { return id, nil }
 	case "peer":
@@ -292,17 +291,16 @@ func openListener(l config.Listener, policy *identity.Policy, tokenAuth func(con
 	case "vault_token", "jwt":
 		tok, err := tokenAuth(l)
 		if err != nil {
-			return nil, lo, err
+			return lo, err
 		}
 		lo.Token = tok
 		lo.Authenticate = func(net.Conn, *tls.ConnectionState) (identity.Identity, error) {
 			return identity.Identity{}, errors.New("token listener: no token was checked")
 		}
 	default:
-		return nil, lo, fmt.Errorf("listener %s: unknown auth %q", l.Name, l.Auth)
+		return lo, fmt.Errorf("listener %s: unknown auth %q", l.Name, l.Auth)
 	}
-	ln, err := listen(l)
-	return ln, lo, err
+	return lo, nil
 }
 
 func listen(l config.Listener) (net.Listener, error) {

@@ -85,7 +85,7 @@ type reportSecurity struct {
 
 // Report implements admin.Reporter.
 func (st *stack) Report(ctx context.Context) any {
-	rc := st.report
+	rc := st.view.Load().report
 	r := &leaseReport{GeneratedAt: time.Now(), Since: rc.started, Vault: reportVault{Address: rc.vaultAddress}, Rotations: map[string]float64{}}
 	if h, err := st.broker.Client().Health(ctx); err != nil {
 		r.Vault.Error = err.Error()

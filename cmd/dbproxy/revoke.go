@@ -47,7 +47,7 @@ type revokeSession struct {
 func (st *stack) Revoke(ctx context.Context, backend, role string, dryRun bool) (any, error) {
 	p := &revokePlan{Backend: backend, Role: role, DryRun: dryRun, Leases: []creds.Info{}, Sessions: []revokeSession{}}
 	var roles []string
-	for k := range st.pools {
+	for k := range st.pools() {
 		if k.Backend == backend && (role == "" || k.Role == role) {
 			roles = append(roles, k.Role)
 		}

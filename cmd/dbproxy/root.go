@@ -24,6 +24,7 @@ const usageText = `Usage: dbproxy [global flags] COMMAND [flags]
 
 Commands:
   run --config FILE     serve the listeners in FILE until SIGINT/SIGTERM
+                        (SIGHUP reloads FILE)
   check --config FILE   validate FILE; print "ok" or every problem as FILE:LINE:COL: msg
   version               print the version
 
@@ -42,6 +43,11 @@ Operator commands (talk to a running dbproxy's admin API; flags
                         Vault and close the sessions still on them
   report [--format json] leases, credentials issued, renewals, revocations and
                         refusals, with Vault's version and status
+  reload                re-read and apply the configuration file (as SIGHUP);
+                        an invalid file is refused with FILE:LINE:COL problems
+  sessions [--backend-pid N] [--backend B] [--format json]
+                        open sessions; --backend-pid finds the session owning a
+                        pg_stat_activity pid or a processlist id
 
 Global flags (also accepted after the command):
   --log-format json|console   log encoding (default json)
@@ -157,6 +163,10 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return revokeCmd(ctx, rest, stdout, stderr)
 	case "report":
 		return reportCmd(ctx, rest, stdout, stderr)
+	case "reload":
+		return reloadCmd(ctx, rest, stdout, stderr)
+	case "sessions":
+		return sessionsCmd(ctx, rest, stdout, stderr)
 	case "help":
 		usage(stdout)
 		return exitOK

@@ -30,6 +30,8 @@ type Deps struct {
 	// add /v1 endpoints with Admin.Handle and readiness checks with
 	// Admin.AddReadinessCheck. Nil when admin.disabled is true.
 	Admin *admin.Server
+	// ConfigPath is the configuration file, which a reload re-reads.
+	ConfigPath string
 }
 
 // Service is something startProxies started that must be stopped
@@ -46,17 +48,24 @@ type Service interface {
 // start is startProxies; tests replace it.
 var start = startProxies
 
-// notifySignals delivers SIGINT and SIGTERM to ch until stop is called;
-// tests replace it.
+// Reloader is a Service that can apply a changed configuration file
+// (SIGHUP); its error says why it kept the running configuration.
+type Reloader interface {
+	Reload(ctx context.Context) (any, error)
+}
+
+// notifySignals delivers SIGINT, SIGTERM and SIGHUP to ch until stop is
+// called; tests replace it.
 var notifySignals = func(ch chan<- os.Signal) (stop func()) {
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	return func() { signal.Stop(ch) }
 }
 
 // adminShutdownTimeout bounds stopping the admin server after the proxies.
 const adminShutdownTimeout = 5 * time.Second
 
-// runCmd loads the configuration and serves until SIGINT/SIGTERM.
+// runCmd loads the configuration and serves until SIGINT/SIGTERM;
+// SIGHUP reloads the configuration.
 func runCmd(ctx context.Context, g *globalFlags, args []string, stderr io.Writer) int {
 	fs := newFlagSet("run", stderr)
 	path := fs.String("config", "", "configuration file (required)")
@@ -84,12 +93,12 @@ func runCmd(ctx context.Context, g *globalFlags, args []string, stderr io.Writer
 	sigs := make(chan os.Signal, 2)
 	stop := notifySignals(sigs)
 	defer stop()
-	return serve(ctx, cfg, log, sigs, stderr)
+	return serve(ctx, cfg, *path, log, sigs, stderr)
 }
 
 // serve starts the admin server and the proxies, waits for a signal (or
 // ctx to end), and shuts everything down gracefully.
-func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan os.Signal, stderr io.Writer) int {
+func serve(ctx context.Context, cfg *config.Config, path string, log *zap.Logger, sigs <-chan os.Signal, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "dbproxy: %v\n", err)
 		return exitStartup
@@ -140,7 +149,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 		}
 	}
 
-	services, err := start(runCtx, cfg, Deps{Logger: log, Registry: reg, Admin: adm})
+	services, err := start(runCtx, cfg, Deps{Logger: log, Registry: reg, Admin: adm, ConfigPath: path})
 	if err != nil {
 		// startProxies stops what it started before failing; stop anything
 		// it still handed back.
@@ -156,23 +165,39 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 	log.Info("dbproxy started", zap.String("version", version), zap.Int("services", len(services)))
 	notify(log, "READY=1")
 
-	select {
-	case s := <-sigs:
-		log.Info("shutting down", zap.Stringer("signal", s), zap.Duration("timeout", cfg.ShutdownTimeout.D()))
-	case <-ctx.Done():
-		log.Info("shutting down", zap.NamedError("reason", context.Cause(ctx)), zap.Duration("timeout", cfg.ShutdownTimeout.D()))
+	timeout := cfg.ShutdownTimeout.D()
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				reloadServices(runCtx, services, log)
+				continue
+			}
+			log.Info("shutting down", zap.Stringer("signal", s), zap.Duration("timeout", timeout))
+			break wait
+		case <-ctx.Done():
+			log.Info("shutting down", zap.NamedError("reason", context.Cause(ctx)), zap.Duration("timeout", timeout))
+			break wait
+		}
 	}
 
-	// A second signal means "now".
+	// A second signal means "now"; a SIGHUP during shutdown is ignored.
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
-		select {
-		case s := <-sigs:
-			log.Warn("second signal: exiting without waiting for sessions", zap.Stringer("signal", s))
-			_ = log.Sync()
-			exitNow(exitSignal)
-		case <-done:
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGHUP {
+					continue
+				}
+				log.Warn("second signal: exiting without waiting for sessions", zap.Stringer("signal", s))
+				_ = log.Sync()
+				exitNow(exitSignal)
+			case <-done:
+				return
+			}
 		}
 	}()
 
@@ -180,13 +205,28 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, sigs <-chan
 	if adm != nil {
 		adm.SetReady(false)
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.D())
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	stillOpen := shutdownServices(sctx, services, log)
 	cancel()
 	cancelRun()
 	stopAdmin()
 	log.Info("dbproxy stopped", zap.Int("still_open", stillOpen))
 	return exitOK
+}
+
+// reloadServices reloads each service that can (SIGHUP). Each logs its
+// own result: a refused reload leaves it running as it was.
+func reloadServices(ctx context.Context, services []Service, log *zap.Logger) {
+	n := 0
+	for _, s := range services {
+		if r, ok := s.(Reloader); ok {
+			_, _ = r.Reload(ctx)
+			n++
+		}
+	}
+	if n == 0 {
+		log.Warn("SIGHUP: nothing to reload")
+	}
 }
 
 // shutdownServices shuts every service down at the same time under ctx and

@@ -23,11 +23,13 @@ func startProxies(ctx context.Context, cfg *config.Config, deps Deps) ([]Service
 	}
 	if deps.Admin != nil {
 		deps.Admin.AddReadinessCheck("credentials", st.broker.Ready)
+		deps.Admin.AddReadinessCheck("certificates", st.certs.Ready)
 		deps.Admin.MountV1(st)
 		deps.Admin.MountRevoke(st)
 		deps.Admin.MountStatus(st)
 		deps.Admin.MountReport(st)
 		deps.Admin.MountKill(st)
+		deps.Admin.MountReload(st)
 	}
 	return []Service{st}, nil
 }
@@ -40,6 +42,9 @@ func (st *stack) Name() string { return "proxies" }
 // revokes every lease: nothing is left for Vault to expire later. The
 // order matters: revoking earlier would drop users under live sessions.
 func (st *stack) Shutdown(ctx context.Context) (int, error) {
+	st.mu.Lock()
+	st.stopping = true
+	st.mu.Unlock()
 	var (
 		wg             sync.WaitGroup
 		pgOpen, myOpen int
@@ -70,9 +75,10 @@ func (st *stack) Sessions() any {
 
 // Pools implements admin.Operations.
 func (st *stack) Pools() any {
-	out := make([]pool.Stats, 0, len(st.pools))
-	for _, p := range st.pools {
-		out = append(out, p.Stats())
+	pools := st.pools()
+	out := make([]pool.Stats, 0, len(pools))
+	for _, e := range pools {
+		out = append(out, e.pool.Stats())
 	}
 	return out
 }
@@ -120,9 +126,9 @@ func (st *stack) KillSession(id uint64, reason string) (any, bool) {
 // eachPool applies f to every pool of backend (one per granted role).
 func (st *stack) eachPool(backend string, f func(*pool.Pool)) bool {
 	found := false
-	for k, p := range st.pools {
+	for k, e := range st.pools() {
 		if k.Backend == backend {
-			f(p)
+			f(e.pool)
 			found = true
 		}
 	}

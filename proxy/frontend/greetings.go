@@ -29,6 +29,14 @@ func (g *Greetings[V]) Get(key string) (V, bool) {
 	return v, ok
 }
 
+// Clear forgets every greeting: a reload may have moved a backend to
+// another server, whose greeting the next login stores.
+func (g *Greetings[V]) Clear() {
+	g.mu.Lock()
+	g.m = nil
+	g.mu.Unlock()
+}
+
 // Put stores v under key, dropping another key at random when full.
 func (g *Greetings[V]) Put(key string, v V) {
 	g.mu.Lock()

@@ -20,4 +20,8 @@ func TestGreetingsBounded(t *testing.T) {
 	if v, ok := g.Get("x"); !ok || v != 7 {
 		t.Fatalf("Get(x) = %d %v", v, ok)
 	}
+	g.Clear()
+	if _, ok := g.Get("x"); ok {
+		t.Fatal("a greeting outlived Clear")
+	}
 }

@@ -11,7 +11,16 @@ func TestKillIDStopsOneSessionWithItsReason(t *testing.T) {
 	a, b := newFake("a", true), newFake("b", true)
 	var tracked sync.WaitGroup
 	tracked.Add(2)
-	run(srv, a, &tracked, func() {})
+	// a stays in the registry until its note is read: KillNote of an
+	// untracked session is "".
+	noteRead := make(chan struct{})
+	srv.Go(func() {
+		srv.Track(a)
+		tracked.Done()
+		<-a.done
+		<-noteRead
+		srv.Untrack(a)
+	})
 	run(srv, b, &tracked, func() {})
 	tracked.Wait()
 	ids := map[string]uint64{}
@@ -35,7 +44,9 @@ func TestKillIDStopsOneSessionWithItsReason(t *testing.T) {
 	if a.killed != KillByOperator {
 		t.Fatalf("a stopped for %d, want KillByOperator", a.killed)
 	}
-	if got := srv.KillNote(a); got != "maintenance window" {
+	got := srv.KillNote(a)
+	close(noteRead)
+	if got != "maintenance window" {
 		t.Fatalf("KillNote = %q", got)
 	}
 	if srv.KillNote(b) != "" || b.killed != KillNone {

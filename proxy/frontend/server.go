@@ -69,6 +69,33 @@ func (f *Server[S]) Serve(ln net.Listener, name string, handle func(net.Conn)) {
 	})
 }
 
+// Close stops accepting on ln, one of the listeners Serve was given (a
+// reload removed it); the sessions it accepted go on.
+func (f *Server[S]) Close(ln net.Listener) error {
+	f.mu.Lock()
+	for i, l := range f.listeners {
+		if l == ln {
+			f.listeners = append(f.listeners[:i], f.listeners[i+1:]...)
+			break
+		}
+	}
+	f.mu.Unlock()
+	return ln.Close()
+}
+
+// Revoke ends, with KillRevoked, every open session for which why
+// returns a reason, and returns how many.
+func (f *Server[S]) Revoke(why func(Grant) string) int {
+	n := 0
+	f.ForEach(func(s S) {
+		if r := why(s.Grant()); r != "" {
+			s.Revoke(r)
+			n++
+		}
+	})
+	return n
+}
+
 // expirySweep is how often WatchExpiry looks for expired identities.
 const expirySweep = time.Second
 

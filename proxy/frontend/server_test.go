@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dbproxy/dbproxy/identity"
 )
 
 // fakeSession ends when stopped: an idle one by CloseIfIdle, a busy one
@@ -35,6 +37,10 @@ func (f *fakeSession) CloseIfIdle() {
 func (f *fakeSession) Kill(r KillReason) { f.stop(r) }
 
 func (f *fakeSession) Expires() time.Time { return f.expires }
+
+func (f *fakeSession) Grant() Grant { return Grant{Identity: identity.Identity{Name: f.name}} }
+
+func (f *fakeSession) Revoke(string) { f.stop(KillRevoked) }
 
 func (f *fakeSession) stop(r KillReason) {
 	f.once.Do(func() {
@@ -153,4 +159,30 @@ func TestWatchExpiryStopsExpiredIdentities(t *testing.T) {
 	if open, _ := srv.Shutdown(ctx); open != 1 || valid.killed != KillShutdown {
 		t.Fatalf("Shutdown: %d open, valid session stopped for %d; want 1 and shutdown", open, valid.killed)
 	}
+}
+
+func TestRevokeEndsOnlyTheSessionsNamed(t *testing.T) {
+	srv := NewServer[*fakeSession](nil)
+	keep, gone := newFake("keep", true), newFake("gone", true)
+	var tracked sync.WaitGroup
+	tracked.Add(2)
+	run(srv, keep, &tracked, func() {})
+	run(srv, gone, &tracked, func() {})
+	tracked.Wait()
+	n := srv.Revoke(func(g Grant) string {
+		if g.Identity.Name == "gone" {
+			return "its grant was removed"
+		}
+		return ""
+	})
+	<-gone.done
+	if n != 1 || gone.killed != KillRevoked || keep.killed != KillNone {
+		t.Fatalf("Revoke ended %d; gone stopped for %d, keep for %d", n, gone.killed, keep.killed)
+	}
+	if KillRevoked.Result() != "config_reload" || KillRevoked.Rank() != KillShutdown {
+		t.Fatalf("KillRevoked: result %q rank %d", KillRevoked.Result(), KillRevoked.Rank())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, _ = srv.Shutdown(ctx)
 }

@@ -1,6 +1,10 @@
 package frontend
 
-import "time"
+import (
+	"time"
+
+	"github.com/dbproxy/dbproxy/identity"
+)
 
 // Session is what the server needs of a protocol's client session.
 type Session interface {
@@ -15,6 +19,27 @@ type Session interface {
 	// Expires is when the client's identity stops being valid (a Vault
 	// token's or JWT's expiry); zero: never.
 	Expires() time.Time
+	// Grant is what the session was allowed to use at login, for a
+	// configuration reload to check again.
+	Grant() Grant
+	// Revoke stops the session with KillRevoked; why (e.g. "identity
+	// orders-api no longer has a grant on backend orders") is in what
+	// the client is told.
+	Revoke(why string)
+}
+
+// Grant is what a session logged in through and with: a reload ends the
+// session when the new configuration would no longer allow it.
+type Grant struct {
+	Listener string
+	Identity identity.Identity
+	Backend  string
+	// User is the user name the client sent (it selects a grant).
+	User string
+	Role string
+	// Since is when the session was accepted: a session accepted after
+	// a reload logged in under the new configuration.
+	Since time.Time
 }
 
 // SessionInfo describes a client session for the admin API, for both
@@ -43,6 +68,18 @@ type SessionInfo struct {
 	// the client and the upstream's, both of which KILL accepts.
 	ConnectionID uint32 `json:"connection_id,omitempty"`
 	ThreadID     uint32 `json:"thread_id,omitempty"`
+	// Listener is the listener the client connected to.
+	Listener string `json:"listener"`
+	// BackendPID is the upstream server's process id (PostgreSQL's
+	// BackendKeyData pid; MySQL's thread id) of the server connection
+	// the session holds now (BackendPIDHeld) or, in a transaction pool
+	// between transactions, held last. 0: none yet.
+	BackendPID     uint32 `json:"backend_pid,omitempty"`
+	BackendPIDHeld bool   `json:"backend_pid_held,omitempty"`
+	// Transactions counts the transactions the session completed.
+	Transactions int64 `json:"transactions"`
+	BytesIn      int64 `json:"bytes_in"`
+	BytesOut     int64 `json:"bytes_out"`
 }
 
 // KillReason is why a session is stopped from outside its goroutine. A
@@ -58,11 +95,12 @@ const (
 	KillByClient                // a client's KILL CONNECTION (MySQL)
 	KillTokenExpired            // the token that identified the client expired
 	KillByOperator              // an operator's kill (admin API, CLI, console): see KillID
+	KillRevoked                 // a configuration reload took its grant, backend or listener away
 )
 
-// Rank orders reasons: a client's KILL, an expired token and an
-// operator's kill are as strong as the shutdown deadline, none overrides
-// another.
+// Rank orders reasons: a client's KILL, an expired token, an operator's
+// kill and a revoked grant are as strong as the shutdown deadline, none
+// overrides another.
 func (r KillReason) Rank() KillReason { return min(r, KillShutdown) }
 
 // Result is the dbproxy_client_sessions_total result of a session stopped
@@ -77,6 +115,8 @@ func (r KillReason) Result() string {
 		return "token_expired"
 	case KillByOperator:
 		return "operator_kill"
+	case KillRevoked:
+		return "config_reload"
 	}
 	return "shutdown"
 }

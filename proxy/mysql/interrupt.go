@@ -134,6 +134,8 @@ func (s *session) stopError(r killReason) (*Error, string) {
 		return s.tokenExpiredError(), "token_expired"
 	case killByOperator: // kill.go
 		return s.operatorKillError(), "operator_kill"
+	case killRevoked: // reload.go
+		return s.revokedError(), "config_reload"
 	case killIdleShutdown:
 		return &Error{Code: erServerShutdown, State: "08S01", Message: "Server shutdown in progress: dbproxy is shutting down; this idle session was closed, reconnect to another dbproxy instance or retry shortly"}, "shutdown"
 	case killLeaseEnd:

@@ -136,6 +136,7 @@ func (t *txnSession) maybeMove() {
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
+	s.serverThread.Store(t.up.threadID) // audit.go
 	s.holding(lease.Gen)
 	old.Close()
 	t.moved = true

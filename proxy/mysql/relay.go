@@ -164,7 +164,7 @@ func (s *session) relayAnswer(up *upstream) (status uint16, ok bool, err error) 
 				return status, ok, upErr(err)
 			}
 			if ev.hasStatus {
-				s.status.Store(uint32(ev.status))
+				s.noteStatus(ev.status, ev.done) // audit.go
 				status, ok = ev.status, true
 			}
 			done = ev.done && s.track.idle()

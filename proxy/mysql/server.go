@@ -41,6 +41,16 @@ type Authorizer interface {
 // connection (a *net.UnixConn on unix sockets); st is set after TLS.
 type Authenticator func(raw net.Conn, st *tls.ConnectionState) (identity.Identity, error)
 
+// Routes are what a login looks up: the backends, who may use them and
+// their pools. Reconfigure replaces them whole, so one login sees one
+// configuration.
+type Routes struct {
+	Backends map[string]*Backend
+	// Pool returns the pool for a backend and Vault role, or nil.
+	Pool       func(backend, role string) *pool.Pool
+	Authorizer Authorizer
+}
+
 // Options configures a Server.
 type Options struct {
 	Backends map[string]*Backend
@@ -90,6 +100,7 @@ type Server struct {
 	log     *zap.Logger
 	metrics *Metrics
 	front   *frontend.Server[*session]
+	routes  atomic.Pointer[Routes]
 	nextID  atomic.Uint32
 
 	gmMu sync.Mutex
@@ -121,11 +132,45 @@ func NewServer(o Options) *Server {
 	if o.ServerVersion == "" {
 		o.ServerVersion = "8.0.11-dbproxy"
 	}
-	return &Server{
+	srv := &Server{
 		opts: o, log: o.Log, metrics: o.Metrics, gm: map[string]*server.Server{},
 		front:   frontend.NewServer[*session](o.Log),
 		expired: func(g *creds.Generation) bool { return g.State() >= creds.Expired },
 	}
+	srv.routes.Store(&Routes{Backends: o.Backends, Pool: o.Pool, Authorizer: o.Authorizer})
+	return srv
+}
+
+// Reconfigure makes logins from now on use r; open sessions keep what
+// they logged in with (see Revoke). Cached greetings are dropped: a
+// backend may now be another server.
+func (srv *Server) Reconfigure(r Routes) {
+	srv.routes.Store(&r)
+	srv.greetings.Clear()
+}
+
+// Revoke ends, with ER_CONNECTION_KILLED and the reason why returns,
+// each open session that reason is given for; it returns how many.
+func (srv *Server) Revoke(why func(frontend.Grant) string) int { return srv.front.Revoke(why) }
+
+// ServeFunc is Serve for a listener whose options a reload may change:
+// each accepted client gets the options lo returns then.
+func (srv *Server) ServeFunc(ln net.Listener, name string, lo func() ListenerOptions) {
+	srv.front.WatchExpiry() // a reload may make the listener take tokens
+	srv.front.Serve(ln, name, func(c net.Conn) { srv.handle(c, tokenPlugin(lo())) })
+}
+
+// Close stops accepting on ln (a listener a reload removed).
+func (srv *Server) Close(ln net.Listener) error { return srv.front.Close(ln) }
+
+// tokenPlugin makes a token listener greet with mysql_native_password:
+// one auth switch only (to mysql_clear_password, password.go), as
+// clients such as go-sql-driver refuse a second one.
+func tokenPlugin(lo ListenerOptions) ListenerOptions {
+	if lo.Token != nil {
+		lo.AuthPlugin = gomysql.AUTH_NATIVE_PASSWORD
+	}
+	return lo
 }
 
 // handshakeServer is the go-mysql server configuration for a greeting
@@ -150,11 +195,9 @@ func (srv *Server) handshakeServer(plugin string) *server.Server {
 // Serve accepts clients on ln until Shutdown. It returns at once.
 func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {
 	if lo.Token != nil {
-		// One auth switch only (to mysql_clear_password, password.go):
-		// clients such as go-sql-driver refuse a second one.
-		lo.AuthPlugin = gomysql.AUTH_NATIVE_PASSWORD
 		srv.front.WatchExpiry()
 	}
+	lo = tokenPlugin(lo)
 	srv.front.Serve(ln, lo.Name, func(c net.Conn) { srv.handle(c, lo) })
 }
 

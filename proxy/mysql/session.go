@@ -37,6 +37,7 @@ type session struct {
 	id      identity.Identity
 	backend *Backend
 	dbName  string // as the client sent it
+	user    string // as the client sent it
 	role    string
 	caps    uint32 // negotiated with the client
 	track   *tracker
@@ -67,6 +68,12 @@ type session struct {
 	// stats counts commands, transactions and checkout waits from login
 	// on (nil before: counts nothing; stats.go).
 	stats *frontend.SessionStats
+	// serverThread is the thread id of the server connection held now or
+	// last (audit.go); txns counts answers that left no transaction open.
+	serverThread atomic.Uint32
+	txns         atomic.Int64
+	// revokedWhy is why a reload ended the session (reload.go).
+	revokedWhy atomic.Pointer[string]
 }
 
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
@@ -154,8 +161,8 @@ func (s *session) backendName() string {
 }
 
 // onlyBackend returns the one mysql backend id is granted, or "".
-func (srv *Server) onlyBackend(id identity.Identity) string {
-	gl, ok := srv.opts.Authorizer.(interface {
+func (srv *Server) onlyBackend(routes *Routes, id identity.Identity) string {
+	gl, ok := routes.Authorizer.(interface {
 		GrantedBackends(identity.Identity) []string
 	})
 	if !ok {
@@ -163,7 +170,7 @@ func (srv *Server) onlyBackend(id identity.Identity) string {
 	}
 	only := ""
 	for _, b := range gl.GrantedBackends(id) {
-		if srv.opts.Backends[b] == nil {
+		if routes.Backends[b] == nil {
 			continue // another protocol's backend
 		}
 		if only != "" {
@@ -190,29 +197,31 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 			Message: fmt.Sprintf("Access denied to backend %q: %v", r.db, err), Err: err}
 	}
 	s.id = id
+	s.user = r.user
+	routes := s.srv.routes.Load()
 	if r.db == "" {
 		// The only mysql backend the identity may use needs no naming:
 		// the mariadb client's Ctrl-C opens its KILL connection with no
 		// database, and so do ad hoc sessions.
-		r.db = s.srv.onlyBackend(id)
+		r.db = s.srv.onlyBackend(routes, id)
 		s.dbName = r.db
 	}
 	if r.db == "" {
 		return &Error{Code: erNoDB, State: "3D000",
 			Message: fmt.Sprintf("No database selected: identity %q must name the dbproxy backend to use as the database (e.g. mariadb -D <backend>)", id.Name)}
 	}
-	b := s.srv.opts.Backends[r.db]
+	b := routes.Backends[r.db]
 	if b == nil {
 		return &Error{Code: erDBAccessDenied, State: "42000",
 			Message: fmt.Sprintf("identity %q: backend %q does not exist: set the database to one of the backends configured in dbproxy", id.Name, r.db)}
 	}
 	s.backend = b
-	grant, err := s.srv.opts.Authorizer.Authorize(id, b.Name, r.user)
+	grant, err := routes.Authorizer.Authorize(id, b.Name, r.user)
 	if err != nil {
 		return err
 	}
 	s.role = grant.Role
-	pl := s.srv.opts.Pool(b.Name, grant.Role)
+	pl := routes.Pool(b.Name, grant.Role)
 	if pl == nil {
 		return &Error{Code: erUnknownError, State: "HY000",
 			Message: fmt.Sprintf("no pool for backend %s and role %s: dbproxy configuration is incomplete", b.Name, grant.Role)}
@@ -273,6 +282,7 @@ func (s *session) login(lo ListenerOptions, g *serverGate) error {
 		s.lease = lease
 		s.mu.Unlock()
 		s.status.Store(uint32(lease.Conn.(*upstream).status))
+		s.serverThread.Store(lease.Conn.(*upstream).threadID)
 		return nil
 	}
 	lease, err := pl.Checkout(ctx, s.poolKey, s.dialer)
@@ -319,15 +329,13 @@ func (s *session) run() {
 	if s.txnMode {
 		// Each transaction has its own server connection and may have
 		// its own database user; the log lines say so.
-		s.log.Info("session start", zap.Bool("transaction_pooling", true), zap.Uint32("connection_id", s.connID))
+		s.log.Info("session start", s.auditStart(nil)...)
 		result := s.runTxn()
 		s.logEnd(result, nil)
 		return
 	}
 	gen := s.lease.Gen
-	up := s.currentUpstream()
-	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N),
-		zap.Uint32("connection_id", s.connID), zap.Uint32("thread_id", up.threadID))
+	s.log.Info("session start", s.auditStart(gen)...)
 
 	// The transaction-pooling relay keeps the session's connection in
 	// session mode, and moves it at a rotation (move.go).
@@ -339,12 +347,7 @@ func (s *session) run() {
 // pooling, where the session used many.
 func (s *session) logEnd(result string, gen *creds.Generation) {
 	s.srv.metrics.SessionEnded(s.backend.Name, s.id.Name, result, s.bytesIn.Load(), s.bytesOut.Load())
-	fields := []zap.Field{zap.String("result", result), zap.Duration("duration", time.Since(s.started)),
-		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load())}
-	if gen != nil {
-		fields = append(fields, zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
-	}
-	s.log.Info("session end", fields...)
+	s.log.Info("session end", s.auditEnd(result, gen)...)
 }
 
 // sendError tells the client e, after whatever whole packets it has not
@@ -391,7 +394,9 @@ func (s *session) currentUpstream() *upstream {
 func (s *session) Info() frontend.SessionInfo {
 	si := frontend.SessionInfo{Protocol: "mysql", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
 		Since: s.started, Remote: s.raw.RemoteAddr().String(), ConnectionID: s.connID, State: "idle",
-		RequestTime: s.stats.LastRequest()}
+		RequestTime: s.stats.LastRequest(),
+		Listener:    s.listener, BackendPID: s.serverThread.Load(), Transactions: s.txns.Load(),
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load()}
 	if s.backend != nil {
 		si.Backend = s.backend.Name
 	}
@@ -405,6 +410,7 @@ func (s *session) Info() frontend.SessionInfo {
 	if s.lease != nil {
 		si.DBUser, si.LeaseID, si.Generation = s.lease.Gen.Username, s.lease.Gen.LeaseID, s.lease.Gen.N
 		si.ThreadID = s.lease.Conn.(*upstream).threadID
+		si.BackendPID, si.BackendPIDHeld = si.ThreadID, true
 	}
 	if t := s.rl.Load(); t != nil && !s.txnMode {
 		si.Pinned = t.pinned

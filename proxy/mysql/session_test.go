@@ -218,9 +218,9 @@ func TestOnlyBackendNeedsExactlyOneMySQLGrant(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{opts: Options{Authorizer: policy, Backends: map[string]*Backend{"a": {Name: "a"}, "b": {Name: "b"}}}}
+	srv := NewServer(Options{Authorizer: policy, Backends: map[string]*Backend{"a": {Name: "a"}, "b": {Name: "b"}}})
 	for id, want := range map[string]string{"one": "a", "two": "", "none": "", "stranger": ""} {
-		if got := srv.onlyBackend(identity.Identity{Name: id}); got != want {
+		if got := srv.onlyBackend(srv.routes.Load(), identity.Identity{Name: id}); got != want {
 			t.Errorf("onlyBackend(%s) = %q, want %q", id, got, want)
 		}
 	}

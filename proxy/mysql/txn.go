@@ -343,6 +343,7 @@ func (t *txnSession) attachOnce() error {
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	t.status = t.up.status
 	t.fresh = true
+	s.serverThread.Store(t.up.threadID) // audit.go
 	s.holding(lease.Gen)
 	if err := t.applyState(); err != nil {
 		t.release(false)
@@ -508,7 +509,7 @@ func (t *txnSession) answer(kind respKind, swallow bool, first func([]byte)) ([]
 		return head0, t.skipAnswer()
 	}
 	if ev.hasStatus {
-		s.status.Store(uint32(ev.status))
+		s.noteStatus(ev.status, ev.done) // audit.go
 		t.status = ev.status
 	}
 	first(head0)

@@ -54,6 +54,9 @@ func (s *session) ended(err error) string {
 		if why == whyOperatorKill { // kill.go
 			return "operator_kill"
 		}
+		if why == whyRevoked { // reload.go
+			return "config_reload"
+		}
 		return "shutdown"
 	}
 	if s.idleArmed && isTimeout(err) {

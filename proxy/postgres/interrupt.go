@@ -183,6 +183,8 @@ func (s *session) interruptError(why int32, gen *creds.Generation) *Error {
 		return s.tokenExpiredError()
 	case whyOperatorKill: // kill.go
 		return s.operatorKillError()
+	case whyRevoked: // reload.go
+		return s.revokedError()
 	}
 	return &Error{Severity: "FATAL", Code: codeAdminShutdown, Message: "dbproxy is shutting down", Hint: "reconnect to another dbproxy instance or retry shortly"}
 }

@@ -147,6 +147,7 @@ func (s *session) maybeMove() {
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
+	s.serverPID.Store(t.up.pid) // audit.go
 	old.Close()
 	s.srv.metrics.moves.Inc()
 	s.log.Info("session moved to the new credential", zap.Uint64("from_generation", old.Gen.N),

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -26,6 +27,16 @@ type Authorizer interface {
 // Authenticator identifies the client of one listener. raw is the accepted
 // connection (a *net.UnixConn on unix sockets); st is set after TLS.
 type Authenticator func(raw net.Conn, st *tls.ConnectionState) (identity.Identity, error)
+
+// Routes are what a login looks up: the backends, who may use them and
+// their pools. Reconfigure replaces them whole, so one login sees one
+// configuration.
+type Routes struct {
+	Backends map[string]*Backend
+	// Pool returns the pool for a backend and Vault role, or nil.
+	Pool       func(backend, role string) *pool.Pool
+	Authorizer Authorizer
+}
 
 // Options configures a Server.
 type Options struct {
@@ -69,6 +80,7 @@ type Server struct {
 	log     *zap.Logger
 	metrics *Metrics
 	front   *frontend.Server[*session]
+	routes  atomic.Pointer[Routes]
 	cancels *cancelKeys
 	// greetings are the encoded greetings (greeting.go) transaction-pool
 	// clients are greeted with, by backend, role and pool key.
@@ -89,9 +101,33 @@ func NewServer(o Options) *Server {
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil, nil)
 	}
-	return &Server{opts: o, log: o.Log, metrics: o.Metrics, cancels: newCancelKeys(),
+	srv := &Server{opts: o, log: o.Log, metrics: o.Metrics, cancels: newCancelKeys(),
 		front: frontend.NewServer[*session](o.Log)}
+	srv.routes.Store(&Routes{Backends: o.Backends, Pool: o.Pool, Authorizer: o.Authorizer})
+	return srv
 }
+
+// Reconfigure makes logins from now on use r; open sessions keep what
+// they logged in with (see Revoke). Cached greetings are dropped: a
+// backend may now be another server.
+func (srv *Server) Reconfigure(r Routes) {
+	srv.routes.Store(&r)
+	srv.greetings.Clear()
+}
+
+// Revoke ends, with 57P01 and the reason why returns, each open session
+// that reason is given for; it returns how many.
+func (srv *Server) Revoke(why func(frontend.Grant) string) int { return srv.front.Revoke(why) }
+
+// ServeFunc is Serve for a listener whose options a reload may change:
+// each accepted client gets the options lo returns then.
+func (srv *Server) ServeFunc(ln net.Listener, name string, lo func() ListenerOptions) {
+	srv.front.WatchExpiry() // a reload may make the listener take tokens
+	srv.front.Serve(ln, name, func(c net.Conn) { srv.handle(c, lo()) })
+}
+
+// Close stops accepting on ln (a listener a reload removed).
+func (srv *Server) Close(ln net.Listener) error { return srv.front.Close(ln) }
 
 // Serve accepts clients on ln until Shutdown. It returns at once.
 func (srv *Server) Serve(ln net.Listener, lo ListenerOptions) {

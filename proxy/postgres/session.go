@@ -76,6 +76,13 @@ type session struct {
 	// stats counts transactions, queries and checkout waits from login
 	// on (nil before: counts nothing).
 	stats *frontend.SessionStats
+	// serverPID is the BackendKeyData pid of the server connection held
+	// now or last (audit.go); txns counts ReadyForQuery 'I' messages:
+	// transactions ended, implicit ones included.
+	serverPID atomic.Uint32
+	txns      atomic.Int64
+	// revokedWhy is why a reload ended the session (reload.go).
+	revokedWhy atomic.Pointer[string]
 }
 
 func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
@@ -205,17 +212,18 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	if s.wantsConsole(p) { // console.go
 		return nil
 	}
-	b := s.srv.opts.Backends[p.database]
+	routes := s.srv.routes.Load()
+	b := routes.Backends[p.database]
 	if b == nil {
 		return fatal(codeInvalidCatalog, fmt.Sprintf("backend %q does not exist: set database to one of the backends configured in dbproxy", p.database))
 	}
 	s.backend = b
-	g, err := s.srv.opts.Authorizer.Authorize(id, b.Name, p.user)
+	g, err := routes.Authorizer.Authorize(id, b.Name, p.user)
 	if err != nil {
 		return err
 	}
 	s.role = g.Role
-	pl := s.srv.opts.Pool(b.Name, g.Role)
+	pl := routes.Pool(b.Name, g.Role)
 	if pl == nil {
 		return fatal(codeInvalidAuth, fmt.Sprintf("no pool for backend %s and role %s: dbproxy configuration is incomplete", b.Name, g.Role))
 	}
@@ -280,6 +288,7 @@ func (s *session) login(lo ListenerOptions, m *pgproto3.StartupMessage, st *tls.
 	s.lease = lease
 	s.mu.Unlock()
 	s.rl.lease, s.rl.up = lease, lease.Conn.(*upstream)
+	s.serverPID.Store(s.rl.up.pid)
 	gr := lease.Conn.(*upstream).greeting
 	if s.txnMode {
 		s.srv.greetings.Put(greetKey, gr)
@@ -318,7 +327,7 @@ func (s *session) run() {
 	if s.txnMode {
 		// Each transaction has its own server connection and database
 		// user; the log lines of a transaction pool say so.
-		s.log.Info("session start", zap.Bool("transaction_pooling", true))
+		s.log.Info("session start", s.auditStart(true, nil)...)
 		s.rl.release(true) // the greeting's, until the first transaction
 		result := s.serve()
 		s.rl.release(false) // still held: the session ended mid-transaction
@@ -326,22 +335,20 @@ func (s *session) run() {
 		return
 	}
 	gen := s.rl.lease.Gen
-	s.log.Info("session start", zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
+	s.log.Info("session start", s.auditStart(false, gen)...)
 	result := s.serve()
 	if result == "ok" && !s.rl.outstanding() && byte(s.txStatus.Load()) == 'I' && s.rl.up != nil && s.rl.up.bw.Buffered() == 0 {
 		s.rl.returnSession()
 	} else {
 		s.rl.release(false)
 	}
-	s.logEnd(b, result, zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N))
+	s.logEnd(b, result, zap.String("db_user", gen.Username), zap.Uint64("generation", gen.N), zap.String("lease_id", gen.LeaseID))
 }
 
 // logEnd counts and logs the end of a session.
 func (s *session) logEnd(backend, result string, fields ...zap.Field) {
 	s.srv.metrics.SessionEnded(backend, s.id.Name, result, s.bytesIn.Load(), s.bytesOut.Load())
-	s.log.Info("session end", append(fields, zap.String("result", result),
-		zap.Duration("duration", time.Since(s.started)),
-		zap.Int64("bytes_in", s.bytesIn.Load()), zap.Int64("bytes_out", s.bytesOut.Load()))...)
+	s.log.Info("session end", append(fields, s.auditEnd(result)...)...)
 }
 
 func (s *session) sendFatal(e *Error) {
@@ -365,13 +372,16 @@ func (s *session) currentUpstream() *upstream {
 func (s *session) Info() frontend.SessionInfo {
 	si := frontend.SessionInfo{Protocol: "postgres", Identity: s.id.Name, Method: string(s.id.Method), Role: s.role,
 		Since: s.started, Remote: s.raw.RemoteAddr().String(), State: txState(byte(s.txStatus.Load()), s.busy.Load()),
-		RequestTime: s.stats.LastRequest()}
+		RequestTime: s.stats.LastRequest(),
+		Listener:    s.listener, BackendPID: s.serverPID.Load(), Transactions: s.txns.Load(),
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load()}
 	if s.backend != nil {
 		si.Backend = s.backend.Name
 	}
 	s.mu.Lock()
 	if s.lease != nil {
 		si.DBUser, si.LeaseID, si.Generation = s.lease.Gen.Username, s.lease.Gen.LeaseID, s.lease.Gen.N
+		si.BackendPID, si.BackendPIDHeld = s.lease.Conn.(*upstream).pid, true
 	}
 	if s.rl != nil {
 		si.Pinned = s.rl.pin

@@ -280,7 +280,7 @@ func (t *txnSession) relayOne() (copyIn bool, err error) {
 	}
 	s.bytesOut.Add(int64(n))
 	if typ == 'Z' && len(body) == 1 {
-		s.txStatus.Store(uint32(body[0]))
+		s.readyForQuery(body[0]) // audit.go
 		s.stats.QueryDone(body[0] != 'I')
 		t.copyIn = false
 	}
@@ -527,6 +527,7 @@ func (t *txnSession) hold(lease *pool.Lease) {
 	s.mu.Lock()
 	s.lease = lease
 	s.mu.Unlock()
+	s.serverPID.Store(t.up.pid) // audit.go
 	t.armRetry()
 }
 
