@@ -15,6 +15,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/dbproxy/dbproxy/events"
 )
 
 const (
@@ -84,6 +86,7 @@ type testSource struct {
 func startSource(t *testing.T, c *Client, o LeaseOptions, log *zap.Logger) testSource {
 	t.Helper()
 	s := newSource(c, testBackend, "database", testRole, o, log, NewMetrics(nil))
+	s.ev = events.New(events.Options{})
 	nc := &nowCounter{}
 	s.now = nc.now
 	ctx, cancel := context.WithCancel(context.Background())

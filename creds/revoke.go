@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"go.uber.org/zap"
+
+	"github.com/dbproxy/dbproxy/events"
 )
 
 // RevokeReason is what clients whose sessions an operator revoke closes
@@ -137,6 +139,7 @@ func (s *Source) cut(ctx context.Context, g *Generation) (RevokedLease, bool) {
 	g.reason = RevokeReason
 	g.expireLocked()
 	g.mu.Unlock()
+	s.event(events.Revoked, g, "revoke", r.Result, r.Connections)
 	s.log.Warn("credential revoked by an operator; closing its connections",
 		zap.Uint64("generation", g.N), zap.String("db_user", g.Username), zap.Int("connections", r.Connections), zap.String("result", r.Result))
 	return r, true

@@ -3,6 +3,8 @@ package creds
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
@@ -61,6 +63,14 @@ func TestOperatorRevoke(t *testing.T) {
 	}
 	if n := counterValue(t, s.m.rotations, testBackend, testRole, "revoke"); n != 1 {
 		t.Errorf("revoke rotations = %v, want 1", n)
+	}
+	// The event log has the story, newest first, the revoke once.
+	var got []string
+	for _, e := range s.ev.Events() {
+		got = append(got, fmt.Sprintf("%s %d %s %s %d", e.Kind, e.Generation, e.Reason, e.Result, e.Connections))
+	}
+	if want := []string{"revoked 1 revoke ok 1", "issued 2 revoke ok 0", "issued 1 initial ok 0"}; !slices.Equal(got, want) {
+		t.Errorf("events %q, want %q", got, want)
 	}
 }
 

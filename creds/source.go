@@ -11,6 +11,8 @@ import (
 
 	vault "github.com/hashicorp/vault/api"
 	"go.uber.org/zap"
+
+	"github.com/dbproxy/dbproxy/events"
 )
 
 // LeaseOptions tunes one source's rotation. Zero values take defaults.
@@ -113,6 +115,7 @@ type Source struct {
 	changed      chan struct{} // closed and replaced when cur changes or a fetch fails
 
 	fleet *fleetMember // nil outside fleet mode
+	ev    *events.Log  // nil: no event log (events.go)
 
 	// kind says where credentials come from (static.go); kv and poll
 	// configure the Static and KV kinds. pending counts reads in a row
@@ -280,6 +283,9 @@ func (s *Source) reportGone(g *Generation, reason string) {
 		// No lease to lose: a refused login means the password changed.
 		s.recheck(g)
 		return
+	}
+	if g.State() == Active {
+		s.event(events.Lost, g, reason, "draining", 0)
 	}
 	g.startDrain(reason, s.now().Add(s.opts.RevokeGrace))
 	s.mu.Lock()
@@ -468,11 +474,14 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 		}
 		s.lastErr = err
 		s.retryAt = s.now().Add(Backoff(s.fetchFails))
-		at := s.retryAt
+		at, first := s.retryAt, s.fetchFails == 1
 		// Wake Current's waiters: they report the failure now.
 		close(s.changed)
 		s.changed = make(chan struct{})
 		s.mu.Unlock()
+		if first { // one event per outage, not one per retry
+			s.event(events.IssueFailed, nil, reason, err.Error(), 0)
+		}
 		s.log.Warn("fetching credential failed", zap.String("reason", reason), zap.Error(err), zap.Time("retry_at", at))
 		return at
 	}
@@ -487,6 +496,7 @@ func (s *Source) tryFetch(ctx context.Context, reason string) time.Time {
 
 	s.m.rotations.WithLabelValues(s.backend, s.role, reason).Inc()
 	s.m.generation.WithLabelValues(s.backend, s.role).Set(float64(g.N))
+	s.event(events.Issued, g, reason, "ok", 0)
 	s.log.Info("credential generation published", zap.Uint64("generation", g.N), zap.String("reason", reason),
 		zap.String("db_user", g.Username), zap.Time("lease_end", g.leaseEnd), zap.Time("hard_end", g.hardEnd))
 	if old != nil {
@@ -733,6 +743,10 @@ func (s *Source) renew(ctx context.Context, g *Generation) {
 	}
 	g.nextRenew = renewAt(now, g.leaseEnd)
 	s.m.renewals.WithLabelValues(s.backend, s.role, result).Inc()
+	if result == "ok" {
+		result = ""
+	}
+	s.ev.Count(events.Renewed, s.backend, s.role, result)
 }
 
 func leaseDuration(sec *vault.Secret) int {
@@ -781,7 +795,11 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 		g.mu.Lock()
 	}
 	g.state = Revoked
+	why := g.reason
 	g.mu.Unlock()
+	if !done { // an operator revoke recorded its own event
+		s.recordRetired(g, why, result)
+	}
 	s.mu.Lock()
 	for i, x := range s.gens {
 		if x == g {

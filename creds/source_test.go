@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dbproxy/dbproxy/events"
 )
 
 // The full life of a credential whose role tells its max_ttl: renewed,
@@ -106,6 +108,22 @@ func TestSourceLifecycle(t *testing.T) {
 	}
 	if fv.renewalsOf(g1.LeaseID) < 2 {
 		t.Errorf("generation 1 renewed %d times, want at least 2 (it renews while draining)", fv.renewalsOf(g1.LeaseID))
+	}
+	// The event log: issued 1, issued 2 (max_ttl), generation 1 revoked
+	// for max_ttl; renewals only counted.
+	ev := s.ev.Events()
+	if len(ev) != 3 || ev[0].Kind != events.Revoked || ev[0].Generation != 1 || ev[0].Reason != "max_ttl" || ev[0].Result != "ok" ||
+		ev[1].Kind != events.Issued || ev[1].Generation != 2 || ev[1].Reason != "max_ttl" || ev[2].Reason != "initial" {
+		t.Errorf("events %+v", ev)
+	}
+	renewed := 0
+	for _, c := range s.ev.Counts() {
+		if c.Kind == events.Renewed {
+			renewed += c.N
+		}
+	}
+	if renewed < 2 {
+		t.Errorf("%d renewals counted, want at least 2", renewed)
 	}
 }
 
