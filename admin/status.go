@@ -30,6 +30,7 @@ var statusHTML string
 var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
 	"ago":   func(t time.Time) string { return time.Since(t).Round(time.Second).String() },
 	"until": untilText,
+	"why":   reasonText,
 }).Parse(statusHTML))
 
 const cookieName = "dbproxy_admin"
@@ -86,6 +87,8 @@ type statusPage struct {
 	Timelines []timeline
 	Sessions  []sessionGroup
 	Total     int
+	Events    []statusEvent
+	HasEvents bool // ops keeps an event log
 	Buttons   bool
 	Message   string
 }
@@ -203,6 +206,8 @@ func buildStatus(ops Operations, failing []failure) statusPage {
 	sort.Slice(p.Pools, func(i, j int) bool { return p.Pools[i].Backend+p.Pools[i].Role < p.Pools[j].Backend+p.Pools[j].Role })
 	p.Timelines = timelines(decode[statusLease](ops.Leases()), p.Now)
 	p.Sessions, p.Total = groupSessions(decode[statusSession](ops.Sessions()))
+	_, p.HasEvents = ops.(EventLister)
+	p.Events = pageEvents(ops)
 	return p
 }
 

@@ -32,6 +32,14 @@ func (o *statusOps) Sessions() any {
 	}
 }
 
+func (o *statusOps) Events() any {
+	at := time.Date(2026, 12, 2, 3, 4, 5, 0, time.UTC)
+	return []map[string]any{
+		{"time": at, "kind": "revoked", "backend": "orders", "role": "rw", "generation": 3, "reason": "manual", "result": "ok", "connections": 2},
+		{"time": at.Add(-time.Minute), "kind": "issued", "backend": "orders", "role": "rw", "generation": 5, "reason": "<b>x</b>", "result": "ok"},
+	}
+}
+
 func serve(s *Server, method, path string, hdr map[string]string, form url.Values) *httptest.ResponseRecorder {
 	var body *strings.Reader
 	if form != nil {
@@ -62,7 +70,8 @@ func TestStatusPageWithoutToken(t *testing.T) {
 		t.Fatalf("GET / = %d %s", rec.Code, rec.Header().Get("Content-Type"))
 	}
 	for _, want := range []string{`http-equiv="refresh"`, "not ready", "v-rw-4", "v-rw-5", "gen 4", "gen 5",
-		"draining", "Sessions (3)", "active 1, idle 1", "&lt;script&gt;batch&lt;/script&gt;", "Operator buttons appear when"} {
+		"draining", "Sessions (3)", "active 1, idle 1", "&lt;script&gt;batch&lt;/script&gt;", "Operator buttons appear when",
+		"Rotations and revocations", "2026-12-02 03:04:05", "operator rotate", "(manual)", "2 connection(s) closed", "&lt;b&gt;x&lt;/b&gt;"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)
 		}
@@ -72,6 +81,10 @@ func TestStatusPageWithoutToken(t *testing.T) {
 	}
 	if rec := serve(s, "POST", "/ui/backends/orders/rotate", map[string]string{"Origin": "http://127.0.0.1:9187"}, url.Values{}); rec.Code != 403 || len(ops.done) != 0 {
 		t.Errorf("action without a token: %d, done %v", rec.Code, ops.done)
+	}
+	s.MountV1(ops)
+	if rec := serve(s, "GET", "/v1/events", nil, nil); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"kind":"revoked"`) {
+		t.Errorf("GET /v1/events = %d %s", rec.Code, rec.Body)
 	}
 	if rec := serve(s, "GET", "/nosuch", nil, nil); rec.Code != 404 {
 		t.Errorf("GET /nosuch = %d, want 404", rec.Code)

@@ -66,6 +66,7 @@ func (s *Server) MountV1(ops Operations) {
 		}
 		writeJSON(w, http.StatusOK, f.SessionsByBackendPID(uint32(pid), r.URL.Query().Get("backend")))
 	}))
+	s.mountEvents(ops)
 	s.Handle("GET /v1/pools", list(ops.Pools))
 	s.Handle("GET /v1/leases", list(ops.Leases))
 	s.Handle("POST /v1/backends/{name}/rotate", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

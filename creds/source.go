@@ -709,6 +709,7 @@ func (s *Source) renew(ctx context.Context, g *Generation) {
 	if err != nil {
 		if isLeaseGone(err) {
 			s.m.renewals.WithLabelValues(s.backend, s.role, "gone").Inc()
+			s.ev.Count(events.Renewed, s.backend, s.role, "gone")
 			s.log.Warn("lease revoked outside dbproxy; draining", zap.Uint64("generation", g.N), zap.Error(err))
 			s.reportGone(g, "external_revoke")
 			g.mu.Lock()
@@ -717,6 +718,7 @@ func (s *Source) renew(ctx context.Context, g *Generation) {
 			return
 		}
 		s.m.renewals.WithLabelValues(s.backend, s.role, "error").Inc()
+		s.ev.Count(events.Renewed, s.backend, s.role, "error")
 		g.mu.Lock()
 		g.fails++
 		g.nextRenew = now.Add(min(Backoff(g.fails), max(g.leaseEnd.Sub(now)/3, time.Second)))
@@ -780,6 +782,7 @@ func (s *Source) revoke(ctx context.Context, g *Generation) time.Time {
 			result = "gone"
 		default:
 			s.m.revocations.WithLabelValues(s.backend, s.role, "error").Inc()
+			s.ev.Count(events.RevokeFail, s.backend, s.role, "")
 			g.mu.Lock()
 			g.fails++
 			n := g.fails

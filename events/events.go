@@ -18,12 +18,13 @@ type Kind string
 // The kinds of event. Renewed is only counted, not listed: a lease renews
 // every few minutes and would push the rotations off the list.
 const (
-	Issued      Kind = "issued"       // a new credential from Vault (a rotation; Reason says why)
-	IssueFailed Kind = "issue_failed" // the first failed fetch of a run of failures
-	Renewed     Kind = "renewed"      // a lease renewal (Reason "capped" when max_ttl capped it)
-	Revoked     Kind = "revoked"      // dbproxy revoked a lease in Vault (Reason: what superseded it)
-	Expired     Kind = "expired"      // a lease ended before dbproxy revoked it: expired without renewal
-	Lost        Kind = "lost"         // the lease vanished outside dbproxy or the database refused it
+	Issued      Kind = "issued"        // a new credential from Vault (a rotation; Reason says why)
+	IssueFailed Kind = "issue_failed"  // the first failed fetch of a run of failures
+	Renewed     Kind = "renewed"       // a lease renewal (Reason "capped" when max_ttl capped it; "error" or "gone" when it failed)
+	RevokeFail  Kind = "revoke_failed" // a failed revoke of a superseded lease, retried (counted only)
+	Revoked     Kind = "revoked"       // dbproxy revoked a lease in Vault (Reason: what superseded it)
+	Expired     Kind = "expired"       // a lease ended before dbproxy revoked it: expired without renewal
+	Lost        Kind = "lost"          // the lease vanished outside dbproxy or the database refused it
 )
 
 // Event is one credential lifecycle event.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
+	"github.com/dbproxy/dbproxy/events"
 )
 
 // credSource is one (backend, Vault role) credential source on a broker
@@ -30,14 +31,15 @@ type brokers struct {
 	m      *creds.Metrics
 	fleet  *config.Fleet
 	login  *creds.Broker // no sources: logs in and keeps dbproxy's token
+	events *events.Log   // every source records its lifecycle here
 
 	mu       sync.Mutex
 	current  map[creds.SourceKey]*credSource
 	retiring []*credSource
 }
 
-func newBrokers(client *creds.Client, fleet *config.Fleet, log *zap.Logger, m *creds.Metrics) *brokers {
-	return &brokers{client: client, log: log, m: m, fleet: fleet,
+func newBrokers(client *creds.Client, fleet *config.Fleet, log *zap.Logger, m *creds.Metrics, ev *events.Log) *brokers {
+	return &brokers{client: client, log: log, m: m, fleet: fleet, events: ev,
 		login: creds.NewBroker(client, nil, log, m), current: map[creds.SourceKey]*credSource{}}
 }
 
@@ -49,6 +51,7 @@ func (b *brokers) run(ctx context.Context) { b.login.Run(ctx) }
 // until install.
 func (b *brokers) start(ctx context.Context, sp creds.SourceSpec) *credSource {
 	br := creds.NewBroker(b.client, []creds.SourceSpec{sp}, b.log, b.m)
+	br.RecordEvents(b.events)
 	if f := b.fleet; f != nil {
 		br.JoinFleet(creds.FleetOptions{
 			Name: f.Name, KVMount: f.KVMount, KVPath: f.KVPath, InstanceID: f.InstanceID,

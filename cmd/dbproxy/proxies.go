@@ -19,6 +19,7 @@ import (
 	"github.com/dbproxy/dbproxy/admin/console"
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/creds"
+	"github.com/dbproxy/dbproxy/events"
 	"github.com/dbproxy/dbproxy/identity"
 	"github.com/dbproxy/dbproxy/proxy/frontend"
 	"github.com/dbproxy/dbproxy/proxy/mysql"
@@ -34,6 +35,7 @@ type stack struct {
 	path     string          // the configuration file, re-read by Reload
 	gatherer prometheus.Gatherer
 	broker   *brokers
+	events   *events.Log // credential lifecycle, for the status page and report
 	pm       *pool.Metrics
 	logins   *tokenLogins
 	reloads  *prometheus.CounterVec
@@ -90,8 +92,9 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	if err != nil {
 		return nil, err
 	}
-	st := &stack{log: log, ctx: ctx, path: deps.ConfigPath, gatherer: deps.Registry, deps: deps,
-		broker: newBrokers(client, cfg.Fleet, log.Named("creds"), cm),
+	ev := events.New(events.Options{})
+	st := &stack{log: log, ctx: ctx, path: deps.ConfigPath, gatherer: deps.Registry, deps: deps, events: ev,
+		broker: newBrokers(client, cfg.Fleet, log.Named("creds"), cm, ev),
 		pm:     pool.NewMetrics(deps.Registry), logins: newTokenLogins(deps.Registry),
 		reloads: newReloadMetric(deps.Registry), listeners: map[string]*liveListener{},
 		certs: &pkiCerts{client: client, log: log.Named("creds").Named("pki"), m: cm}}
@@ -113,6 +116,10 @@ func buildProxies(ctx context.Context, cfg *config.Config, log *zap.Logger, deps
 	go st.retireLoop()
 	return st, nil
 }
+
+// Events implements admin.EventLister: the credential events of the last
+// 24 hours, newest first.
+func (st *stack) Events() any { return st.events.Events() }
 
 // pools returns the current pools.
 func (st *stack) pools() map[creds.SourceKey]*poolEntry { return st.view.Load().pools }

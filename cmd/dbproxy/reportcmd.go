@@ -71,14 +71,14 @@ func printReport(w io.Writer, r *leaseReport) {
 		line("Cluster Status", "UNREACHABLE: "+r.Vault.Error)
 	}
 	line("Report Generated", r.GeneratedAt.UTC().Format(time.RFC3339))
+	line("Counting Window", windowText(r))
 
 	fmt.Fprintln(w, "\nSECRETS ENGINES")
 	for _, e := range r.Engines {
 		line(e.Mount+"/", fmt.Sprintf("%s (backends %s; roles %s)", strings.Join(e.Plugins, ", "), strings.Join(e.Backends, ", "), strings.Join(e.Roles, ", ")))
 	}
 
-	since := r.GeneratedAt.Sub(r.Since).Round(time.Second)
-	fmt.Fprintf(w, "\nDYNAMIC CREDENTIAL METRICS (since dbproxy started, %s ago)\n", since)
+	fmt.Fprintf(w, "\nDYNAMIC CREDENTIAL METRICS (%s)\n", windowText(r))
 	total := 0.0
 	for _, c := range r.Issued {
 		total += c.Count
@@ -99,7 +99,7 @@ func printReport(w io.Writer, r *leaseReport) {
 	}
 
 	l := r.Lifecycle
-	fmt.Fprintln(w, "\nLEASE LIFECYCLE")
+	fmt.Fprintf(w, "\nLEASE LIFECYCLE (%s)\n", windowText(r))
 	line("Average TTL", (time.Duration(l.AverageTTLSeconds) * time.Second).String())
 	line("Renewals", fmt.Sprintf("%d (%d capped at max TTL, %d failed)", int(l.Renewals), int(l.CappedRenewals), int(l.FailedRenewals)))
 	line("Revocations", fmt.Sprintf("%d (%d failed)", int(l.Revocations), int(l.RevocationErrors)))
@@ -109,16 +109,33 @@ func printReport(w io.Writer, r *leaseReport) {
 		reasons = append(reasons, fmt.Sprintf("%s %d", k, int(r.Rotations[k])))
 	}
 	line("Rotations by reason", strings.Join(reasons, ", "))
+	if len(r.ByRole) > 0 {
+		fmt.Fprintf(w, "  %-38s %8s %8s %8s %8s\n", "Path (backend)", "issued", "renewed", "revoked", "expired")
+		for _, b := range r.ByRole {
+			fmt.Fprintf(w, "  %-38s %8d %8d %8d %8d\n", b.Path+" ("+b.Backend+")", int(b.Issued), int(b.Renewals), int(b.Revocations), int(b.ExpiredNotRenewed))
+		}
+	}
 
 	s := r.Security
 	fmt.Fprintln(w, "\nSECURITY")
-	line("Refused client connections", fmt.Sprintf("%d (unknown identity, no grant, TLS required)", int(s.RefusedClients)))
-	line("Vault permission denied", int(s.VaultAuthErrors))
-	line("Vault request errors", int(s.VaultUnreachable))
+	started := fmt.Sprintf("since dbproxy started, %s ago", r.GeneratedAt.Sub(r.Since).Round(time.Second))
+	line("Refused client connections", fmt.Sprintf("%d (unknown identity, no grant, TLS required; %s)", int(s.RefusedClients), started))
+	line("Vault permission denied", fmt.Sprintf("%d (%s)", int(s.VaultAuthErrors), started))
+	line("Vault request errors", fmt.Sprintf("%d (%s)", int(s.VaultUnreachable), started))
 	line("Leases revoked outside dbproxy", int(s.ExternalRevokes))
 	line("Database refused a credential", int(s.DBRefusedLogins))
 	line("Operator revokes / rotations", fmt.Sprintf("%d / %d", int(s.OperatorRevokes), int(s.ManualRotations)))
 	line("Secrets in configuration", s.SecretsInConfig)
+}
+
+// windowText says what the counts cover: the last 24 hours, or less when
+// dbproxy has run for less.
+func windowText(r *leaseReport) string {
+	from := r.WindowStart.UTC().Format("2006-01-02 15:04:05")
+	if r.WindowSeconds >= 24*3600-1 {
+		return "last 24 h, from " + from + " UTC"
+	}
+	return fmt.Sprintf("last 24 h: since dbproxy started %s ago, %s UTC", (time.Duration(r.WindowSeconds) * time.Second).Round(time.Second), from)
 }
 
 func sortedKeys(m map[string]float64) []string {
