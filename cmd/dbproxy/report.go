@@ -206,7 +206,9 @@ func fillCounts(r *leaseReport, rc reportConfig, counts []events.Count, leases [
 	sort.Slice(r.Engines, func(i, j int) bool { return r.Engines[i].Mount < r.Engines[j].Mount })
 	sort.Slice(r.Issued, func(i, j int) bool { return r.Issued[i].Path < r.Issued[j].Path })
 	sort.Slice(r.Active, func(i, j int) bool { return r.Active[i].Path < r.Active[j].Path })
-	sort.Slice(r.ByRole, func(i, j int) bool { return r.ByRole[i].Path+r.ByRole[i].Backend < r.ByRole[j].Path+r.ByRole[j].Backend })
+	sort.Slice(r.ByRole, func(i, j int) bool {
+		return r.ByRole[i].Path+r.ByRole[i].Backend < r.ByRole[j].Path+r.ByRole[j].Backend
+	})
 }
 
 func addUnique(xs []string, x string) []string {
