@@ -102,6 +102,7 @@ const (
 	opStatic     = "static-creds"
 	opPKIIssue   = "pki-issue"
 	opPKICA      = "pki-ca"
+	opListLeases = "list-leases"
 )
 
 func newFakeVault(t testing.TB) *fakeVault {
@@ -272,6 +273,8 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 		op = opRenew
 	case write && path == "/v1/sys/leases/revoke":
 		op = opRevoke
+	case (r.Method == "LIST" || r.URL.Query().Get("list") == "true") && strings.HasPrefix(path, "/v1/sys/leases/lookup/"):
+		op = opListLeases
 	case r.Method == http.MethodGet && path == "/v1/auth/token/lookup-self":
 		op = opLookupSelf
 	case write && path == "/v1/auth/token/renew-self":
@@ -396,6 +399,20 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		f.revoked = append(f.revoked, id)
 		w.WriteHeader(http.StatusNoContent)
+	case opListLeases:
+		// Vault lists one level: the lease ids' last parts under a role.
+		dir := strings.TrimSuffix(strings.TrimPrefix(path, "/v1/sys/leases/lookup/"), "/") + "/"
+		var keys []any
+		for id, l := range f.leases {
+			if rest, ok := strings.CutPrefix(id, dir); ok && !strings.Contains(rest, "/") && !l.revoked && now.Before(l.expires) {
+				keys = append(keys, rest)
+			}
+		}
+		if len(keys) == 0 {
+			writeErr(w, fakeErr{404, nil})
+			return
+		}
+		writeJSON(w, 200, map[string]any{"request_id": "req", "data": map[string]any{"keys": keys}})
 	case opLookupSelf:
 		tok := r.Header.Get("X-Vault-Token")
 		t := f.tokens[tok]

@@ -97,3 +97,57 @@ func TestOperatorRevokeNeedsNewCredential(t *testing.T) {
 		t.Errorf("generation 1 %v, revoked in Vault %v: want it active and not revoked", g1.State(), fv.wasRevoked(g1.LeaseID))
 	}
 }
+
+// RevokePrefix fetches the next generation first, then revokes every lease
+// under the prefix, dbproxy's old ones (closed with the reason) and those
+// others hold, but not the new one and nothing of another role.
+func TestOperatorRevokePrefix(t *testing.T) {
+	t.Parallel()
+	fv := newFakeVault(t)
+	log, _ := testLogger()
+	c := tokenClient(t, fv, log)
+	s := startSource(t, c, LeaseOptions{}, log)
+	g1 := s.current(t, 1, 3*time.Second)
+	if !g1.Acquire() {
+		t.Fatal("Acquire failed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	read := func(role string) string {
+		sec, err := c.api.Logical().ReadWithContext(ctx, "database/creds/"+role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sec.LeaseID
+	}
+	someoneElse, otherRole := read(testRole), read("other")
+
+	ids, err := s.LeasesUnder(ctx, "database/creds/"+testRole)
+	if err != nil || !slices.Equal(ids, []string{g1.LeaseID, someoneElse}) {
+		t.Fatalf("LeasesUnder = %v, %v; want %s and %s", ids, err, g1.LeaseID, someoneElse)
+	}
+	if _, err := s.RevokePrefix(ctx, "database/creds/"); err == nil {
+		t.Fatal("a prefix wider than the role's path was accepted")
+	}
+	if fv.count(opCreds) != 3 {
+		t.Fatal("a refused prefix fetched a credential")
+	}
+
+	res, err := s.RevokePrefix(ctx, "database/creds/"+testRole+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.NewGeneration != 2 || len(res.Revoked) != 1 || res.Revoked[0].Generation != 1 || res.Revoked[0].Result != "ok" ||
+		len(res.Others) != 1 || res.Others[0].LeaseID != someoneElse || res.Others[0].Result != "ok" {
+		t.Fatalf("result %+v", res)
+	}
+	g2 := s.current(t, 2, time.Second)
+	if !fv.wasRevoked(g1.LeaseID) || !fv.wasRevoked(someoneElse) || fv.wasRevoked(g2.LeaseID) || fv.wasRevoked(otherRole) {
+		t.Errorf("revoked: gen 1 %v, someone else's %v (want both); new %v, other role %v (want neither)",
+			fv.wasRevoked(g1.LeaseID), fv.wasRevoked(someoneElse), fv.wasRevoked(g2.LeaseID), fv.wasRevoked(otherRole))
+	}
+	if !isClosed(g1.Expired()) || g1.Reason() != RevokeReason || g2.State() != Active {
+		t.Errorf("generation 1 expired %v reason %q; generation 2 %v", isClosed(g1.Expired()), g1.Reason(), g2.State())
+	}
+	g1.Release()
+}
