@@ -21,10 +21,24 @@ type Revoker interface {
 	Revoke(ctx context.Context, backend, role string, dryRun bool) (any, error)
 }
 
+// PrefixRevoker is a Revoker that can also revoke every lease under a
+// Vault lease prefix (another instance's and applications' included),
+// after fetching a new credential for dbproxy first.
+type PrefixRevoker interface {
+	// RevokePrefix returns an error wrapping ErrBadPrefix for a prefix
+	// outside the backend's own MOUNT/creds/ROLE paths.
+	RevokePrefix(ctx context.Context, backend, prefix string, dryRun bool) (any, error)
+}
+
+// ErrBadPrefix is what a PrefixRevoker returns (wrapped) for a prefix it
+// refuses; the API answers 400.
+var ErrBadPrefix = errors.New("refused lease prefix")
+
 // revokeTimeout bounds waiting for the new credential from Vault.
 const revokeTimeout = 30 * time.Second
 
-// MountRevoke adds POST /v1/backends/{name}/revoke?role=R&dry_run=1.
+// MountRevoke adds POST /v1/backends/{name}/revoke?role=R&dry_run=1 (or
+// ?prefix=P instead of role, when r is a PrefixRevoker).
 // It is a POST even as a dry run so that a dry run and the real thing are
 // one flag apart in a runbook.
 func (s *Server) MountRevoke(r Revoker) {
@@ -41,8 +55,23 @@ func (s *Server) MountRevoke(r Revoker) {
 		}
 		ctx, cancel := context.WithTimeout(req.Context(), revokeTimeout)
 		defer cancel()
-		out, err := r.Revoke(ctx, req.PathValue("name"), q.Get("role"), dry)
+		var (
+			out any
+			err error
+		)
+		if prefix := q.Get("prefix"); prefix != "" {
+			pr, ok := r.(PrefixRevoker)
+			if !ok || q.Get("role") != "" {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give either role or prefix, not both"})
+				return
+			}
+			out, err = pr.RevokePrefix(ctx, req.PathValue("name"), prefix, dry)
+		} else {
+			out, err = r.Revoke(ctx, req.PathValue("name"), q.Get("role"), dry)
+		}
 		switch {
+		case errors.Is(err, ErrBadPrefix):
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		case errors.Is(err, ErrUnknownBackend):
 			writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error() + "; see GET /v1/leases"})
 		case err != nil:

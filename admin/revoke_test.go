@@ -11,9 +11,17 @@ import (
 )
 
 type fakeRevoker struct {
-	backend, role string
-	dry           bool
-	err           error
+	backend, role, prefix string
+	dry                   bool
+	err                   error
+}
+
+func (f *fakeRevoker) RevokePrefix(_ context.Context, backend, prefix string, dry bool) (any, error) {
+	f.backend, f.prefix, f.dry = backend, prefix, dry
+	if prefix == "database/creds/" {
+		return nil, fmt.Errorf("%w: wider than the role", ErrBadPrefix)
+	}
+	return map[string]any{"backend": backend, "dry_run": dry, "prefix": prefix}, f.err
 }
 
 func (f *fakeRevoker) Revoke(_ context.Context, backend, role string, dry bool) (any, error) {
@@ -35,6 +43,9 @@ func TestRevokeEndpoint(t *testing.T) {
 		{"?dry_run=maybe", nil, 400, false, "", "use 1 or 0"},
 		{"", fmt.Errorf("backend x: %w", ErrUnknownBackend), 404, false, "", "see GET /v1/leases"},
 		{"", errors.New("Vault is sealed"), 503, false, "", `"result":{`},
+		{"?prefix=database/creds/rw&dry_run=1", nil, 200, true, "", `"prefix":"database/creds/rw"`},
+		{"?prefix=database/creds/", nil, 400, false, "", "wider than the role"},
+		{"?prefix=database/creds/rw&role=rw", nil, 400, false, "", "either role or prefix"},
 	} {
 		f := &fakeRevoker{err: tc.err}
 		s := New(Options{Address: "127.0.0.1:0"})

@@ -14,16 +14,17 @@ import (
 	"time"
 )
 
-// revokeCmd is `dbproxy revoke BACKEND [--role R] [--dry-run] [--json]`.
+// revokeCmd is `dbproxy revoke BACKEND [--role R | --prefix P] [--dry-run] [--json]`.
 // Flags may come before or after BACKEND, as a runbook line reads best.
 func revokeCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("revoke", stderr)
 	client := adminFlags(fs, stderr)
 	role := fs.String("role", "", "only this Vault role's credential (default: every role of the backend)")
+	prefix := fs.String("prefix", "", "revoke every lease under this Vault lease prefix (MOUNT/creds/ROLE or a lease id under it), others' too")
 	dry := fs.Bool("dry-run", false, "show what would be cut and done; change nothing")
 	asJSON := fs.Bool("json", false, "print the API's JSON answer")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: dbproxy revoke BACKEND [--role R] [--dry-run] [--json] [admin flags]")
+		fmt.Fprintln(stderr, "Usage: dbproxy revoke BACKEND [--role R | --prefix MOUNT/creds/ROLE[/LEASE]] [--dry-run] [--json] [admin flags]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -41,6 +42,10 @@ func revokeCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fs.Usage()
 		return exitUsage
 	}
+	if *role != "" && *prefix != "" {
+		fmt.Fprintln(stderr, "dbproxy revoke: give --role or --prefix, not both")
+		return exitUsage
+	}
 	c, ok := client()
 	if !ok {
 		return exitUsage
@@ -49,6 +54,9 @@ func revokeCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	q := url.Values{}
 	if *role != "" {
 		q.Set("role", *role)
+	}
+	if *prefix != "" {
+		q.Set("prefix", *prefix)
 	}
 	if *dry {
 		q.Set("dry_run", "1")
@@ -81,6 +89,9 @@ func printRevoke(out io.Writer, p *revokePlan) {
 	if p.Role != "" {
 		scope += " (role " + p.Role + ")"
 	}
+	if p.Prefix != "" {
+		scope += " under the Vault lease prefix " + p.Prefix
+	}
 	if p.DryRun {
 		fmt.Fprintf(w, "DRY RUN: revoking the credentials of %s would do this; nothing was changed.\n", scope)
 	} else {
@@ -89,6 +100,9 @@ func printRevoke(out io.Writer, p *revokePlan) {
 	fmt.Fprintln(w, "\nLEASE\tROLE\tGEN\tSTATE\tDB USER\tCONNECTIONS")
 	for _, l := range p.Leases {
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%d\n", l.Backend, l.Role, l.Generation, l.State, l.Username, l.Connections)
+	}
+	if p.Prefix != "" {
+		printPrefixLeases(w, p)
 	}
 	type group struct{ sessions, inFlight int }
 	groups := map[string]*group{}
@@ -132,4 +146,23 @@ func printRevoke(out io.Writer, p *revokePlan) {
 		}
 	}
 	_ = w.Flush()
+}
+
+// printPrefixLeases lists the Vault leases under the prefix and whose
+// they are, and after a revoke what became of the others'.
+func printPrefixLeases(w io.Writer, p *revokePlan) {
+	fmt.Fprintf(w, "\nVAULT LEASES UNDER %s: %d\nLEASE ID\tHELD BY\n", p.Prefix, len(p.VaultLeases))
+	for _, l := range p.VaultLeases {
+		who := "not dbproxy (another instance or application)"
+		if l.Generation != 0 {
+			who = fmt.Sprintf("dbproxy generation %d (%s)", l.Generation, l.Username)
+		}
+		fmt.Fprintf(w, "%s\t%s\n", l.LeaseID, who)
+	}
+	if !p.DryRun {
+		fmt.Fprintln(w, "\nOTHER LEASE REVOKED\tVAULT")
+		for _, o := range p.Others {
+			fmt.Fprintf(w, "%s\t%s\n", o.LeaseID, o.Result)
+		}
+	}
 }

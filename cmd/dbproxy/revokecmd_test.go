@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,23 @@ func (f *revokeFake) Revoke(_ context.Context, backend, role string, dry bool) (
 	return p, nil
 }
 
+func (f *revokeFake) RevokePrefix(_ context.Context, backend, prefix string, dry bool) (any, error) {
+	f.calls = append(f.calls, backend+"|prefix "+prefix+"|"+map[bool]string{true: "dry", false: "real"}[dry])
+	if prefix != "database/creds/rw" {
+		return nil, fmt.Errorf("%w: %q is outside backend orders's credential paths (database/creds/rw)", admin.ErrBadPrefix, prefix)
+	}
+	p := &revokePlan{Backend: backend, Role: "rw", Prefix: prefix, DryRun: dry,
+		Leases:   []creds.Info{{Backend: "orders", Role: "rw", Generation: 4, State: "active", Username: "v-rw-4", LeaseID: "database/creds/rw/a1"}},
+		Sessions: []revokeSession{{Protocol: "postgres", Identity: "api", Role: "rw", Generation: 4, State: "idle", Since: time.Now()}},
+		VaultLeases: []prefixLease{{LeaseID: "database/creds/rw/a1", Generation: 4, Username: "v-rw-4"}, {LeaseID: "database/creds/rw/b2"}},
+	}
+	p.Actions = revokeActions(p, []string{"rw"})
+	if !dry {
+		p.Others = []creds.OtherLease{{LeaseID: "database/creds/rw/b2", Result: "ok"}}
+	}
+	return p, nil
+}
+
 func TestRevokeCommand(t *testing.T) {
 	f := &revokeFake{}
 	s := admin.New(admin.Options{Address: "127.0.0.1:0"})
@@ -59,6 +77,14 @@ func TestRevokeCommand(t *testing.T) {
 		{[]string{"--admin", addr, "orders"}, 0, "orders||real", []string{
 			"Revoked the credentials of orders.", "What dbproxy did:", "v-rw-5", "REVOKED DB USER", "ok"}},
 		{[]string{"--admin", addr, "nosuch"}, 1, "nosuch||real", []string{"404"}},
+		{[]string{"orders", "--prefix", "database/creds/rw", "--dry-run", "--admin", addr}, 0, "orders|prefix database/creds/rw|dry", []string{
+			"DRY RUN", "under the Vault lease prefix database/creds/rw", "VAULT LEASES UNDER database/creds/rw: 2",
+			"database/creds/rw/a1 dbproxy generation 4 (v-rw-4)", "database/creds/rw/b2 not dbproxy", "revoke the 1 other lease(s) under database/creds/rw"}},
+		{[]string{"orders", "--prefix", "database/creds/rw", "--admin", addr}, 0, "orders|prefix database/creds/rw|real", []string{
+			"OTHER LEASE REVOKED VAULT database/creds/rw/b2 ok"}},
+		{[]string{"orders", "--prefix", "database/creds/", "--admin", addr}, 1, "orders|prefix database/creds/|real", []string{
+			"400", "outside backend orders's credential paths (database/creds/rw)"}},
+		{[]string{"orders", "--prefix", "database/creds/rw", "--role", "rw", "--admin", addr}, 2, "", []string{"--role or --prefix, not both"}},
 		{[]string{"--admin", addr}, 2, "", []string{"Usage: dbproxy revoke"}},
 		{[]string{"orders", "extra", "--admin", addr}, 2, "", []string{"Usage: dbproxy revoke"}},
 	} {
