@@ -43,8 +43,8 @@ func (f *revokeFake) RevokePrefix(_ context.Context, backend, prefix string, dry
 		return nil, fmt.Errorf("%w: %q is outside backend orders's credential paths (database/creds/rw)", admin.ErrBadPrefix, prefix)
 	}
 	p := &revokePlan{Backend: backend, Role: "rw", Prefix: prefix, DryRun: dry,
-		Leases:   []creds.Info{{Backend: "orders", Role: "rw", Generation: 4, State: "active", Username: "v-rw-4", LeaseID: "database/creds/rw/a1"}},
-		Sessions: []revokeSession{{Protocol: "postgres", Identity: "api", Role: "rw", Generation: 4, State: "idle", Since: time.Now()}},
+		Leases:      []creds.Info{{Backend: "orders", Role: "rw", Generation: 4, State: "active", Username: "v-rw-4", LeaseID: "database/creds/rw/a1"}},
+		Sessions:    []revokeSession{{Protocol: "postgres", Identity: "api", Role: "rw", Generation: 4, State: "idle", Since: time.Now()}},
 		VaultLeases: []prefixLease{{LeaseID: "database/creds/rw/a1", Generation: 4, Username: "v-rw-4"}, {LeaseID: "database/creds/rw/b2"}},
 	}
 	p.Actions = revokeActions(p, []string{"rw"})
