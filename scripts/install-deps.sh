@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # install-deps.sh makes sure the Debian packages the integration tests and
-# benchmarks need are installed. As root it installs what is missing with
+# benchmarks need are installed (chromium: the status page test opens the
+# page in headless Chromium). As root it installs what is missing with
 # apt-get; as another user it prints the command to run and exits 1.
 set -euo pipefail
 
-pkgs=(postgresql-15 postgresql-client-15 mariadb-server mariadb-client pgbouncer sysbench)
+pkgs=(postgresql-15 postgresql-client-15 mariadb-server mariadb-client pgbouncer sysbench chromium)
 
 installed() {
 	[[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]
@@ -15,11 +16,11 @@ if command -v dpkg-query >/dev/null 2>&1; then
 	for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done
 else
 	# Not Debian: check for the programs instead.
-	for b in /usr/lib/postgresql/15/bin/postgres mariadbd mariadb-install-db mariadb pgbouncer sysbench; do
+	for b in /usr/lib/postgresql/15/bin/postgres mariadbd mariadb-install-db mariadb pgbouncer sysbench chromium; do
 		command -v "$b" >/dev/null 2>&1 || missing+=("$b")
 	done
 	if ((${#missing[@]})); then
-		echo "install-deps: missing programs: ${missing[*]} (install PostgreSQL 15, MariaDB 10.11, PgBouncer, sysbench)" >&2
+		echo "install-deps: missing programs: ${missing[*]} (install PostgreSQL 15, MariaDB 10.11, PgBouncer, sysbench, Chromium)" >&2
 		exit 1
 	fi
 fi
