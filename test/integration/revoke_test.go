@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -174,5 +175,74 @@ func TestOperatorRevokeMySQL(t *testing.T) {
 	newUser, err := myTransaction(fmt.Sprintf("app@tcp(127.0.0.1:%d)/appdb?timeout=10s", s.port), 1)
 	if err != nil || newUser == oldUser {
 		t.Errorf("new session: %q, %v (old user %s)", newUser, err, oldUser)
+	}
+}
+
+// TestOperatorRevokePrefix: `revoke --prefix` with a dry run that lists
+// the Vault leases under the prefix (dbproxy's and another holder's) and
+// changes nothing; a prefix outside the backend's credential path is
+// refused; the revoke fetches a new credential first, then revokes every
+// lease under the prefix but the new one: the live session on the old
+// credential is cut with the reason, the other holder's user is dropped,
+// and a new session works.
+func TestOperatorRevokePrefix(t *testing.T) {
+	s := startLeaseStackTTL(t, "revoke-prefix", "", time.Minute, 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable connect_timeout=10", s.port)
+	live := connect(t, dsn)
+	if _, err := live.Exec(ctx, "begin"); err != nil {
+		t.Fatal(err)
+	}
+	var oldUser string
+	if err := live.QueryRow(ctx, "select current_user").Scan(&oldUser); err != nil {
+		t.Fatal(err)
+	}
+	// Another holder of the same role: an application reading Vault itself.
+	other, err := Vault.Client.Logical().ReadWithContext(ctx, Mount+"/creds/"+s.role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherUser, _ := other.Data["username"].(string)
+	prefix := Mount + "/creds/" + s.role
+
+	out, err := dbproxyCLI(t, s.proxy, "revoke", "appdb", "--prefix", prefix, "--dry-run")
+	if err != nil {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	t.Logf("dbproxy revoke appdb --prefix %s --dry-run:\n%s", prefix, out)
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"DRY RUN", "VAULT LEASES UNDER " + prefix + ": 2", "dbproxy generation 1 (" + oldUser + ")",
+		other.LeaseID + " not dbproxy", "app postgres " + s.role + " 1 1", "revoke the 1 other lease(s) under " + prefix} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("dry run output lacks %q", want)
+		}
+	}
+	if l := s.proxy.leases(t); len(l) != 1 || l[0].Username != oldUser || !slices.Contains(vaultRoles(t, s.role), otherUser) {
+		t.Fatalf("the dry run changed something: leases %+v, roles %v", l, vaultRoles(t, s.role))
+	}
+
+	out, err = dbproxyCLI(t, s.proxy, "revoke", "appdb", "--prefix", Mount+"/creds/")
+	if err == nil || !strings.Contains(out, "outside backend appdb's credential paths ("+prefix+")") {
+		t.Errorf("a prefix wider than the role: %v\n%s", err, out)
+	}
+
+	out, err = dbproxyCLI(t, s.proxy, "revoke", "appdb", "--prefix", prefix)
+	if err != nil {
+		t.Fatalf("revoke: %v\n%s", err, out)
+	}
+	t.Logf("dbproxy revoke appdb --prefix %s:\n%s", prefix, out)
+	if flat := strings.Join(strings.Fields(out), " "); !regexp.MustCompile(regexp.QuoteMeta(oldUser)+` [1-9][0-9]* ok`).MatchString(flat) || !strings.Contains(flat, other.LeaseID+" ok") {
+		t.Errorf("revoke output lacks the old lease (1 connection closed) and the other holder's:\n%s", out)
+	}
+	if _, err := live.Exec(ctx, "select 1"); sqlstate(err) != "57P01" || !strings.Contains(err.Error(), "an operator revoked it") {
+		t.Errorf("live session on the revoked credential: got %v, want 57P01 naming the operator revoke", err)
+	}
+	if roles := vaultRoles(t, s.role); slices.Contains(roles, oldUser) || slices.Contains(roles, otherUser) || len(roles) != 1 {
+		t.Errorf("database users after the revoke: %v, want only the new one (not %s or %s)", roles, oldUser, otherUser)
+	}
+	var newUser string
+	if err := connect(t, dsn).QueryRow(ctx, "select current_user").Scan(&newUser); err != nil || newUser == oldUser {
+		t.Errorf("new session: user %q (old %s), %v", newUser, oldUser, err)
 	}
 }
