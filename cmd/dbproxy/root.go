@@ -38,11 +38,13 @@ Operator commands (talk to a running dbproxy's admin API; flags
   kill ID [--reason TEXT]
                         end one client session (ids: GET /v1/sessions, SHOW
                         CLIENTS); its client is told the reason
-  revoke BACKEND [--role R] [--dry-run]
+  revoke BACKEND [--role R | --prefix MOUNT/creds/ROLE[/LEASE]] [--dry-run]
                         new credential first, then revoke the old lease(s) in
-                        Vault and close the sessions still on them
+                        Vault (--prefix: every lease under it, others' too)
+                        and close the sessions still on them
   report [--format json] leases, credentials issued, renewals, revocations and
-                        refusals, with Vault's version and status
+                        expiries over the last 24 h, refusals, with Vault's
+                        version and status
   reload                re-read and apply the configuration file (as SIGHUP);
                         an invalid file is refused with FILE:LINE:COL problems
   sessions [--backend-pid N] [--backend B] [--format json]
