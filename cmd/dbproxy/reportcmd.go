@@ -135,7 +135,7 @@ func windowText(r *leaseReport) string {
 	if r.WindowSeconds >= 24*3600-1 {
 		return "last 24 h, from " + from + " UTC"
 	}
-	return fmt.Sprintf("last 24 h: since dbproxy started %s ago, %s UTC", (time.Duration(r.WindowSeconds) * time.Second).Round(time.Second), from)
+	return fmt.Sprintf("last 24 h: since dbproxy started %s ago, %s UTC", time.Duration(r.WindowSeconds*float64(time.Second)).Round(time.Second), from)
 }
 
 func sortedKeys(m map[string]float64) []string {
