@@ -10,10 +10,16 @@ func (b *Broker) RecordEvents(l *events.Log) {
 	}
 }
 
+// maxEventResult caps an event's result text, which the status page shows.
+const maxEventResult = 300
+
 // event records what happened to generation g (nil: none yet).
 func (s *Source) event(kind events.Kind, g *Generation, reason, result string, conns int) {
 	if s.ev == nil {
 		return
+	}
+	if len(result) > maxEventResult { // a Vault error can be long; the logs have it whole
+		result = result[:maxEventResult] + "…"
 	}
 	e := events.Event{Time: s.now(), Kind: kind, Backend: s.backend, Role: s.role, Reason: reason, Result: result, Connections: conns}
 	if g != nil {
