@@ -14,8 +14,8 @@ import (
 // the session is synchronous again (LISTEN in session mode stays duplex:
 // notifications arrive unasked).
 type duplex struct {
-	done   chan error
-	resume chan struct{} // another COPY FROM STDIN: read the client again
+	done    chan error
+	resume  chan struct{} // another COPY FROM STDIN: read the client again
 	stop    bool          // under mu: exit once nothing is outstanding
 	abort   bool          // under mu: exit now
 	release bool          // under mu: a listening session stops too (to move, listen.go)
