@@ -165,19 +165,20 @@ func TestFaultsMySQLStalledDatabaseLosesNoRequest(t *testing.T) {
 	for _, c := range []struct{ mode, role string }{{"transaction", "mystall-t"}, {"session", "mystall-s"}} {
 		t.Run(c.mode, func(t *testing.T) {
 			port := startMyPoolStack(t, c.role, c.mode, "max_connections: 4, checkout_timeout: 20s")
-			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			stalls, secs := stallPlan(t)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+76)*time.Second)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, "sysbench", "oltp_point_select", "--db-driver=mysql", "--mysql-ssl=off",
 				"--mysql-host=127.0.0.1", fmt.Sprintf("--mysql-port=%d", port), "--mysql-user=app", "--mysql-password=",
-				"--mysql-db=appdb", "--tables=1", "--table-size=1000", "--threads=4", "--time=14", "--report-interval=0", "run")
+				"--mysql-db=appdb", "--tables=1", "--table-size=1000", "--threads=4", fmt.Sprintf("--time=%d", secs), "--report-interval=0", "run")
 			var out strings.Builder
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(time.Second)
-			for i := range 5 {
-				if err := Maria.Stall(time.Duration(500+300*i) * time.Millisecond); err != nil {
+			for _, d := range stalls {
+				if err := Maria.Stall(d); err != nil {
 					t.Fatal(err)
 				}
 				time.Sleep(500 * time.Millisecond)
@@ -189,7 +190,7 @@ func TestFaultsMySQLStalledDatabaseLosesNoRequest(t *testing.T) {
 			if err != nil || !regexp.MustCompile(`ignored errors:\s+0\s`).MatchString(out.String()) {
 				t.Fatalf("sysbench: %v\n%s", err, out.String())
 			}
-			t.Logf("after 5 stalls: %s", strings.TrimSpace(grepLine(out.String(), "transactions:")))
+			t.Logf("after %d stalls: %s", len(stalls), strings.TrimSpace(grepLine(out.String(), "transactions:")))
 		})
 	}
 }
