@@ -37,7 +37,7 @@ export DBPROXY_BUILD_FLAGS ?= $(RACE)
 LOGDIR ?= .cache
 FUZZTIME ?= 20s
 
-.PHONY: build lint deps vault test-unit test-integration fuzz soak test clean
+.PHONY: build lint deps vault test-unit test-integration fuzz soak stall test clean
 
 build:
 	$(GO) build -o bin/dbproxy ./cmd/dbproxy
@@ -85,6 +85,14 @@ SOAK ?= 10m
 soak:
 	$(MAKE) -j2 --output-sync=target deps vault
 	DBPROXY_SOAK=$(SOAK) $(GO) test -count=1 -timeout 60m -v -run 'TestSoak$$' ./test/integration/
+
+# make stall: the stall tests alone with STALLS (default 20) stalls of
+# 1-5 s each (SIGSTOP of the whole database) under pgbench and sysbench,
+# both protocols and pool modes; make test runs 5 short ones.
+STALLS ?= 20
+stall:
+	$(MAKE) -j2 --output-sync=target deps vault
+	DBPROXY_STALLS=$(STALLS) $(GO) test -count=1 -timeout 60m -v -run 'StalledDatabaseLosesNoRequest$$' ./test/integration/
 
 # deps (apt, mostly I/O) and the Vault build (CPU) overlap; the tests run
 # one after the other (unit, fuzz, integration), and each runs even when

@@ -40,6 +40,7 @@ type txnSession struct {
 	up    *upstream
 
 	stmts    map[uint32]*clientStmt // by the id dbproxy gave the client
+	sqlStmts map[string]*sqlStmt    // SQL-level statements, by name (sqlstmt.go)
 	nextStmt uint32
 	status   uint16 // server status flags on the held upstream
 	cursor   bool   // a cursor is open: COM_STMT_FETCH needs this connection
@@ -228,6 +229,11 @@ func (t *txnSession) command(p []byte) error {
 				}
 				t.pin(f)
 			}
+			if s.txnMode {
+				if handled, err := t.sqlStatement(p[1:], kind); handled {
+					return err
+				}
+			}
 			mark = sessionChange(p[1:])
 			if !s.txnMode {
 				if r := sessionPin(p[1:]); r != "" {
@@ -262,6 +268,7 @@ func (t *txnSession) command(p []byte) error {
 	case gomysql.COM_RESET_CONNECTION:
 		// The client's own statements are gone with its session state.
 		clear(t.stmts)
+		clear(t.sqlStmts)
 		t.state.clear()
 		t.setPinned("") // what pinned it is gone with the rest
 		mark = markDirty | markNoStmts
@@ -366,7 +373,7 @@ func (t *txnSession) apply(mark int) {
 		t.up.tag = dirtyTag
 	}
 	if mark&markNoStmts != 0 {
-		t.up.stmts = nil
+		t.up.stmts, t.up.sqlStmts = nil, nil
 		t.cursor, t.longData = false, false
 	}
 }

@@ -53,6 +53,9 @@ type upstream struct {
 	// stmts are the statements transaction pooling prepared here, by
 	// query text (see stmt.go); COM_RESET_CONNECTION drops them all.
 	stmts map[string]*upStmt
+	// sqlStmts are the SQL-level statements prepared here, by the name
+	// dbproxy gave them (sqlstmt.go); COM_RESET_CONNECTION drops them.
+	sqlStmts map[string]bool
 	// tag names the client session state applied here (txnstate.go):
 	// 0 for the defaults of the login or the last Reset.
 	tag uint64
@@ -188,7 +191,7 @@ func connect(ctx context.Context, network, addr, user, password, db string, d cl
 // handshake's character set, which the reset does not keep. The three go
 // out together and cost one round trip.
 func (u *upstream) Reset(ctx context.Context) error {
-	u.stmts = nil
+	u.stmts, u.sqlStmts = nil, nil
 	u.tag = dirtyTag // until the reset is known to have worked
 	cmds := [][]byte{
 		{gomysql.COM_RESET_CONNECTION},

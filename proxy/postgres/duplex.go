@@ -14,10 +14,11 @@ import (
 // the session is synchronous again (LISTEN in session mode stays duplex:
 // notifications arrive unasked).
 type duplex struct {
-	done   chan error
-	resume chan struct{} // another COPY FROM STDIN: read the client again
-	stop   bool          // under mu: exit once nothing is outstanding
-	abort  bool          // under mu: exit now
+	done    chan error
+	resume  chan struct{} // another COPY FROM STDIN: read the client again
+	stop    bool          // under mu: exit once nothing is outstanding
+	abort   bool          // under mu: exit now
+	release bool          // under mu: a listening session stops too (to move, listen.go)
 }
 
 // errStopped ends an answer goroutine that was asked to stop.
@@ -36,9 +37,10 @@ func (t *txnSession) startDuplex() {
 	up := t.up
 	go func() {
 		err := t.answers(d, up)
-		if err != nil && !errors.Is(err, errStopped) {
+		if err != nil && !errors.Is(err, errStopped) && !t.s.interrupted() {
 			// Wake the session goroutine, which may be waiting for the
-			// client, to report the failure.
+			// client, to report the failure. (An interrupt that stopped
+			// this goroutine is the session's reason, not its failure.)
 			t.s.interrupt(whyDuplex)
 		}
 		d.done <- err
@@ -49,7 +51,7 @@ func (t *txnSession) startDuplex() {
 func (t *txnSession) answers(d *duplex, up *upstream) error {
 	for {
 		t.mu.Lock()
-		quit := d.abort || d.stop && t.onlyFakes() && !(t.listening && !t.s.txnMode)
+		quit := d.abort || d.stop && t.onlyFakes() && (!(t.listening && !t.s.txnMode) || d.release)
 		var err error
 		if quit && !d.abort {
 			err = t.emitHead()

@@ -86,6 +86,9 @@ func (t *txnSession) trackSession(typ byte, size int) *setChange {
 		return nil
 	}
 	q := firstCString(body)
+	if t.trackListen(q) {
+		return nil
+	}
 	if r := pinReason(q); r != "" {
 		t.pinAs(r)
 		return nil
@@ -118,9 +121,15 @@ func (t *txnSession) pinAs(reason string) {
 // ends it, as for a pinned session.
 func (s *session) maybeMove() {
 	t := s.rl
-	if s.txnMode || !s.moveWanted.Load() || t.pin != "" || t.duplex != nil || t.outstanding() ||
+	if s.txnMode || !s.moveWanted.Load() || t.pin != "" || t.duplex != nil && !t.listening || t.outstanding() ||
 		byte(s.txStatus.Load()) != 'I' || t.lease == nil || t.up.bw.Buffered() > 0 {
 		return
+	}
+	if t.duplex != nil {
+		if err := t.pauseListening(); err != nil {
+			return // the answer goroutine failed: the session ends
+		}
+		defer t.startDuplex() // on the new connection, or the old one
 	}
 	s.moveWanted.Store(false)
 	old := t.lease
@@ -141,6 +150,10 @@ func (s *session) maybeMove() {
 		s.log.Warn("could not move the session to the new credential; it stays until the drain deadline", zap.Error(err))
 		return
 	}
+	if len(t.channels) > 0 {
+		_ = t.relayLeftNotifications(old.Conn.(*upstream))
+		_ = t.flushClient()
+	}
 	t.mu.Lock()
 	t.lease, t.up = lease, lease.Conn.(*upstream)
 	t.mu.Unlock()
@@ -158,12 +171,13 @@ func (s *session) maybeMove() {
 // on up, and waits for the server to accept all of it.
 func (t *txnSession) restoreOn(up *upstream) error {
 	var b []byte
-	if len(t.sets) > 0 {
+	if len(t.sets) > 0 || len(t.channels) > 0 {
 		var q strings.Builder
 		for _, s := range t.sets {
 			q.WriteString(s.sql)
 			q.WriteByte(';')
 		}
+		q.WriteString(t.listenSQL())
 		b = appendFrame(b, 'Q', append([]byte(q.String()), 0))
 	}
 	for _, body := range t.sstmts {
@@ -181,7 +195,7 @@ func (t *txnSession) restoreOn(up *upstream) error {
 		return err
 	}
 	want := 0
-	if len(t.sets) > 0 {
+	if len(t.sets) > 0 || len(t.channels) > 0 {
 		want++
 	}
 	if len(t.sstmts) > 0 {

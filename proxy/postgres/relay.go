@@ -120,7 +120,7 @@ func (s *session) awaitRequest() error {
 	s.armIdleTxn()
 	waited, err := s.waitIdle()
 	if !waited {
-		_, err = s.cbr.Peek(1)
+		err = s.awaitDuplex()
 	}
 	if s.idleArmed && err == nil {
 		s.idleArmed = false

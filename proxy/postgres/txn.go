@@ -78,6 +78,7 @@ type txnSession struct {
 	stage     []byte            // rewritten messages not yet written upstream
 	duplex    *duplex           // non-nil while two goroutines relay
 	listening bool              // session mode after LISTEN: answers come unasked
+	channels  []string          // session mode: channels LISTENed to, for a move (listen.go)
 	copyIn    bool              // between CopyInResponse and the client's CopyDone/Fail
 	retry     retryState
 	torn      bool // a server message reached the client in part

@@ -7,9 +7,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,17 +54,18 @@ func TestFaultsStalledDatabaseLosesNoRequest(t *testing.T) {
 	for _, mode := range []string{"transaction", "session"} {
 		t.Run(mode, func(t *testing.T) {
 			_, port := startPoolStack(t, "pg-stall-"+mode[:3], mode, "max_connections: 4, checkout_timeout: 20s")
-			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			stalls, secs := stallPlan(t)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+76)*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, "pgbench", "-n", "-c", "4", "-j", "2", "-T", "14", "-f", selectOne(t), txnDSN(port))
+			cmd := exec.CommandContext(ctx, "pgbench", "-n", "-c", "4", "-j", "2", "-T", fmt.Sprint(secs), "-f", selectOne(t), txnDSN(port))
 			var out strings.Builder
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(time.Second)
-			for i := range 5 {
-				if err := PG.Stall(time.Duration(500+300*i) * time.Millisecond); err != nil {
+			for _, d := range stalls {
+				if err := PG.Stall(d); err != nil {
 					t.Fatal(err)
 				}
 				time.Sleep(500 * time.Millisecond)
@@ -74,9 +77,33 @@ func TestFaultsStalledDatabaseLosesNoRequest(t *testing.T) {
 			if err != nil || !strings.Contains(out.String(), "number of failed transactions: 0") {
 				t.Fatalf("pgbench: %v\n%s", err, out.String())
 			}
-			t.Logf("after 5 stalls: %s", grepLine(out.String(), "number of transactions actually processed"))
+			t.Logf("after %d stalls: %s", len(stalls), grepLine(out.String(), "number of transactions actually processed"))
 		})
 	}
+}
+
+// stallPlan is how long each stall of a stall test lasts, and how long
+// the load runs. make test: 5 stalls of 0.5-1.7 s. DBPROXY_STALLS=N (make
+// stall runs 20): N stalls of 1-5 s each, as an incident would.
+func stallPlan(t *testing.T) ([]time.Duration, int) {
+	n := 0
+	if v := os.Getenv("DBPROXY_STALLS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("DBPROXY_STALLS=%q: want a count", v)
+		}
+	}
+	var stalls []time.Duration
+	total := 2 * time.Second
+	for i := range max(n, 5) {
+		d := time.Duration(500+300*i) * time.Millisecond
+		if n > 0 {
+			d = time.Second + time.Duration(rand.IntN(4000))*time.Millisecond
+		}
+		stalls = append(stalls, d)
+		total += d + 500*time.Millisecond
+	}
+	return stalls, int(total.Seconds()) + 2
 }
 
 // Pooled connections the server ended while idle (pg_terminate_backend)

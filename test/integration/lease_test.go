@@ -651,3 +651,72 @@ func TestSessionMovesAcrossRotations(t *testing.T) {
 		t.Fatalf("dbproxy_session_moves_total = %v, want >= 3", got)
 	}
 }
+
+// A session-mode client that LISTENs and keeps receiving NOTIFY crosses
+// three rotations without an error and without losing a notification:
+// each time it moves to a connection on the new credential that listens
+// on its channels.
+func TestListenSessionMovesAcrossRotations(t *testing.T) {
+	s := startLeaseStack(t, "pg-listen", "")
+	ctx := context.Background()
+	c := connect(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app sslmode=disable", s.port))
+	for _, q := range []string{"LISTEN jobs", `LISTEN "Mixed"`, "LISTEN gone", "UNLISTEN gone"} {
+		if _, err := c.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatal(err)
+		}
+	}
+	notifier, err := pgx.Connect(ctx, PG.SuperDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notifier.Close(ctx)
+	sent := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for deadline := time.Now().Add(3*shortMaxTTL + 10*time.Second); time.Now().Before(deadline); sent++ {
+			if _, err := notifier.Exec(ctx, "select pg_notify('jobs', $1), pg_notify('Mixed', $1)", fmt.Sprint(sent)); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+			if metricSum(t, s.proxy, "dbproxy_session_moves_total", "") >= 3 && sent > 20 {
+				sent++
+				return
+			}
+		}
+	}()
+	got := map[string]map[string]bool{"jobs": {}, "Mixed": {}}
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		n, err := c.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			select {
+			case <-done:
+			default:
+				t.Fatalf("waiting for notifications after %d: %v", len(got["jobs"]), err)
+			}
+			break
+		}
+		if n.Channel == "gone" {
+			t.Fatal("a notification on an UNLISTENed channel")
+		}
+		got[n.Channel][n.Payload] = true
+	}
+	<-done
+	for ch, seen := range got {
+		for i := range sent {
+			if !seen[fmt.Sprint(i)] {
+				t.Errorf("channel %s: notification %d of %d lost", ch, i, sent)
+			}
+		}
+	}
+	if moves := metricSum(t, s.proxy, "dbproxy_session_moves_total", ""); moves < 3 {
+		t.Fatalf("dbproxy_session_moves_total = %v, want >= 3", moves)
+	}
+	var user string
+	if err := c.QueryRow(ctx, "select current_user").Scan(&user); err != nil {
+		t.Fatalf("the listening session after the moves: %v", err)
+	}
+	t.Logf("%d notifications on each of 2 channels, none lost, across the moves; now %s", sent, user)
+}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net"
+	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -152,4 +155,61 @@ func setMariaGlobal(t *testing.T, name, value string) {
 // mariaSessions counts the server sessions of a Vault role's users.
 func mariaSessions(t *testing.T, role string) int {
 	return adminCount(t, "select count(*) from information_schema.processlist where user like ?", "v-%-"+role+"-%")
+}
+
+// A MariaDB that stops answering for seconds at a time (SIGSTOP) under
+// sysbench delays clients but loses no request: every sysbench thread
+// finishes with no error, in both pool modes.
+func TestFaultsMySQLStalledDatabaseLosesNoRequest(t *testing.T) {
+	sysbenchTables(t)
+	for _, c := range []struct{ mode, role string }{{"transaction", "mystall-t"}, {"session", "mystall-s"}} {
+		t.Run(c.mode, func(t *testing.T) {
+			port := startMyPoolStack(t, c.role, c.mode, "max_connections: 4, checkout_timeout: 20s")
+			stalls, secs := stallPlan(t)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+76)*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "sysbench", "oltp_point_select", "--db-driver=mysql", "--mysql-ssl=off",
+				"--mysql-host=127.0.0.1", fmt.Sprintf("--mysql-port=%d", port), "--mysql-user=app", "--mysql-password=",
+				"--mysql-db=appdb", "--tables=1", "--table-size=1000", "--threads=4", fmt.Sprintf("--time=%d", secs), "--report-interval=0", "run")
+			var out strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second)
+			for _, d := range stalls {
+				if err := Maria.Stall(d); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			err := cmd.Wait()
+			if ctx.Err() != nil {
+				t.Fatalf("sysbench never finished: a request was lost\n%s", out.String())
+			}
+			if err != nil || !regexp.MustCompile(`ignored errors:\s+0\s`).MatchString(out.String()) {
+				t.Fatalf("sysbench: %v\n%s", err, out.String())
+			}
+			t.Logf("after %d stalls: %s", len(stalls), strings.TrimSpace(grepLine(out.String(), "transactions:")))
+		})
+	}
+}
+
+// sysbenchTables makes sysbench's table sbtest1 (1000 rows) in appdb, as
+// MariaDB's admin; the Vault roles' users may read it.
+func sysbenchTables(t *testing.T) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(Maria.Addr())
+	out, err := exec.Command("sysbench", "oltp_point_select", "--db-driver=mysql", "--mysql-ssl=off",
+		"--mysql-host="+host, "--mysql-port="+port, "--mysql-user="+Maria.AdminUser, "--mysql-password="+Maria.AdminPassword,
+		"--mysql-db=appdb", "--tables=1", "--table-size=1000", "cleanup").CombinedOutput()
+	if err != nil {
+		t.Fatalf("sysbench cleanup: %v\n%s", err, out)
+	}
+	out, err = exec.Command("sysbench", "oltp_point_select", "--db-driver=mysql", "--mysql-ssl=off",
+		"--mysql-host="+host, "--mysql-port="+port, "--mysql-user="+Maria.AdminUser, "--mysql-password="+Maria.AdminPassword,
+		"--mysql-db=appdb", "--tables=1", "--table-size=1000", "prepare").CombinedOutput()
+	if err != nil {
+		t.Fatalf("sysbench prepare: %v\n%s", err, out)
+	}
 }

@@ -216,3 +216,87 @@ func TestMySQLTxnPoolingSessionState(t *testing.T) {
 		t.Fatalf("%d rows committed, want 20", n)
 	}
 }
+
+// SQL-level PREPARE / EXECUTE / DEALLOCATE PREPARE in a MySQL transaction
+// pool: each client's statements work on every server connection its
+// transactions land on, with USING variables from its own session state;
+// two clients may use one name for different statements.
+func TestMySQLTxnPoolingSQLPrepare(t *testing.T) {
+	_, port := startMyTxnStack(t, "my-sqlprep", 3, time.Hour, 2*time.Hour)
+	ctx := context.Background()
+	db := openMy(t, myTxnDSN(port))
+	conn := func() *sql.Conn {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b := conn(), conn()
+	for c, q := range map[*sql.Conn][]string{
+		a: {"PREPARE calc FROM 'SELECT ? + 1'", "SET @x = 0"},
+		b: {"prepare CALC from \"select ? * 2\"", "SET @x = 0"},
+	} {
+		for _, s := range q {
+			if _, err := c.ExecContext(ctx, s); err != nil {
+				t.Fatalf("%s: %v", s, err)
+			}
+		}
+	}
+	others := []*sql.Conn{conn(), conn()}
+	seen := map[int64]bool{}
+	for i := range 60 {
+		var held []*sql.Tx
+		for _, o := range others[:i%3] {
+			tx, err := o.BeginTx(ctx, nil)
+			if err == nil {
+				_, err = tx.ExecContext(ctx, "select 1")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, tx)
+		}
+		var va, vb, id int64
+		for c, v := range map[*sql.Conn]*int64{a: &va, b: &vb} {
+			if _, err := c.ExecContext(ctx, fmt.Sprintf("SET @x = %d", i)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.QueryRowContext(ctx, "EXECUTE calc USING @x").Scan(v); err != nil {
+				t.Fatalf("transaction %d: %v", i, err)
+			}
+		}
+		if va != int64(i+1) || vb != int64(i*2) {
+			t.Fatalf("transaction %d: a got %d, b got %d: statements mixed up", i, va, vb)
+		}
+		if err := a.QueryRowContext(ctx, "select connection_id()").Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		seen[id] = true
+		for _, tx := range held {
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if len(seen) < 2 {
+		t.Fatal("the client's transactions all ran on one server connection: the test proves nothing")
+	}
+	if _, err := a.ExecContext(ctx, "DEALLOCATE PREPARE calc"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ExecContext(ctx, "EXECUTE calc USING @x"); err == nil {
+		t.Fatal("EXECUTE after DEALLOCATE PREPARE worked")
+	}
+	var v int64
+	if err := b.QueryRowContext(ctx, "EXECUTE calc USING @x").Scan(&v); err != nil {
+		t.Fatalf("another client's statement of the same name after DEALLOCATE: %v", err)
+	}
+	if _, err := a.ExecContext(ctx, "PREPARE broken FROM 'SELEC 1'"); err == nil {
+		t.Fatal("invalid PREPARE accepted")
+	}
+	if _, err := a.ExecContext(ctx, "EXECUTE broken"); err == nil {
+		t.Fatal("EXECUTE of a refused PREPARE worked")
+	}
+	t.Logf("the client's transactions ran on %d server connections", len(seen))
+}
