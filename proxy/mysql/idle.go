@@ -1,6 +1,6 @@
 package mysql
 
-import "bufio"
+import "github.com/dbproxy/dbproxy/proxy/frontend"
 
 // An idle client costs little: between commands a session holds no
 // buffers. It waits for the next command by reading into a small buffer
@@ -11,34 +11,10 @@ import "bufio"
 const (
 	clientBufSize = 64 << 10
 	idleReadSize  = 512
-	// At most freeBuffers readers and writers wait in the free lists
-	// (32 MiB in all), not a sync.Pool: a GC empties a sync.Pool, and
-	// refilling it would allocate on the hot path.
-	freeBuffers = 256
 )
 
-var (
-	freeReaders = make(chan *bufio.Reader, freeBuffers)
-	freeWriters = make(chan *bufio.Writer, freeBuffers)
-)
-
-func getReader() *bufio.Reader {
-	select {
-	case r := <-freeReaders:
-		return r
-	default:
-		return bufio.NewReaderSize(nil, clientBufSize)
-	}
-}
-
-func getWriter() *bufio.Writer {
-	select {
-	case w := <-freeWriters:
-		return w
-	default:
-		return bufio.NewWriterSize(nil, clientBufSize)
-	}
-}
+// At most 256 readers and writers of idle sessions wait (32 MiB in all).
+var buffers = frontend.NewBuffers(clientBufSize, 256)
 
 // idleIn returns the bytes of the idle read first, then the client's.
 type idleIn struct {
@@ -61,11 +37,11 @@ func (p *idleIn) Read(b []byte) (int, error) {
 func (s *session) borrowBuffers() {
 	s.in.s = s
 	if s.cbr == nil {
-		s.cbr = getReader()
+		s.cbr = buffers.Reader()
 		s.cbr.Reset(&s.in)
 	}
 	if s.cbw == nil {
-		s.cbw = getWriter()
+		s.cbw = buffers.Writer()
 		s.cbw.Reset(clientIO{s})
 	}
 }
@@ -74,18 +50,10 @@ func (s *session) borrowBuffers() {
 // it waits for a command).
 func (s *session) releaseBuffers() {
 	if s.cbr != nil {
-		s.cbr.Reset(nil)
-		select {
-		case freeReaders <- s.cbr:
-		default:
-		}
+		buffers.PutReader(s.cbr)
 	}
 	if s.cbw != nil {
-		s.cbw.Reset(nil)
-		select {
-		case freeWriters <- s.cbw:
-		default:
-		}
+		buffers.PutWriter(s.cbw)
 	}
 	s.cbr, s.cbw = nil, nil
 }
