@@ -116,7 +116,7 @@ func (s *session) interrupted(reading bool) killReason {
 func (s *session) applies(r killReason, reading bool) bool {
 	switch r {
 	case killIdleShutdown:
-		return reading && s.waiting && s.cbr.Buffered() == 0 && !s.inTransaction()
+		return reading && s.waiting && s.clientBuffered() == 0 && !s.inTransaction()
 	case killLeaseEnd:
 		// s.lease is written only by this goroutine.
 		return s.lease != nil && s.srv.expired(s.lease.Gen)

@@ -27,10 +27,11 @@ type session struct {
 	srv      *Server
 	log      *zap.Logger // with the session's fields from login on
 	listener string
-	raw      net.Conn // as accepted
-	client   net.Conn // raw, or TLS over raw
-	cbr      *bufio.Reader
+	raw      net.Conn      // as accepted
+	client   net.Conn      // raw, or TLS over raw
+	cbr      *bufio.Reader // borrowed while a command is in flight (idle.go)
 	cbw      *bufio.Writer
+	in       idleIn // the idle wait's small buffer, read before cbr's
 	started  time.Time
 	connID   uint32 // the connection id the greeting gave the client
 
@@ -104,8 +105,8 @@ func (srv *Server) handle(c net.Conn, lo ListenerOptions) {
 	// command, even if it came early, is still in the socket or in the
 	// TLS connection's buffer.
 	s.client = g.conn
-	s.cbr = bufio.NewReaderSize(clientIO{s}, 64<<10)
-	s.cbw = bufio.NewWriterSize(clientIO{s}, 64<<10)
+	s.borrowBuffers()
+	defer s.releaseBuffers()
 	_ = c.SetDeadline(time.Time{})
 	srv.front.Track(s)
 	defer srv.front.Untrack(s)

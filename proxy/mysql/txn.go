@@ -142,7 +142,11 @@ func (t *txnSession) readCommand() ([]byte, error) {
 	}
 	t.park()
 	s.waiting = true
-	hdr, err := s.cbr.Peek(4)
+	err := s.waitIdle()
+	var hdr []byte
+	if err == nil {
+		hdr, err = s.cbr.Peek(4)
+	}
 	for err != nil && t.unpark() && s.stop == killLeaseEnd {
 		// The drain deadline woke the read while the session was moving
 		// off that credential: it no longer applies.

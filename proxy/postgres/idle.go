@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"net"
 	"time"
+
+	"github.com/dbproxy/dbproxy/proxy/frontend"
 )
 
 // An idle client costs little: between requests a session holds no
@@ -17,49 +19,13 @@ const (
 	idleReadSize    = 512
 )
 
-// The buffers of idle sessions wait in bounded free lists, not a
-// sync.Pool: a GC empties a sync.Pool, and refilling it would allocate on
-// the hot path. At most freeBuffers of each wait (8 MiB in all).
-const freeBuffers = 256
+// At most 256 readers and writers of idle sessions wait (8 MiB in all).
+var buffers = frontend.NewBuffers(clientReadSize, 256)
 
-var (
-	freeReaders = make(chan *bufio.Reader, freeBuffers)
-	freeWriters = make(chan *bufio.Writer, freeBuffers)
-)
-
-func getReader() *bufio.Reader {
-	select {
-	case r := <-freeReaders:
-		return r
-	default:
-		return bufio.NewReaderSize(nil, clientReadSize)
-	}
-}
-
-func getWriter() *bufio.Writer {
-	select {
-	case w := <-freeWriters:
-		return w
-	default:
-		return bufio.NewWriterSize(nil, clientWriteSize)
-	}
-}
-
-func putReader(r *bufio.Reader) {
-	r.Reset(nil)
-	select {
-	case freeReaders <- r:
-	default:
-	}
-}
-
-func putWriter(w *bufio.Writer) {
-	w.Reset(nil)
-	select {
-	case freeWriters <- w:
-	default:
-	}
-}
+func getReader() *bufio.Reader  { return buffers.Reader() }
+func getWriter() *bufio.Writer  { return buffers.Writer() }
+func putReader(r *bufio.Reader) { buffers.PutReader(r) }
+func putWriter(w *bufio.Writer) { buffers.PutWriter(w) }
 
 // prefixReader returns the bytes of the idle read first, then the
 // connection's.

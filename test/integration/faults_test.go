@@ -54,32 +54,47 @@ func TestFaultsStalledDatabaseLosesNoRequest(t *testing.T) {
 	for _, mode := range []string{"transaction", "session"} {
 		t.Run(mode, func(t *testing.T) {
 			_, port := startPoolStack(t, "pg-stall-"+mode[:3], mode, "max_connections: 4, checkout_timeout: 20s")
-			stalls, secs := stallPlan(t)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+76)*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, "pgbench", "-n", "-c", "4", "-j", "2", "-T", fmt.Sprint(secs), "-f", selectOne(t), txnDSN(port))
-			var out strings.Builder
-			cmd.Stdout, cmd.Stderr = &out, &out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
+			out, n := stallUnderLoad(t, PG.Stall, func(ctx context.Context, secs int) *exec.Cmd {
+				return exec.CommandContext(ctx, "pgbench", "-n", "-c", "4", "-j", "2", "-T", fmt.Sprint(secs), "-f", selectOne(t), txnDSN(port))
+			})
+			if !strings.Contains(out, "number of failed transactions: 0") {
+				t.Fatalf("pgbench:\n%s", out)
 			}
-			time.Sleep(time.Second)
-			for _, d := range stalls {
-				if err := PG.Stall(d); err != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
-			err := cmd.Wait()
-			if ctx.Err() != nil {
-				t.Fatalf("pgbench never finished: a request was lost\n%s", out.String())
-			}
-			if err != nil || !strings.Contains(out.String(), "number of failed transactions: 0") {
-				t.Fatalf("pgbench: %v\n%s", err, out.String())
-			}
-			t.Logf("after %d stalls: %s", len(stalls), grepLine(out.String(), "number of transactions actually processed"))
+			t.Logf("after %d stalls: %s", n, grepLine(out, "number of transactions actually processed"))
 		})
 	}
+}
+
+// stallUnderLoad runs the load command for as long as the stall plan
+// needs, stalls the database meanwhile, and returns the command's output
+// and the number of stalls. A command that does not finish in time lost
+// a request; one that fails, failed a client.
+func stallUnderLoad(t *testing.T, stall func(time.Duration) error, load func(context.Context, int) *exec.Cmd) (string, int) {
+	t.Helper()
+	stalls, secs := stallPlan(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+76)*time.Second)
+	defer cancel()
+	cmd := load(ctx, secs)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	for _, d := range stalls {
+		if err := stall(d); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	err := cmd.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("%s never finished: a request was lost\n%s", cmd.Args[0], out.String())
+	}
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", cmd.Args[0], err, out.String())
+	}
+	return out.String(), len(stalls)
 }
 
 // stallPlan is how long each stall of a stall test lasts, and how long

@@ -165,32 +165,15 @@ func TestFaultsMySQLStalledDatabaseLosesNoRequest(t *testing.T) {
 	for _, c := range []struct{ mode, role string }{{"transaction", "mystall-t"}, {"session", "mystall-s"}} {
 		t.Run(c.mode, func(t *testing.T) {
 			port := startMyPoolStack(t, c.role, c.mode, "max_connections: 4, checkout_timeout: 20s")
-			stalls, secs := stallPlan(t)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+76)*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, "sysbench", "oltp_point_select", "--db-driver=mysql", "--mysql-ssl=off",
-				"--mysql-host=127.0.0.1", fmt.Sprintf("--mysql-port=%d", port), "--mysql-user=app", "--mysql-password=",
-				"--mysql-db=appdb", "--tables=1", "--table-size=1000", "--threads=4", fmt.Sprintf("--time=%d", secs), "--report-interval=0", "run")
-			var out strings.Builder
-			cmd.Stdout, cmd.Stderr = &out, &out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
+			out, n := stallUnderLoad(t, Maria.Stall, func(ctx context.Context, secs int) *exec.Cmd {
+				return exec.CommandContext(ctx, "sysbench", "oltp_point_select", "--db-driver=mysql", "--mysql-ssl=off",
+					"--mysql-host=127.0.0.1", fmt.Sprintf("--mysql-port=%d", port), "--mysql-user=app", "--mysql-password=",
+					"--mysql-db=appdb", "--tables=1", "--table-size=1000", "--threads=4", fmt.Sprintf("--time=%d", secs), "--report-interval=0", "run")
+			})
+			if !regexp.MustCompile(`ignored errors:\s+0\s`).MatchString(out) {
+				t.Fatalf("sysbench:\n%s", out)
 			}
-			time.Sleep(time.Second)
-			for _, d := range stalls {
-				if err := Maria.Stall(d); err != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
-			err := cmd.Wait()
-			if ctx.Err() != nil {
-				t.Fatalf("sysbench never finished: a request was lost\n%s", out.String())
-			}
-			if err != nil || !regexp.MustCompile(`ignored errors:\s+0\s`).MatchString(out.String()) {
-				t.Fatalf("sysbench: %v\n%s", err, out.String())
-			}
-			t.Logf("after %d stalls: %s", len(stalls), strings.TrimSpace(grepLine(out.String(), "transactions:")))
+			t.Logf("after %d stalls: %s", n, strings.TrimSpace(grepLine(out, "transactions:")))
 		})
 	}
 }
