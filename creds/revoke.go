@@ -49,19 +49,9 @@ func (s *Source) Revoke(ctx context.Context) (RevokeResult, error) {
 	if s.kind != Dynamic {
 		return res, fmt.Errorf("backend %s role %s: %w", s.backend, s.role, ErrNoLease)
 	}
-	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		return res, ErrStopped
-	}
-	old := append([]*Generation(nil), s.gens...)
-	fails := s.fetchFails
-	s.mu.Unlock()
-
-	s.Rotate("revoke")
-	g, err := s.awaitNewer(ctx, old, fails)
+	old, g, err := s.rotateFirst(ctx)
 	if err != nil {
-		return res, fmt.Errorf("backend %s role %s: no new credential, so nothing was revoked: %w", s.backend, s.role, err)
+		return res, err
 	}
 	res.NewGeneration, res.NewUsername = g.N, g.Username
 	for _, o := range old {
@@ -158,4 +148,24 @@ func (b *Broker) Revoke(ctx context.Context, backend, role string) (out []Revoke
 		err = errors.Join(err, e)
 	}
 	return out, found, err
+}
+
+// rotateFirst fetches a new credential (a rotation with reason "revoke")
+// so that new work moves to it, and returns it with the generations it
+// supersedes. Without a new one before ctx ends it is an error, and the
+// caller must revoke nothing: cutting the old ones would leave none.
+func (s *Source) rotateFirst(ctx context.Context) (old []*Generation, g *Generation, err error) {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return nil, nil, ErrStopped
+	}
+	old = append([]*Generation(nil), s.gens...)
+	fails := s.fetchFails
+	s.mu.Unlock()
+	s.Rotate("revoke")
+	if g, err = s.awaitNewer(ctx, old, fails); err != nil {
+		return nil, nil, fmt.Errorf("backend %s role %s: no new credential, so nothing was revoked: %w", s.backend, s.role, err)
+	}
+	return old, g, nil
 }

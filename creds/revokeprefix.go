@@ -72,19 +72,9 @@ func (s *Source) RevokePrefix(ctx context.Context, prefix string) (PrefixResult,
 	if s.kind != Dynamic || !PathCovers(s.mount, s.role, prefix) {
 		return res, fmt.Errorf("prefix %q is not under %s", prefix, CredsPath(s.mount, s.role))
 	}
-	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		return res, ErrStopped
-	}
-	old := append([]*Generation(nil), s.gens...)
-	fails := s.fetchFails
-	s.mu.Unlock()
-
-	s.Rotate("revoke")
-	g, err := s.awaitNewer(ctx, old, fails)
+	old, g, err := s.rotateFirst(ctx)
 	if err != nil {
-		return res, fmt.Errorf("backend %s role %s: no new credential, so nothing was revoked: %w", s.backend, s.role, err)
+		return res, err
 	}
 	res.NewGeneration, res.NewUsername = g.N, g.Username
 	ids, err := s.LeasesUnder(ctx, prefix)

@@ -41,25 +41,35 @@ func (t *txnSession) lostCommand(cause error) error {
 	s.status.Store(uint32(t.status))
 	s.log.Warn("transaction pooling: server connection lost during a command; the session goes on",
 		zap.Error(cause), zap.Bool("in_transaction", inTxn))
-	if answered && !inTxn {
-		return nil
-	}
-	e := &Error{Code: erUnknownError, State: "08S01",
-		Message: fmt.Sprintf("dbproxy lost its connection to backend %s during this command (%v); if it ran outside a transaction it may or may not have run; this session stays usable", s.backend.Name, errors.Unwrap(cause))}
-	if inTxn {
-		e = &Error{Code: erLockDeadlock, State: "40001",
-			Message: fmt.Sprintf("dbproxy lost its connection to backend %s during this transaction (%v); the transaction was rolled back: run it again (this session stays usable)", s.backend.Name, errors.Unwrap(cause))}
-	}
-	s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
-	seq := byte(s.nextSeq.Load())
-	if answered {
+	switch {
+	case answered && inTxn:
 		// The server's ERR answered this command; the next one hears of
 		// the transaction.
 		t.lostTxn = true
 		return nil
+	case answered:
+		return nil
 	}
+	e := t.lostError(inTxn, errors.Unwrap(cause))
+	s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
+	seq := byte(s.nextSeq.Load())
 	s.nextSeq.Store(1)
 	return s.reply(e.packet(seq))
+}
+
+// lostError tells the client its command or transaction went with the
+// server connection (cause, if known).
+func (t *txnSession) lostError(inTxn bool, cause error) *Error {
+	why := ""
+	if cause != nil {
+		why = fmt.Sprintf(" (%v)", cause)
+	}
+	if inTxn {
+		return &Error{Code: erLockDeadlock, State: "40001",
+			Message: fmt.Sprintf("dbproxy lost its connection to backend %s during this transaction%s; the transaction was rolled back: run it again (this session stays usable)", t.s.backend.Name, why)}
+	}
+	return &Error{Code: erUnknownError, State: "08S01",
+		Message: fmt.Sprintf("dbproxy lost its connection to backend %s during this command%s; if it ran outside a transaction it may or may not have run; this session stays usable", t.s.backend.Name, why)}
 }
 
 // afterLostTxn answers the first command after a transaction was lost
@@ -73,8 +83,7 @@ func (t *txnSession) afterLostTxn(p []byte) (bool, error) {
 	case p[0] == gomysql.COM_QUERY && wordIn(w, "rollback"):
 		return true, t.s.reply(okPacket(1, gomysql.SERVER_STATUS_AUTOCOMMIT))
 	case p[0] == gomysql.COM_QUERY && !wordIn(w, "begin", "start"), p[0] == gomysql.COM_STMT_EXECUTE:
-		e := &Error{Code: erLockDeadlock, State: "40001",
-			Message: fmt.Sprintf("dbproxy lost its connection to backend %s during this transaction; the transaction was rolled back: run it again (this session stays usable)", t.s.backend.Name)}
+		e := t.lostError(true, nil)
 		t.s.srv.metrics.errors.WithLabelValues(e.class()).Inc()
 		return true, t.s.reply(e.packet(1))
 	}

@@ -150,13 +150,18 @@ func notSupported(cmd byte) *Error {
 // relayAnswer relays the server's packets to the client until the answer
 // to the client's command is complete, flushing the client whenever the
 // upstream buffer runs empty. It returns the last status flags the
-// answer carried (ok false: none).
-func (s *session) relayAnswer(up *upstream) (status uint16, ok bool, err error) {
+// answer carried (ok false: none). With fresh (the connection was checked
+// out for this command), a goodbye ERR as the first packet is not relayed
+// but reported as errDeadOnArrival (retry.go).
+func (s *session) relayAnswer(up *upstream, fresh bool) (status uint16, ok bool, err error) {
 	cont, done, hangup := false, false, false
-	for {
+	for first := true; ; first = false {
 		n, seq, head, err := peekPacket(up.br)
 		if err != nil {
 			return status, ok, upErr(err)
+		}
+		if first && fresh && closesConnection(head) {
+			return status, ok, errDeadOnArrival
 		}
 		if !cont {
 			ev, err := s.track.packet(head, n)

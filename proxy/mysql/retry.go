@@ -29,8 +29,8 @@ import (
 // maxRetries bounds the retries of one command.
 const maxRetries = 2
 
-// errDeadOnArrival is a connection whose first answer was the server's
-// goodbye.
+// errDeadOnArrival is a connection whose first answer to a command it was
+// checked out for was the server's goodbye (relayAnswer and answer look).
 var errDeadOnArrival = upErr(errors.New("the server had closed the pooled connection"))
 
 // command runs one client command, again on another connection while
@@ -90,22 +90,6 @@ func (t *txnSession) retryable(err error, out int64) bool {
 	s := t.s
 	return s.txnMode && isUpstream(err) && !errors.Is(err, errHangup) && !s.torn &&
 		s.bytesOut.Load() == out && s.stopReason() == killNone && t.ctx.Err() == nil
-}
-
-// deadOnArrival checks the first answer packet on a fresh connection:
-// the server's goodbye there means it ended the connection while idle.
-func (t *txnSession) deadOnArrival() error {
-	if !t.fresh {
-		return nil
-	}
-	_, _, head, err := peekPacket(t.up.br)
-	if err != nil {
-		return upErr(err)
-	}
-	if closesConnection(head) {
-		return errDeadOnArrival
-	}
-	return nil
 }
 
 // deadConn reports a network failure of a pooled connection (as opposed

@@ -37,13 +37,10 @@ func (t *txnSession) readWhole() ([]byte, error) {
 	maxLen := s.srv.opts.MaxMessageBytes
 	var p []byte
 	for seq := byte(0); ; seq++ {
-		if _, err := io.ReadFull(s.cbr, t.hdr[:]); err != nil {
+		n, err := t.nextPart(seq)
+		if err != nil {
 			return nil, err
 		}
-		if t.hdr[3] != seq {
-			return nil, outOfOrder(seq, t.hdr[3])
-		}
-		n := payloadLen(t.hdr[:])
 		if len(p)+n > maxLen {
 			return nil, tooLarge(maxLen)
 		}
@@ -68,15 +65,11 @@ func (t *txnSession) streamUp() error {
 	maxLen := s.srv.opts.MaxMessageBytes
 	total := 0
 	for seq := byte(0); ; seq++ {
-		if _, err := io.ReadFull(s.cbr, t.hdr[:]); err != nil {
+		n, err := t.nextPart(seq)
+		if err != nil {
 			t.poisoned = true
 			return err
 		}
-		if t.hdr[3] != seq {
-			t.poisoned = true
-			return outOfOrder(seq, t.hdr[3])
-		}
-		n := payloadLen(t.hdr[:])
 		if total += n; total > maxLen {
 			t.poisoned = true
 			return tooLarge(maxLen)
@@ -130,13 +123,10 @@ func (t *txnSession) skipLarge() error {
 	s := t.s
 	t.large = false
 	for seq := byte(0); ; seq++ {
-		if _, err := io.ReadFull(s.cbr, t.hdr[:]); err != nil {
+		n, err := t.nextPart(seq)
+		if err != nil {
 			return err
 		}
-		if t.hdr[3] != seq {
-			return outOfOrder(seq, t.hdr[3])
-		}
-		n := payloadLen(t.hdr[:])
 		if _, err := s.cbr.Discard(n); err != nil {
 			return err
 		}
@@ -145,4 +135,16 @@ func (t *txnSession) skipLarge() error {
 			return nil
 		}
 	}
+}
+
+// nextPart reads the header of part seq of the large command in s.cbr (a
+// 16 MiB part, or the last, shorter one) and returns its payload length.
+func (t *txnSession) nextPart(seq byte) (int, error) {
+	if _, err := io.ReadFull(t.s.cbr, t.hdr[:]); err != nil {
+		return 0, err
+	}
+	if t.hdr[3] != seq {
+		return 0, outOfOrder(seq, t.hdr[3])
+	}
+	return payloadLen(t.hdr[:]), nil
 }

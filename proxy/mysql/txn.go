@@ -494,12 +494,9 @@ func (t *txnSession) writeUp(p []byte) error {
 // first may change it before it goes to the client.
 func (t *txnSession) answer(kind respKind, swallow bool, first func([]byte)) ([]byte, error) {
 	s, up := t.s, t.up
-	if err := t.deadOnArrival(); err != nil {
-		return nil, err
-	}
 	s.track.expect(kind)
 	if !swallow && first == nil {
-		st, ok, err := s.relayAnswer(up)
+		st, ok, err := s.relayAnswer(up, t.fresh)
 		t.took(kind, st, ok)
 		return nil, err
 	}
@@ -507,6 +504,9 @@ func (t *txnSession) answer(kind respKind, swallow bool, first func([]byte)) ([]
 	seq, head0, err := readPacket(up.br, maxPayload)
 	if err != nil {
 		return nil, upErr(err)
+	}
+	if t.fresh && closesConnection(head0) {
+		return nil, errDeadOnArrival // the server's goodbye (retry.go)
 	}
 	ev, err := s.track.packet(head0, len(head0))
 	if err != nil {
@@ -541,7 +541,7 @@ func (t *txnSession) answer(kind respKind, swallow bool, first func([]byte)) ([]
 		}
 		return head0, errHangup
 	}
-	st, ok, err := s.relayAnswer(up)
+	st, ok, err := s.relayAnswer(up, false)
 	t.took(kind, st, ok)
 	return head0, err
 }

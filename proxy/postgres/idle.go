@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bufio"
 	"net"
 	"time"
 
@@ -21,11 +20,6 @@ const (
 
 // At most 256 readers and writers of idle sessions wait (8 MiB in all).
 var buffers = frontend.NewBuffers(clientReadSize, 256)
-
-func getReader() *bufio.Reader  { return buffers.Reader() }
-func getWriter() *bufio.Writer  { return buffers.Writer() }
-func putReader(r *bufio.Reader) { buffers.PutReader(r) }
-func putWriter(w *bufio.Writer) { buffers.PutWriter(w) }
 
 // prefixReader returns the bytes of the idle read first, then the
 // connection's.
@@ -48,11 +42,11 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 // borrowBuffers gives the session a reader and a writer for a request.
 func (s *session) borrowBuffers() {
 	if s.cbr == nil {
-		s.cbr = getReader()
+		s.cbr = buffers.Reader()
 		s.cbr.Reset(&s.in)
 	}
 	if s.cbw == nil {
-		s.cbw = getWriter()
+		s.cbw = buffers.Writer()
 		s.cbw.Reset(s.client)
 	}
 }
@@ -64,8 +58,8 @@ func (s *session) waitIdle() (bool, error) {
 		return false, nil
 	}
 	// Only the session goroutine touches the buffers outside duplex.
-	putReader(s.cbr)
-	putWriter(s.cbw)
+	buffers.PutReader(s.cbr)
+	buffers.PutWriter(s.cbw)
 	s.cbr, s.cbw = nil, nil
 	for {
 		s.mu.Lock()
@@ -95,10 +89,10 @@ func (s *session) waitIdle() (bool, error) {
 // releaseBuffers gives the buffers back when the session ends.
 func (s *session) releaseBuffers() {
 	if s.cbr != nil {
-		putReader(s.cbr)
+		buffers.PutReader(s.cbr)
 	}
 	if s.cbw != nil {
-		putWriter(s.cbw)
+		buffers.PutWriter(s.cbw)
 	}
 	s.cbr, s.cbw = nil, nil
 }

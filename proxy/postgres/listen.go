@@ -3,6 +3,7 @@ package postgres
 import (
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -27,11 +28,11 @@ func (t *txnSession) trackListen(q []byte) bool {
 		return false
 	}
 	ch := string(m[2])
-	if !quoted(ch) {
-		ch = lowerASCII(ch)
+	if ch[0] != '"' {
+		ch = strings.ToLower(ch) // as PostgreSQL folds it
 	}
 	switch {
-	case lowerASCII(string(m[1])) == "listen":
+	case strings.EqualFold(string(m[1]), "listen"):
 		if ch != "*" && !slices.Contains(t.channels, ch) {
 			t.channels = append(t.channels, ch)
 		}
@@ -41,18 +42,6 @@ func (t *txnSession) trackListen(q []byte) bool {
 		t.channels = slices.DeleteFunc(t.channels, func(c string) bool { return c == ch })
 	}
 	return true
-}
-
-func quoted(s string) bool { return len(s) > 1 && s[0] == '"' }
-
-func lowerASCII(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 32
-		}
-	}
-	return string(b)
 }
 
 // listenSQL is the LISTEN statements that restore the session's channels.

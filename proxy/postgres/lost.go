@@ -30,7 +30,10 @@ func (e *serverFatal) Error() string { return "FATAL " + e.code + " " + e.msg }
 // fatalFrom reads the code and message of a FATAL ErrorResponse body, or
 // returns nil for any other.
 func fatalFrom(body []byte) *serverFatal {
-	if !bytes.Contains(body, []byte("SFATAL\x00")) && !bytes.Contains(body, []byte("SPANIC\x00")) {
+	// V is the severity never translated (lc_messages); S for servers
+	// before 9.6.
+	if !bytes.Contains(body, []byte("VFATAL\x00")) && !bytes.Contains(body, []byte("SFATAL\x00")) &&
+		!bytes.Contains(body, []byte("VPANIC\x00")) && !bytes.Contains(body, []byte("SPANIC\x00")) {
 		return nil
 	}
 	f := &serverFatal{}
@@ -104,7 +107,7 @@ func (s *session) lostRequest(cause error) error {
 
 // abortSQL opens a transaction and aborts it: the state a client whose
 // transaction was lost with its connection is in (see above).
-const abortSQL = "BEGIN; DO $dbproxy$ BEGIN RAISE EXCEPTION USING ERRCODE = 'connection_failure', MESSAGE = 'dbproxy: the transaction was lost with its server connection'; END $dbproxy$\x00"
+var abortSQL = "BEGIN; " + raiseSQL("connection_failure", "dbproxy: the transaction was lost with its server connection") + "\x00"
 
 // stageAborted puts the held connection in a failed transaction, answer
 // swallowed, before the request of a client whose transaction was lost.

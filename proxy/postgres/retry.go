@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 
@@ -55,15 +54,11 @@ func (t *txnSession) record(typ byte, body []byte) {
 	}
 }
 
-// deadOnArrival reports a FATAL ErrorResponse as the first message of a
-// retryable request's answer. up.br holds the whole message when it fits.
-func (t *txnSession) deadOnArrival(typ byte, up *upstream) bool {
+// freshAnswer reports that nothing of the retryable request's answer has
+// reached the client: a goodbye now means the connection died while idle.
+func (t *txnSession) freshAnswer() bool {
 	r := &t.retry
-	if typ != 'E' || !r.ok || t.s.bytesOut.Load() != r.bytes {
-		return false
-	}
-	f, _ := up.br.Peek(up.br.Buffered())
-	return bytes.Contains(f, []byte("SFATAL\x00")) || bytes.Contains(f, []byte("VFATAL\x00"))
+	return r.ok && t.s.bytesOut.Load() == r.bytes
 }
 
 // canRetry reports whether err on the held connection can be absorbed.

@@ -252,14 +252,15 @@ func (t *txnSession) relayOne() (copyIn bool, err error) {
 	// client side, in their turn.
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.deadOnArrival(typ, up) {
-		return false, errDeadOnArrival
-	}
 	if typ == 'E' && s.txnMode {
-		// The server's goodbye: the session survives it (lost.go).
+		// The server's goodbye: as the first answer to a fresh
+		// connection's request, it died idle (retry.go); later, the
+		// session survives it (lost.go).
 		size := int(binary.BigEndian.Uint32(hdr[1:])) + 1
 		if b, err := up.br.Peek(min(size, up.br.Buffered())); err == nil && len(b) == size {
-			if f := fatalFrom(b[5:]); f != nil {
+			if f := fatalFrom(b[5:]); f != nil && t.freshAnswer() {
+				return false, errDeadOnArrival
+			} else if f != nil {
 				return false, upstreamLost(f)
 			}
 		}

@@ -111,8 +111,7 @@ func (t *txnSession) failedSQLPrepare(r request) {
 
 // duplicateSQL raises PostgreSQL's own error for a name already in use.
 func duplicateSQL(name string) string {
-	return "DO $dbproxy$ BEGIN RAISE EXCEPTION USING ERRCODE = 'duplicate_prepared_statement', MESSAGE = 'prepared statement \"" +
-		strings.ReplaceAll(strings.ReplaceAll(name, "'", "''"), "$", "") + "\" already exists'; END $dbproxy$"
+	return raiseSQL("duplicate_prepared_statement", `prepared statement "`+name+`" already exists`)
 }
 
 // prepareAnswer is what PostgreSQL answers a PREPARE query; the

@@ -295,7 +295,16 @@ func (t *txnSession) deallocate(name string, body []byte) error {
 // the server itself, so the transaction state the client sees is true.
 func refusalSQL(feature string) string {
 	msg := fmt.Sprintf("%s is not supported in transaction pooling mode: it needs the same server connection across transactions; use a backend with pool mode session", feature)
-	return "DO $dbproxy$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '" + strings.ReplaceAll(msg, "'", "''") + "'; END $dbproxy$"
+	return raiseSQL("feature_not_supported", msg)
+}
+
+// raiseSQL is a statement that makes the server raise an error with code
+// (a condition name) and msg, so the client hears it in the transaction
+// state the server really has. '$' is dropped from msg: it could end the
+// dollar quote.
+func raiseSQL(code, msg string) string {
+	msg = strings.ReplaceAll(strings.ReplaceAll(msg, "'", "''"), "$", "")
+	return "DO $dbproxy$ BEGIN RAISE EXCEPTION USING ERRCODE = '" + code + "', MESSAGE = '" + msg + "'; END $dbproxy$"
 }
 
 // sessionFeature names a session-level feature in q that cannot work when
